@@ -1,0 +1,104 @@
+"""Errors Docxy itself answers, in the registry error envelope.
+
+Clients (docker, containerd, skopeo) print ``errors[0].message``; a plain
+text or HTML body would show up as a parse error instead of the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+API_VERSION_HEADER = b"Docker-Distribution-API-Version"
+API_VERSION = b"registry/2.0"
+
+
+@dataclass(frozen=True)
+class RegistryError(Exception):
+    """An error answer: HTTP status plus one entry of the envelope."""
+
+    status: int
+    code: str
+    message: str
+    detail: object = None
+    headers: tuple[tuple[bytes, bytes], ...] = field(default=())
+
+    def body(self) -> bytes:
+        entry = {"code": self.code, "message": self.message, "detail": self.detail}
+        return json.dumps({"errors": [entry]}).encode("utf-8")
+
+
+def name_invalid(name: str) -> RegistryError:
+    return RegistryError(400, "NAME_INVALID", "invalid repository name", {"name": name})
+
+
+def digest_invalid(digest: str) -> RegistryError:
+    return RegistryError(
+        400, "DIGEST_INVALID", "invalid digest", {"digest": digest}
+    )
+
+
+def tag_invalid(tag: str) -> RegistryError:
+    return RegistryError(400, "TAG_INVALID", "invalid tag", {"tag": tag})
+
+
+def unsupported_method(method: str, allowed: tuple[bytes, ...]) -> RegistryError:
+    return RegistryError(
+        405,
+        "UNSUPPORTED",
+        "Docxy is a read-only mirror: this method is not supported here",
+        {"method": method},
+        headers=((b"Allow", b", ".join(allowed)),),
+    )
+
+
+def not_found(path: str) -> RegistryError:
+    return RegistryError(404, "NOT_FOUND", "no such endpoint", {"path": path})
+
+
+def upstream_unavailable(reason: str) -> RegistryError:
+    return RegistryError(502, "UNAVAILABLE", "upstream registry unavailable", reason)
+
+
+def upstream_timeout() -> RegistryError:
+    return RegistryError(
+        504, "UNAVAILABLE", "upstream registry did not answer in time", None
+    )
+
+
+def internal_error() -> RegistryError:
+    return RegistryError(500, "UNKNOWN", "internal error in the mirror", None)
+
+
+def write_error(request: Request, error: RegistryError) -> None:
+    """Answer ``request`` with ``error``, unless the client is already gone."""
+    if getattr(request, "_disconnected", False) or request.finished:
+        return
+    body = error.body()
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
+    for name, value in error.headers:
+        request.responseHeaders.setRawHeaders(name, [value])
+    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    request.write(body)
+    request.finish()
+
+
+class ErrorResource(Resource):
+    """A leaf that answers every method with one fixed error."""
+
+    isLeaf = True
+
+    def __init__(self, error: RegistryError) -> None:
+        super().__init__()
+        self.error = error
+
+    def render(self, request: Request) -> bytes:  # type: ignore[override]
+        from twisted.web.server import NOT_DONE_YET
+
+        write_error(request, self.error)
+        return NOT_DONE_YET  # type: ignore[no-any-return]

@@ -1,0 +1,220 @@
+"""One proxied exchange: ask upstream, then answer the client by the rules.
+
+Everything a client receives from an upstream passes through
+:meth:`Forwarder.forward`: status, relayed headers, rewritten challenges,
+a fixed Content-Length whenever one is known, and the body through a
+:class:`~docxy.streaming.BodyPump`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.server import Request
+
+from .challenge import find_bearer, rewrite_challenge_header
+from .errors import (
+    RegistryError,
+    internal_error,
+    upstream_timeout,
+    upstream_unavailable,
+    write_error,
+)
+from .headers import relayed_response_headers
+from .realm import RealmDirectory
+from .streaming import BodyPump, abort_client, client_gone
+from .upstream import UpstreamClient, UpstreamError, UpstreamTimeout, discard_body
+
+log = Logger()
+
+_CONTENT_RANGE_TOTAL = re.compile(rb"^\s*bytes\s+\d+-\d+/(\d+)\s*$", re.I)
+_NO_BODY_CODES = frozenset({204, 304})
+
+
+@dataclass
+class Exchange:
+    """What to send upstream for one client request."""
+
+    method: bytes
+    url: str
+    headers: Headers
+    body: IBodyProducer | None = None
+    follow_redirects: bool = True
+    # Set for blob requests: completes HEAD lengths and the digest header.
+    blob_digest: str | None = None
+
+
+class _Abandon(Protocol):
+    """Closes an unwanted body's connection at once instead of reading it."""
+
+    def connectionMade(self) -> None:  # noqa: N802
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+def record(request: Request, **fields: object) -> None:
+    """Note facts about the request for its access-log line."""
+    notes = getattr(request, "notes", None)
+    if isinstance(notes, dict):
+        notes.update(fields)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        clock: IReactorTime,
+        idle_timeout: float,
+        public_realm: str,
+        realms: RealmDirectory,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.public_realm = public_realm
+        self.realms = realms
+
+    def forward(self, request: Request, exchange: Exchange) -> None:
+        """Relay ``exchange`` for ``request``; the caller returns NOT_DONE_YET."""
+        self.run(request, self.relay(request, exchange))
+
+    def run(self, request: Request, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` for ``request``, answering its failures as registry errors."""
+        d = defer.Deferred.fromCoroutine(work)
+        # A client that leaves before upstream answered cancels the request.
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addErrback(self._failed, request)
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if failure.check(defer.CancelledError):
+            return
+        if failure.check(UpstreamTimeout):
+            record(request, upstream_error="timeout")
+            write_error(request, upstream_timeout())
+        elif failure.check(UpstreamError):
+            reason = failure.getErrorMessage()
+            record(request, upstream_error=reason)
+            write_error(request, upstream_unavailable(reason))
+        elif failure.check(RegistryError):
+            write_error(request, failure.value)  # type: ignore[arg-type]
+        else:
+            log.failure("proxying {path} failed", failure, path=request.path)
+            if request.startedWriting:
+                abort_client(request)
+            else:
+                write_error(request, internal_error())
+
+    async def relay(self, request: Request, exchange: Exchange) -> None:
+        answer = await self.client.request(
+            exchange.method,
+            exchange.url,
+            exchange.headers,
+            exchange.body,
+            follow_redirects=exchange.follow_redirects,
+        )
+        response = answer.response
+        record(request, upstream_status=response.code, redirects=answer.redirects)
+        if client_gone(request):
+            response.deliverBody(_Abandon())
+            return
+        request.setResponseCode(response.code, response.phrase)
+        self._copy_headers(request, response)
+        length = await self._length(exchange, response)
+        if length is not None:
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % length])
+        if (
+            exchange.blob_digest is not None
+            and response.code == 200
+            and not request.responseHeaders.hasHeader(b"docker-content-digest")
+        ):
+            request.responseHeaders.setRawHeaders(
+                b"docker-content-digest", [exchange.blob_digest.encode("ascii")]
+            )
+        if request.method == b"HEAD" or response.code in _NO_BODY_CODES:
+            await discard_body(response)
+            if not client_gone(request):
+                request.finish()
+            return
+        pump = BodyPump(
+            request,
+            self.clock,
+            self.idle_timeout,
+            on_end=lambda outcome: record(request, outcome=outcome),
+        )
+        response.deliverBody(pump)
+
+    def _copy_headers(self, request: Request, response: IResponse) -> None:
+        out = request.responseHeaders
+        for name, values in relayed_response_headers(response.headers):
+            out.setRawHeaders(name, values)
+        challenges = [
+            v.decode("latin-1")
+            for v in response.headers.getRawHeaders(b"www-authenticate", [])
+        ]
+        if challenges:
+            bearer = find_bearer(challenges)
+            if bearer is not None:
+                self.realms.observe(bearer)
+            out.setRawHeaders(
+                b"www-authenticate",
+                [
+                    rewrite_challenge_header(v, self.public_realm).encode("latin-1")
+                    for v in challenges
+                ],
+            )
+
+    async def _length(self, exchange: Exchange, response: IResponse) -> int | None:
+        """The Content-Length the client must see, if it can be known."""
+        if exchange.method != b"HEAD":
+            if response.code in _NO_BODY_CODES or response.length is UNKNOWN_LENGTH:
+                return None
+            return int(response.length)  # type: ignore[arg-type]
+        declared = _int_header(response.headers, b"content-length")
+        if exchange.blob_digest is not None and response.code == 200 and not declared:
+            probed = await self._probe_blob_length(exchange)
+            if probed is not None:
+                return probed
+        return declared
+
+    async def _probe_blob_length(self, exchange: Exchange) -> int | None:
+        """Some CDNs answer HEAD without a length: ask for one byte instead."""
+        headers = exchange.headers.copy()
+        headers.setRawHeaders(b"range", [b"bytes=0-0"])
+        for name in (b"if-range", b"if-match", b"if-none-match"):
+            headers.removeHeader(name)
+        try:
+            answer = await self.client.request(b"GET", exchange.url, headers)
+        except UpstreamError as e:
+            log.info("blob length probe failed: {why}", why=str(e))
+            return None
+        response = answer.response
+        if response.code == 206:
+            await discard_body(response)
+            value = (response.headers.getRawHeaders(b"content-range") or [b""])[0]
+            match = _CONTENT_RANGE_TOTAL.match(value)
+            return int(match.group(1)) if match else None
+        length = response.length
+        response.deliverBody(_Abandon())
+        if response.code == 200 and length is not UNKNOWN_LENGTH:
+            return int(length)  # type: ignore[arg-type]
+        return None
+
+
+def _int_header(headers: Headers, name: bytes) -> int | None:
+    values = headers.getRawHeaders(name)
+    if not values:
+        return None
+    try:
+        return int(values[0])
+    except ValueError:
+        return None

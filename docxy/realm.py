@@ -1,0 +1,112 @@
+"""Where the upstream issues tokens, learnt from its own challenge.
+
+Docker Hub's realm (auth.docker.io) is not derivable from its registry URL,
+so Docxy asks ``GET /v2/`` once and remembers the realm and service it
+names; every challenge that passes through later refreshes the memory.
+Configuration can pin both instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+
+from .challenge import Challenge, find_bearer
+from .headers import USER_AGENT
+from .upstream import UpstreamClient, UpstreamError, discard_body
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class TokenRealm:
+    url: str
+    service: str | None
+
+
+class NoTokenService(Exception):
+    """The upstream does not use bearer tokens (its ``/v2/`` is open)."""
+
+
+class RealmDirectory:
+    """The upstream's token realm: configured, or discovered and cached."""
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        upstream: str,
+        realm: str | None = None,
+        service: str | None = None,
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self._pinned = realm is not None
+        self._current = TokenRealm(realm, service) if realm is not None else None
+        self._service_override = service
+        self._waiters: list[defer.Deferred[TokenRealm]] = []
+
+    def observe(self, challenge: Challenge) -> None:
+        """Remember the realm of a challenge the upstream just sent."""
+        if self._pinned:
+            return
+        realm = challenge.get("realm")
+        if realm and self._acceptable(realm):
+            self._current = TokenRealm(
+                realm, self._service_override or challenge.get("service")
+            )
+
+    async def get(self) -> TokenRealm:
+        if self._current is not None:
+            return self._current
+        # One discovery at a time; concurrent callers wait for its result.
+        waiter: defer.Deferred[TokenRealm] = defer.Deferred()
+        self._waiters.append(waiter)
+        if len(self._waiters) == 1:
+            defer.Deferred.fromCoroutine(self._discover()).addBoth(self._deliver)
+        return await waiter
+
+    def _deliver(self, result: TokenRealm | Failure) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if waiter.called:  # cancelled: its client went away
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _discover(self) -> TokenRealm:
+        response = (
+            await self.client.request(
+                b"GET", f"{self.upstream}/v2/", Headers({b"user-agent": [USER_AGENT]})
+            )
+        ).response
+        await discard_body(response)
+        values = [
+            v.decode("latin-1")
+            for v in response.headers.getRawHeaders(b"www-authenticate", [])
+        ]
+        challenge = find_bearer(values)
+        if challenge is None:
+            raise NoTokenService()
+        self.observe(challenge)
+        if self._current is None:
+            raise UpstreamError("upstream named an unacceptable token realm")
+        return self._current
+
+    def _acceptable(self, realm: str) -> bool:
+        """A realm must be http(s), and never plain http behind an https upstream."""
+        parts = urlsplit(realm)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            log.warn("ignoring token realm with unsupported URL")
+            return False
+        if urlsplit(self.upstream).scheme == "https" and parts.scheme != "https":
+            log.warn("ignoring plain-http token realm of an https upstream")
+            return False
+        return True
+

@@ -1,0 +1,81 @@
+"""The twisted.web Site and Request Docxy serves with, and its access log.
+
+Twisted's own access log prints the full URI (query strings can carry
+secrets) and only logs finished requests; Docxy logs one line per request
+however it ended, with the facts an operator needs, and never credentials.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request, Site
+
+from .errors import internal_error, write_error
+
+log = Logger(namespace="docxy.access")
+_errors = Logger(namespace="docxy")
+
+
+class DocxyRequest(Request):
+    # No default Content-Type: a blob without one must stay without one.
+    defaultContentType = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.notes: dict[str, object] = {}
+        self._started = time.monotonic()
+
+    def process(self) -> None:
+        self._started = time.monotonic()
+        self.notifyFinish().addBoth(self._log_access)
+        super().process()
+
+    def processingFailed(self, reason: Failure) -> None:  # noqa: N802
+        _errors.failure("unhandled error serving {path}", reason, path=self.path)
+        if not self.startedWriting:
+            write_error(self, internal_error())
+        else:
+            self.loseConnection()
+
+    def _log_access(self, result: object) -> None:
+        outcome = self.notes.get("outcome")
+        if outcome is None:
+            outcome = "aborted" if isinstance(result, Failure) else "done"
+        log.info(
+            "{client} method={method} path={path} status={status} bytes={bytes} "
+            "duration={duration:.3f} upstream_status={upstream_status} "
+            "outcome={outcome}{extra}",
+            client=self.getClientAddress().host
+            if hasattr(self.getClientAddress(), "host")
+            else "-",
+            method=self.method.decode("latin-1"),
+            path=self.path.decode("latin-1")[:512],
+            status=self.code,
+            bytes=self.sentLength,
+            duration=time.monotonic() - self._started,
+            upstream_status=self.notes.get("upstream_status", "-"),
+            outcome=outcome,
+            extra=_extra(self.notes),
+        )
+
+
+def _extra(notes: dict[str, object]) -> str:
+    parts = []
+    if notes.get("redirects"):
+        parts.append(f" redirects={notes['redirects']}")
+    if notes.get("upstream_error"):
+        parts.append(f' upstream_error="{notes["upstream_error"]}"')
+    return "".join(parts)
+
+
+class DocxySite(Site):
+    requestFactory = DocxyRequest
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        """Replaced by :meth:`DocxyRequest._log_access`."""

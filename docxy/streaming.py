@@ -1,0 +1,157 @@
+"""Moving an upstream body to a client with backpressure.
+
+:class:`BodyPump` is both the upstream body's ``Protocol`` and the client
+request's push producer: when the client's socket buffer fills, twisted.web
+pauses the pump, which pauses the upstream transport, so memory stays flat
+whatever the blob size. One idle watchdog covers both directions: if no
+byte moves for ``idle_timeout`` (a stalled upstream sends nothing; a
+stalled client keeps us paused) the transfer is aborted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.server import Request
+from zope.interface import implementer
+
+log = Logger()
+
+
+class IdleWatchdog:
+    """Calls ``on_idle`` once when ``touch`` has not been called for ``timeout`` s."""
+
+    def __init__(
+        self, clock: IReactorTime, timeout: float, on_idle: Callable[[], None]
+    ) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.on_idle = on_idle
+        self._call: IDelayedCall | None = None
+
+    def start(self) -> None:
+        if self._call is None:
+            self._call = self.clock.callLater(self.timeout, self._fire)
+
+    def touch(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.reset(self.timeout)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _fire(self) -> None:
+        self._call = None
+        self.on_idle()
+
+
+def client_gone(request: Request) -> bool:
+    return bool(getattr(request, "_disconnected", False))
+
+
+def abort_client(request: Request) -> None:
+    """Drop the client connection now, without flushing buffered data."""
+    transport = getattr(request.channel, "transport", None)
+    if transport is not None:
+        transport.abortConnection()
+
+
+@implementer(IPushProducer)
+class BodyPump(Protocol):
+    """Relays an upstream body into ``request`` and ends the answer correctly.
+
+    A complete upstream body finishes the request; anything else (upstream
+    reset, watchdog) closes the client connection so the client sees a short
+    read, never a complete-looking body.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        clock: IReactorTime,
+        idle_timeout: float,
+        on_end: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
+        self.request = request
+        self.on_end = on_end
+        self.bytes = 0
+        self._ended = False
+        self.watchdog = IdleWatchdog(clock, idle_timeout, self._idle)
+        request.notifyFinish().addErrback(self._client_lost)
+
+    # Protocol: upstream body events
+    def connectionMade(self) -> None:  # noqa: N802
+        if client_gone(self.request):
+            self._stop_upstream()
+            return
+        self.request.registerProducer(self, True)
+        self.watchdog.start()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.watchdog.touch()
+        self.bytes += len(data)
+        self.request.write(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment] # noqa: N802
+        self.watchdog.stop()
+        if self._ended:
+            return
+        if client_gone(self.request):
+            self._end("client-gone")
+            return
+        self.request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.request.finish()
+            self._end("done")
+        else:
+            log.warn(
+                "upstream body failed after {bytes} bytes: {why}",
+                bytes=self.bytes,
+                why=reason.getErrorMessage(),
+            )
+            self.request.loseConnection()
+            self._end("upstream-failed")
+
+    # IPushProducer: the client's flow control, passed upstream
+    def pauseProducing(self) -> None:  # noqa: N802
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self._stop_upstream()
+
+    def _stop_upstream(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _client_lost(self, reason: Failure) -> None:
+        self.watchdog.stop()
+        self._stop_upstream()
+        self._end("client-gone")
+
+    def _idle(self) -> None:
+        log.warn(
+            "no progress for {timeout}s after {bytes} bytes; aborting transfer",
+            timeout=self.watchdog.timeout,
+            bytes=self.bytes,
+        )
+        self._end("idle-timeout")
+        self._stop_upstream()
+        abort_client(self.request)
+
+    def _end(self, outcome: str) -> None:
+        if not self._ended:
+            self._ended = True
+            self.on_end(outcome)

@@ -1,0 +1,127 @@
+"""``twistd docxy``: command-line options and the service they build.
+
+Shaped like Twisted's ``web/tap.py``: :class:`Options` parses and validates,
+:func:`makeService` wires. Bad configuration prints one line and exits
+before anything listens.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from . import __version__
+from .config import Config, ConfigError, build_config, load_file
+
+_DEFAULTS = Config()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Docxy: a pull-through mirror for Docker / OCI registries. Point "
+        "dockerd's registry-mirrors, containerd's hosts.toml or podman's "
+        "registries.conf at it. Every option can also be set in a TOML file "
+        "given with --config (same names, e.g. public-url = \"...\"); the "
+        "command line wins."
+    )
+    optParameters: list[list[Any]] = [
+        ["config", "c", None, "TOML configuration file."],
+        [
+            "public-url",
+            None,
+            None,
+            "URL clients use to reach Docxy (scheme and host[:port], no path); "
+            "the token realm is built from it, never from the Host header. "
+            "[default: http://127.0.0.1:<first tcp port>]",
+        ],
+        ["upstream", None, None, f"Upstream registry URL. [default: {_DEFAULTS.upstream}]"],
+        ["upstream-ca", None, None, "Extra CA bundle (PEM) trusted for the upstream."],
+        [
+            "upstream-realm",
+            None,
+            None,
+            "Upstream token realm URL. [default: discovered from the upstream's challenge]",
+        ],
+        [
+            "upstream-service",
+            None,
+            None,
+            "Upstream token service name. [default: from the upstream's challenge]",
+        ],
+        [
+            "library-prefix",
+            None,
+            None,
+            "Prefix 'library/' to one-component names: auto, on or off. "
+            "[default: auto, on for Docker Hub]",
+        ],
+        [
+            "connect-timeout",
+            None,
+            None,
+            f"Seconds to connect upstream. [default: {_DEFAULTS.connect_timeout:g}]",
+        ],
+        [
+            "header-timeout",
+            None,
+            None,
+            "Seconds to wait for upstream response headers. "
+            f"[default: {_DEFAULTS.header_timeout:g}]",
+        ],
+        [
+            "idle-timeout",
+            None,
+            None,
+            "Seconds a transfer may make no progress (either side) before it is "
+            f"aborted; there is no total timeout. [default: {_DEFAULTS.idle_timeout:g}]",
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Idle upstream connections kept per host. "
+            f"[default: {_DEFAULTS.max_connections}]",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+        self.config: Config | None = None
+
+    def opt_port(self, endpoint: str) -> None:
+        """Endpoint to listen on: any Twisted server endpoint string (tcp:, ssl:, unix:, systemd:, ...). Repeatable. [default: tcp:5000]"""  # noqa: E501
+        self["port"].append(endpoint)
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Alias for --port (the name twistd web uses)."""
+        self.opt_port(endpoint)
+
+    def opt_version(self) -> None:
+        """Print Docxy's version and exit."""
+        print(f"docxy {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:  # noqa: N802
+        try:
+            file_settings = load_file(self["config"]) if self["config"] else {}
+            cli = {k: v for k, v in self.items() if k != "config"}
+            config = build_config(cli, file_settings)
+        except ConfigError as e:
+            sys.stderr.write(f"docxy: configuration error: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(2) from None
+        self.config = config
+
+
+def makeService(options: Options) -> IService:  # noqa: N802
+    from twisted.internet import reactor
+
+    from .service import make_service
+
+    assert options.config is not None
+    return make_service(options.config, reactor)

@@ -1,0 +1,212 @@
+"""The HTTP client side: one connection pool, verified TLS, redirects, timeouts.
+
+Docxy speaks to upstreams with a plain ``twisted.web.client.Agent`` rather
+than treq's ``HTTPClient``: treq always stacks a gzip-decoding agent (which
+changes bytes and drops lengths, fatal for digest-checked content) and a
+cookie jar (which would share one user's upstream cookies with every other
+user). treq's testing tools still drive this client in the unit tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+from OpenSSL import SSL
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+# Dropped when a redirect leaves the origin the client's credentials were for.
+_CREDENTIAL_HEADERS = (b"authorization", b"cookie")
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or answered nonsense (a 502)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not connect or answer in time (a 504)."""
+
+
+@implementer(IOpenSSLTrustRoot)
+class SystemPlusCATrustRoot:
+    """The platform's trusted CAs plus one operator-supplied bundle."""
+
+    def __init__(self, ca_file: Path) -> None:
+        self.ca_file = ca_file
+
+    def _addCACertsToContext(self, context: SSL.Context) -> None:  # noqa: N802
+        context.set_default_verify_paths()
+        context.load_verify_locations(str(self.ca_file))
+
+
+def tls_policy(ca_file: Path | None) -> IPolicyForHTTPS:
+    """Verified TLS (service_identity checks the name) with an optional extra CA."""
+    if ca_file is None:
+        return BrowserLikePolicyForHTTPS()
+    return BrowserLikePolicyForHTTPS(trustRoot=SystemPlusCATrustRoot(ca_file))
+
+
+def make_agent(
+    reactor: object,
+    *,
+    ca_file: Path | None,
+    connect_timeout: float,
+    max_connections: int,
+) -> tuple[Agent, HTTPConnectionPool]:
+    pool = _QuietPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_connections
+    pool.cachedConnectionTimeout = 120
+    pool.retryAutomatically = True
+    agent = Agent(
+        reactor,
+        contextFactory=tls_policy(ca_file),
+        connectTimeout=connect_timeout,
+        pool=pool,
+    )
+    return agent, pool
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False  # one "Starting factory" log line per upstream connection is noise
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietFactory
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    response: IResponse
+    url: str
+    redirects: int
+
+
+class _Discard(Protocol):
+    """Reads and drops a body so its connection can go back to the pool."""
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment] # noqa: N802
+        self.done.callback(None)
+
+
+def discard_body(response: IResponse) -> defer.Deferred[None]:
+    protocol = _Discard()
+    response.deliverBody(protocol)
+    return protocol.done
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    return (parts.scheme, (parts.hostname or "").lower(), parts.port or default)
+
+
+class UpstreamClient:
+    """Sends one logical request upstream, following redirects itself.
+
+    Redirects are followed here rather than relayed so that no upstream or
+    CDN Location ever reaches a client (clients may not be able to reach
+    those hosts at all). Range and If-* survive every hop; credentials do not
+    survive a hop to another origin; https never downgrades to http.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        agent: IAgent,
+        *,
+        header_timeout: float,
+        max_redirects: int = MAX_REDIRECTS,
+    ) -> None:
+        self.reactor = reactor
+        self.agent = agent
+        self.header_timeout = header_timeout
+        self.max_redirects = max_redirects
+
+    async def request(
+        self,
+        method: bytes,
+        url: str,
+        headers: Headers,
+        body: IBodyProducer | None = None,
+        follow_redirects: bool = True,
+    ) -> UpstreamResponse:
+        headers = headers.copy()
+        for hop in range(self.max_redirects + 1):
+            response = await self._one(method, url, headers, body)
+            location = response.headers.getRawHeaders(b"location")
+            if not (
+                follow_redirects
+                and method in (b"GET", b"HEAD")
+                and response.code in REDIRECT_CODES
+                and location
+            ):
+                return UpstreamResponse(response, url, hop)
+            await discard_body(response)
+            url = self._next_url(url, location[0].decode("latin-1"), headers)
+        raise UpstreamError(f"more than {self.max_redirects} redirects")
+
+    def _next_url(self, current: str, location: str, headers: Headers) -> str:
+        target = urljoin(current, location.strip())
+        scheme = urlsplit(target).scheme
+        if scheme not in ("http", "https") or not urlsplit(target).hostname:
+            raise UpstreamError("redirect to an unsupported location")
+        if urlsplit(current).scheme == "https" and scheme == "http":
+            raise UpstreamError("redirect from https to http refused")
+        if _origin(target) != _origin(current):
+            for name in _CREDENTIAL_HEADERS:
+                headers.removeHeader(name)
+        return target
+
+    async def _one(
+        self,
+        method: bytes,
+        url: str,
+        headers: Headers,
+        body: IBodyProducer | None,
+    ) -> IResponse:
+        d = self.agent.request(method, url.encode("ascii"), headers, body)
+        d.addTimeout(self.header_timeout, self.reactor)
+        try:
+            response: IResponse = await d
+        except defer.TimeoutError as e:
+            raise UpstreamTimeout("no response headers in time") from e
+        except error.TimeoutError as e:
+            raise UpstreamTimeout("connect timed out") from e
+        except defer.CancelledError:
+            raise
+        except (error.ConnectError, error.DNSLookupError) as e:
+            raise UpstreamError(f"cannot connect: {type(e).__name__}") from e
+        except ResponseNeverReceived as e:
+            raise UpstreamError(_describe(e)) from e
+        except Exception as e:  # any transport or protocol failure
+            raise UpstreamError(type(e).__name__) from e
+        return response
+
+
+def _describe(e: ResponseNeverReceived) -> str:
+    for reason in e.reasons:
+        if reason.check(SSL.Error):
+            return "TLS handshake with upstream failed (certificate not trusted?)"
+    return "connection lost before a response"
+
+
