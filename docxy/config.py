@@ -56,7 +56,7 @@ def _http_url(name: str, value: object, *, allow_path: bool) -> str:
     if parts.query or parts.fragment:
         raise ConfigError(f"{name}: {value!r} must not have a query or fragment")
     try:
-        parts.port
+        _ = parts.port
     except ValueError:
         raise ConfigError(f"{name}: {value!r} has an invalid port") from None
     path = parts.path.rstrip("/")
@@ -67,9 +67,11 @@ def _http_url(name: str, value: object, *, allow_path: bool) -> str:
 
 def _positive(name: str, value: object) -> float:
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(str(value))
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a number of seconds, got {value!r}") from None
+        raise ConfigError(
+            f"{name}: expected a number of seconds, got {value!r}"
+        ) from None
     if not number > 0:
         raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
     return number
@@ -128,7 +130,7 @@ def _library_prefix(name: str, value: object) -> bool | None:
     key = value.lower() if isinstance(value, str) else value
     if key not in _LIBRARY_PREFIX:
         raise ConfigError(f"{name}: expected auto, on or off, got {value!r}")
-    return _LIBRARY_PREFIX[key]  # type: ignore[index]
+    return _LIBRARY_PREFIX[key]
 
 
 # setting name -> (Config field, parser)
@@ -173,7 +175,7 @@ def build_config(
             raise ConfigError(f"unknown setting {name!r}")
         field, parse = SETTINGS[name]
         fields[field] = parse(name, value)
-    if fields.get("library_prefix", None) is None:
+    if fields.get("library_prefix") is None:
         host = urlsplit(fields.get("upstream", DOCKER_HUB)).hostname or ""
         fields["library_prefix"] = host in DOCKER_HUB_HOSTS
     fields["public_url_given"] = "public_url" in fields

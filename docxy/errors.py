@@ -36,9 +36,7 @@ def name_invalid(name: str) -> RegistryError:
 
 
 def digest_invalid(digest: str) -> RegistryError:
-    return RegistryError(
-        400, "DIGEST_INVALID", "invalid digest", {"digest": digest}
-    )
+    return RegistryError(400, "DIGEST_INVALID", "invalid digest", {"digest": digest})
 
 
 def tag_invalid(tag: str) -> RegistryError:
@@ -97,8 +95,8 @@ class ErrorResource(Resource):
         super().__init__()
         self.error = error
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         from twisted.web.server import NOT_DONE_YET
 
         write_error(request, self.error)
-        return NOT_DONE_YET  # type: ignore[no-any-return]
+        return NOT_DONE_YET

@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,7 +33,7 @@ from .errors import (
 from .headers import relayed_response_headers
 from .realm import RealmDirectory
 from .streaming import BodyPump, abort_client, client_gone
-from .upstream import UpstreamClient, UpstreamError, UpstreamTimeout, discard_body
+from .upstream import UpstreamClient, UpstreamError, UpstreamTimeoutError, discard_body
 
 log = Logger()
 
@@ -57,9 +57,8 @@ class Exchange:
 class _Abandon(Protocol):
     """Closes an unwanted body's connection at once instead of reading it."""
 
-    def connectionMade(self) -> None:  # noqa: N802
-        if self.transport is not None:
-            self.transport.stopProducing()
+    def connectionMade(self) -> None:
+        cast(IPushProducer, self.transport).stopProducing()
 
 
 def record(request: Request, **fields: object) -> None:
@@ -98,15 +97,15 @@ class Forwarder:
     def _failed(self, failure: Failure, request: Request) -> None:
         if failure.check(defer.CancelledError):
             return
-        if failure.check(UpstreamTimeout):
+        if failure.check(UpstreamTimeoutError):
             record(request, upstream_error="timeout")
             write_error(request, upstream_timeout())
         elif failure.check(UpstreamError):
             reason = failure.getErrorMessage()
             record(request, upstream_error=reason)
             write_error(request, upstream_unavailable(reason))
-        elif failure.check(RegistryError):
-            write_error(request, failure.value)  # type: ignore[arg-type]
+        elif isinstance(failure.value, RegistryError):
+            write_error(request, failure.value)
         else:
             log.failure("proxying {path} failed", failure, path=request.path)
             if request.startedWriting:
@@ -178,7 +177,7 @@ class Forwarder:
         if exchange.method != b"HEAD":
             if response.code in _NO_BODY_CODES or response.length is UNKNOWN_LENGTH:
                 return None
-            return int(response.length)  # type: ignore[arg-type]
+            return int(response.length)
         declared = _int_header(response.headers, b"content-length")
         if exchange.blob_digest is not None and response.code == 200 and not declared:
             probed = await self._probe_blob_length(exchange)
@@ -206,7 +205,7 @@ class Forwarder:
         length = response.length
         response.deliverBody(_Abandon())
         if response.code == 200 and length is not UNKNOWN_LENGTH:
-            return int(length)  # type: ignore[arg-type]
+            return int(length)
         return None
 
 

@@ -29,7 +29,7 @@ class TokenRealm:
     service: str | None
 
 
-class NoTokenService(Exception):
+class NoTokenServiceError(Exception):
     """The upstream does not use bearer tokens (its ``/v2/`` is open)."""
 
 
@@ -93,7 +93,7 @@ class RealmDirectory:
         ]
         challenge = find_bearer(values)
         if challenge is None:
-            raise NoTokenService()
+            raise NoTokenServiceError()
         self.observe(challenge)
         if self._current is None:
             raise UpstreamError("upstream named an unacceptable token realm")
@@ -109,4 +109,3 @@ class RealmDirectory:
             log.warn("ignoring plain-http token realm of an https upstream")
             return False
         return True
-

@@ -32,7 +32,7 @@ from .errors import (
 from .forward import Exchange, Forwarder
 from .headers import upstream_request_headers
 from .names import Kind, parse_v2_path
-from .realm import NoTokenService, RealmDirectory
+from .realm import NoTokenServiceError, RealmDirectory
 
 READ_METHODS = (b"GET", b"HEAD")
 TOKEN_METHODS = (b"GET", b"POST")
@@ -43,6 +43,16 @@ _MIRROR_PARAMS = frozenset({"ns"})
 
 def _path(request: Request) -> str:
     return request.path.decode("latin-1")
+
+
+def raw_postpath(request: Request) -> list[bytes]:
+    """The path segments after this resource, still percent-encoded.
+
+    twisted.web decodes ``postpath``, which would turn ``a%2Fb`` into two
+    name components; registry names never contain ``%``, so the raw form
+    is validated instead.
+    """
+    return request.path.split(b"/")[1 + len(request.prepath or []) :]
 
 
 def _raw_query(request: Request) -> str:
@@ -69,21 +79,23 @@ class RootResource(Resource):
         self.putChild(b"auth", auth)
         self.putChild(b"health", HealthResource())
 
-    def getChild(self, path: bytes, request: Request) -> IResource:  # noqa: N802
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return ErrorResource(not_found(_path(request)))
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         write_error(request, not_found(_path(request)))
-        return NOT_DONE_YET  # type: ignore[no-any-return]
+        return NOT_DONE_YET
 
 
 class HealthResource(Resource):
     isLeaf = True
 
-    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+    def render(self, request: Request) -> bytes | int:
         if request.method not in READ_METHODS:
-            write_error(request, unsupported_method(request.method.decode(), READ_METHODS))
-            return NOT_DONE_YET  # type: ignore[no-any-return]
+            write_error(
+                request, unsupported_method(request.method.decode(), READ_METHODS)
+            )
+            return NOT_DONE_YET
         request.setHeader(b"content-type", b"application/json")
         return json.dumps({"status": "ok", "version": __version__}).encode()
 
@@ -93,21 +105,23 @@ class RegistryResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, forwarder: Forwarder, upstream: str, library_prefix: bool) -> None:
+    def __init__(
+        self, forwarder: Forwarder, upstream: str, library_prefix: bool
+    ) -> None:
         super().__init__()
         self.forwarder = forwarder
         self.upstream = upstream.rstrip("/")
         self.library_prefix = library_prefix
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
         try:
             if request.method not in READ_METHODS:
                 raise unsupported_method(request.method.decode("latin-1"), READ_METHODS)
-            route = parse_v2_path(list(request.postpath), _path(request))
+            route = parse_v2_path(raw_postpath(request), _path(request))
         except RegistryError as error:
             write_error(request, error)
-            return NOT_DONE_YET  # type: ignore[no-any-return]
+            return NOT_DONE_YET
         url = self.upstream + route.upstream_path(self.library_prefix)
         query = upstream_query(request)
         if query:
@@ -121,7 +135,7 @@ class RegistryResource(Resource):
                 blob_digest=route.reference if route.kind is Kind.BLOBS else None,
             ),
         )
-        return NOT_DONE_YET  # type: ignore[no-any-return]
+        return NOT_DONE_YET
 
 
 def token_params(
@@ -160,21 +174,22 @@ class TokenResource(Resource):
         self.realms = realms
         self.library_prefix = library_prefix
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         if request.postpath not in ([], [b""]):
             write_error(request, not_found(_path(request)))
         elif request.method not in TOKEN_METHODS:
             write_error(
-                request, unsupported_method(request.method.decode("latin-1"), TOKEN_METHODS)
+                request,
+                unsupported_method(request.method.decode("latin-1"), TOKEN_METHODS),
             )
         else:
             self.forwarder.run(request, self._token(request))
-        return NOT_DONE_YET  # type: ignore[no-any-return]
+        return NOT_DONE_YET
 
     async def _token(self, request: Request) -> None:
         try:
             realm = await self.realms.get()
-        except NoTokenService:
+        except NoTokenServiceError:
             raise RegistryError(
                 404, "UNSUPPORTED", "the upstream registry does not issue tokens"
             ) from None
@@ -223,4 +238,3 @@ def build_tree(
         RegistryResource(forwarder, upstream, library_prefix),
         TokenResource(forwarder, realms, library_prefix),
     )
-

@@ -27,7 +27,7 @@ class _PoolService(Service):
     def __init__(self, pool: HTTPConnectionPool) -> None:
         self.pool = pool
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         super().stopService()
         return self.pool.closeCachedConnections()
 
@@ -36,7 +36,7 @@ class _Announce(Service):
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         c = self.config
         log.info(

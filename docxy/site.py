@@ -34,7 +34,7 @@ class DocxyRequest(Request):
         self.notifyFinish().addBoth(self._log_access)
         super().process()
 
-    def processingFailed(self, reason: Failure) -> None:  # noqa: N802
+    def processingFailed(self, reason: Failure) -> None:
         _errors.failure("unhandled error serving {path}", reason, path=self.path)
         if not self.startedWriting:
             write_error(self, internal_error())
@@ -77,5 +77,5 @@ class DocxySite(Site):
     displayTracebacks = False
     noisy = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         """Replaced by :meth:`DocxyRequest._log_access`."""

@@ -11,6 +11,7 @@ stalled client keeps us paused) the transfer is aborted.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -84,23 +85,26 @@ class BodyPump(Protocol):
         self.on_end = on_end
         self.bytes = 0
         self._ended = False
+        self.upstream: IPushProducer | None = None
         self.watchdog = IdleWatchdog(clock, idle_timeout, self._idle)
         request.notifyFinish().addErrback(self._client_lost)
 
     # Protocol: upstream body events
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
+        # The body transport is a TransportProxyProducer: it can be paused.
+        self.upstream = cast(IPushProducer, self.transport)
         if client_gone(self.request):
             self._stop_upstream()
             return
         self.request.registerProducer(self, True)
         self.watchdog.start()
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         self.watchdog.touch()
         self.bytes += len(data)
         self.request.write(data)
 
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment] # noqa: N802
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self.watchdog.stop()
         if self._ended:
             return
@@ -121,20 +125,20 @@ class BodyPump(Protocol):
             self._end("upstream-failed")
 
     # IPushProducer: the client's flow control, passed upstream
-    def pauseProducing(self) -> None:  # noqa: N802
-        if self.transport is not None:
-            self.transport.pauseProducing()
+    def pauseProducing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pauseProducing()
 
-    def resumeProducing(self) -> None:  # noqa: N802
-        if self.transport is not None:
-            self.transport.resumeProducing()
+    def resumeProducing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resumeProducing()
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         self._stop_upstream()
 
     def _stop_upstream(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        if self.upstream is not None:
+            self.upstream.stopProducing()
 
     def _client_lost(self, reason: Failure) -> None:
         self.watchdog.stop()

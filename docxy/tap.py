@@ -25,7 +25,7 @@ class Options(usage.Options):
         "Docxy: a pull-through mirror for Docker / OCI registries. Point "
         "dockerd's registry-mirrors, containerd's hosts.toml or podman's "
         "registries.conf at it. Every option can also be set in a TOML file "
-        "given with --config (same names, e.g. public-url = \"...\"); the "
+        'given with --config (same names, e.g. public-url = "..."); the '
         "command line wins."
     )
     optParameters: list[list[Any]] = [
@@ -38,13 +38,19 @@ class Options(usage.Options):
             "the token realm is built from it, never from the Host header. "
             "[default: http://127.0.0.1:<first tcp port>]",
         ],
-        ["upstream", None, None, f"Upstream registry URL. [default: {_DEFAULTS.upstream}]"],
+        [
+            "upstream",
+            None,
+            None,
+            f"Upstream registry URL. [default: {_DEFAULTS.upstream}]",
+        ],
         ["upstream-ca", None, None, "Extra CA bundle (PEM) trusted for the upstream."],
         [
             "upstream-realm",
             None,
             None,
-            "Upstream token realm URL. [default: discovered from the upstream's challenge]",
+            "Upstream token realm URL. "
+            "[default: discovered from the upstream's challenge]",
         ],
         [
             "upstream-service",
@@ -76,8 +82,9 @@ class Options(usage.Options):
             "idle-timeout",
             None,
             None,
-            "Seconds a transfer may make no progress (either side) before it is "
-            f"aborted; there is no total timeout. [default: {_DEFAULTS.idle_timeout:g}]",
+            "Seconds a transfer may make no progress (either side) before it "
+            "is aborted; there is no total timeout. "
+            f"[default: {_DEFAULTS.idle_timeout:g}]",
         ],
         [
             "max-connections",
@@ -106,7 +113,7 @@ class Options(usage.Options):
         print(f"docxy {__version__}")
         sys.exit(0)
 
-    def postOptions(self) -> None:  # noqa: N802
+    def postOptions(self) -> None:
         try:
             file_settings = load_file(self["config"]) if self["config"] else {}
             cli = {k: v for k, v in self.items() if k != "config"}
@@ -118,7 +125,7 @@ class Options(usage.Options):
         self.config = config
 
 
-def makeService(options: Options) -> IService:  # noqa: N802
+def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from .service import make_service

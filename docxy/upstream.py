@@ -15,9 +15,9 @@ from urllib.parse import urljoin, urlsplit
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
@@ -40,7 +40,7 @@ class UpstreamError(Exception):
     """The upstream could not be reached or answered nonsense (a 502)."""
 
 
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimeoutError(UpstreamError):
     """The upstream did not connect or answer in time (a 504)."""
 
 
@@ -51,7 +51,7 @@ class SystemPlusCATrustRoot:
     def __init__(self, ca_file: Path) -> None:
         self.ca_file = ca_file
 
-    def _addCACertsToContext(self, context: SSL.Context) -> None:  # noqa: N802
+    def _addCACertsToContext(self, context: SSL.Context) -> None:
         context.set_default_verify_paths()
         context.load_verify_locations(str(self.ca_file))
 
@@ -104,7 +104,7 @@ class _Discard(Protocol):
     def __init__(self) -> None:
         self.done: defer.Deferred[None] = defer.Deferred()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment] # noqa: N802
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.done.callback(None)
 
 
@@ -185,21 +185,35 @@ class UpstreamClient:
         body: IBodyProducer | None,
     ) -> IResponse:
         d = self.agent.request(method, url.encode("ascii"), headers, body)
-        d.addTimeout(self.header_timeout, self.reactor)
+        # Agent reports its own cancellation as ResponseNeverReceived, so
+        # Deferred.addTimeout cannot tell a timeout apart: keep a flag.
+        timed_out = False
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            d.cancel()
+
+        timer = self.reactor.callLater(self.header_timeout, expire)
         try:
             response: IResponse = await d
-        except defer.TimeoutError as e:
-            raise UpstreamTimeout("no response headers in time") from e
-        except error.TimeoutError as e:
-            raise UpstreamTimeout("connect timed out") from e
         except defer.CancelledError:
+            if timed_out:
+                raise UpstreamTimeoutError("no response headers in time") from None
             raise
+        except error.TimeoutError as e:
+            raise UpstreamTimeoutError("connect timed out") from e
         except (error.ConnectError, error.DNSLookupError) as e:
             raise UpstreamError(f"cannot connect: {type(e).__name__}") from e
-        except ResponseNeverReceived as e:
-            raise UpstreamError(_describe(e)) from e
         except Exception as e:  # any transport or protocol failure
+            if timed_out:
+                raise UpstreamTimeoutError("no response headers in time") from e
+            if isinstance(e, ResponseNeverReceived):
+                raise UpstreamError(_describe(e)) from e
             raise UpstreamError(type(e).__name__) from e
+        finally:
+            if timer.active():
+                timer.cancel()
         return response
 
 
@@ -208,5 +222,3 @@ def _describe(e: ResponseNeverReceived) -> str:
         if reason.check(SSL.Error):
             return "TLS handshake with upstream failed (certificate not trusted?)"
     return "connection lost before a response"
-
-

@@ -1,0 +1,130 @@
+"""Docxy's real Site and a scriptable upstream, both on 127.0.0.1 in-process.
+
+For behaviour the real registry cannot be made to show on demand (a CDN
+without HEAD lengths, cross-origin redirects, redirect loops, stalls).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from docxy.config import build_config
+from docxy.service import build_site
+
+Handler = Callable[[Request], bytes | int]
+
+
+@dataclass
+class Seen:
+    method: bytes
+    uri: bytes
+    headers: Headers
+    body: bytes
+
+
+class FakeUpstream(Resource):
+    """Answers by path with scripted handlers and records every request."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routes: dict[bytes, Handler] = {}
+        self.seen: list[Seen] = []
+        self.port: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}"
+
+    def render(self, request: Request) -> bytes | int:
+        body = request.content.read() if request.content is not None else b""
+        self.seen.append(
+            Seen(request.method, request.uri, request.requestHeaders.copy(), body)
+        )
+        handler = self.routes.get(request.path)
+        if handler is None:
+            request.setResponseCode(404)
+            return b'{"errors":[{"code":"NOT_FOUND"}]}'
+        return handler(request)
+
+
+@dataclass
+class Reply:
+    code: int
+    headers: Headers
+    body: bytes
+    # Content-Length of a GET: twisted keeps it out of ``headers``; None if
+    # the answer came chunked.
+    length: int | None
+
+
+@dataclass
+class Harness:
+    upstream: FakeUpstream
+    docxy_port: Any
+    public_url: str
+    pool: Any
+    extra: list[Any] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.docxy_port.getHost().port}"
+
+    async def request(
+        self, method: bytes, path: str, headers: dict[bytes, list[bytes]] | None = None
+    ) -> Reply:
+        agent = Agent(reactor)
+        response: IResponse = await agent.request(
+            method, (self.url + path).encode(), Headers(headers or {})
+        )
+        body = await readBody(response)
+        length = None if response.length is UNKNOWN_LENGTH else response.length
+        return Reply(response.code, response.headers, body, length)
+
+    async def stop(self) -> None:
+        await self.docxy_port.stopListening()
+        await self.pool.closeCachedConnections()
+        for port in [self.upstream.port, *self.extra]:
+            await port.stopListening()
+
+
+async def listen(resource: Resource) -> Any:
+    return await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Site(resource)
+    )
+
+
+async def start(
+    upstream: FakeUpstream, settings: dict[str, object] | None = None
+) -> Harness:
+    upstream.port = await listen(upstream)
+    config = build_config(
+        {
+            "upstream": upstream.url,
+            "public-url": "https://mirror.example",
+            "library-prefix": "on",
+            **(settings or {}),
+        }
+    )
+    site, pool = build_site(config, reactor)
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    return Harness(upstream, port, config.public_url, pool)
+
+
+def never_answers(request: Request) -> int:
+    from twisted.web.server import NOT_DONE_YET
+
+    d: defer.Deferred[None] = defer.Deferred()
+    request.notifyFinish().addBoth(lambda _: d)
+    return NOT_DONE_YET

@@ -1,0 +1,91 @@
+"""Configuration: defaults, TOML, precedence and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from docxy.config import DOCKER_HUB, ConfigError, build_config, load_file
+
+
+def test_defaults_are_docker_hub_on_port_5000() -> None:
+    config = build_config({})
+    assert config.upstream == DOCKER_HUB
+    assert config.library_prefix is True
+    assert config.ports == ("tcp:5000",)
+    assert config.public_url == "http://127.0.0.1:5000"
+    assert config.public_url_given is False
+    assert config.token_realm == "http://127.0.0.1:5000/auth/token"
+
+
+def test_library_prefix_auto_is_off_for_other_registries() -> None:
+    assert build_config({"upstream": "https://ghcr.io"}).library_prefix is False
+    config = build_config({"upstream": "https://ghcr.io", "library-prefix": "on"})
+    assert config.library_prefix is True
+
+
+def test_public_url_is_normalised() -> None:
+    config = build_config({"public-url": "https://Mirror.example:8443/"})
+    assert config.public_url == "https://Mirror.example:8443"
+    assert config.public_url_given
+
+
+def test_default_public_url_follows_first_port() -> None:
+    assert build_config({"port": ["tcp:8080:interface=127.0.0.1"]}).public_url == (
+        "http://127.0.0.1:8080"
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"public-url": "ftp://x"}, "must start with http"),
+        ({"public-url": "https://x/prefix"}, "must not have a path"),
+        ({"public-url": "https://x?a=b"}, "query"),
+        ({"public-url": "https://u:p@x"}, "credentials"),
+        ({"public-url": "https://"}, "no host"),
+        ({"public-url": "https://x:99999"}, "invalid port"),
+        ({"upstream": "registry-1.docker.io"}, "must start with http"),
+        ({"idle-timeout": "0"}, "greater than 0"),
+        ({"connect-timeout": "soon"}, "number of seconds"),
+        ({"max-connections": "0"}, "at least 1"),
+        ({"library-prefix": "maybe"}, "auto, on or off"),
+        ({"port": ["nope:1"]}, "invalid endpoint"),
+        ({"port": ["unix:/tmp/x.sock"]}, "public-url: required"),
+        ({"upstream-ca": "/nonexistent.pem"}, "not a readable file"),
+    ],
+)
+def test_invalid_settings(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        build_config(settings)
+    assert "\n" not in str(info.value)
+
+
+def test_file_settings_and_command_line_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "docxy.toml"
+    path.write_text(
+        'port = ["tcp:6000"]\n'
+        'public-url = "https://file.example"\n'
+        'upstream = "https://quay.io"\n'
+        "idle-timeout = 30\n"
+    )
+    config = build_config({"public-url": "https://cli.example"}, load_file(str(path)))
+    assert config.public_url == "https://cli.example"
+    assert config.upstream == "https://quay.io"
+    assert config.ports == ("tcp:6000",)
+    assert config.idle_timeout == 30.0
+
+
+def test_unknown_file_setting(tmp_path: Path) -> None:
+    path = tmp_path / "docxy.toml"
+    path.write_text('upstrem = "https://x"\n')
+    with pytest.raises(ConfigError, match="unknown setting 'upstrem'"):
+        load_file(str(path))
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "docxy.toml"
+    path.write_text("port = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_file(str(path))
