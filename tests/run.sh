@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run Docxy's whole test suite on a Debian machine, installing what it needs:
+# the real registry, clients and daemons from Debian, Python packages into
+# .venv. Needs root (apt-get, dockerd, containerd). Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(docker-registry skopeo docker.io containerd podman curl ca-certificates)
+need=()
+for bin in docker-registry skopeo dockerd containerd ctr podman curl; do
+    command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
+done
+if ((${#need[@]})); then
+    echo "==> installing Debian packages (missing: ${need[*]})"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${debs[@]}" python3-venv
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    python3 -m venv .venv || {
+        apt-get install -y -q python3-venv && python3 -m venv .venv
+    }
+fi
+echo "==> installing Python packages"
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q '.[test,dev]'
+
+echo "==> ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+exec .venv/bin/python -m pytest "$@"
