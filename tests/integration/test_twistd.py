@@ -1,0 +1,103 @@
+"""The real ``twistd docxy`` command line: help, bad configuration, TOML."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.docxy import TWISTD, twistd_env
+from tests.support.processes import LOOPBACK, ManagedProcess, free_port, port_open
+
+OPTIONS = [
+    "--port",
+    "--listen",
+    "--public-url",
+    "--upstream",
+    "--upstream-ca",
+    "--upstream-realm",
+    "--upstream-service",
+    "--library-prefix",
+    "--connect-timeout",
+    "--header-timeout",
+    "--idle-timeout",
+    "--max-connections",
+    "--config",
+]
+
+
+def twistd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "docxy", *args],
+        capture_output=True,
+        text=True,
+        env={**twistd_env(), "PATH": "/usr/bin:/bin"},
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_help_documents_every_option(tmp_path: Path) -> None:
+    result = twistd("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for option in OPTIONS:
+        assert f"{option}=" in result.stdout, option
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--public-url", "https://mirror.example/path"], "must not have a path"),
+        (["--upstream", "ftp://x"], "must start with http"),
+        (["--port", "tcp:notaport"], "invalid endpoint"),
+        (["--idle-timeout", "0"], "greater than 0"),
+        (["--upstream-ca", "/nonexistent/ca.pem"], "not a readable file"),
+        (["--config", "/nonexistent/docxy.toml"], "cannot read"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_nothing_listens(
+    tmp_path: Path, args: list[str], reason: str
+) -> None:
+    port = free_port()
+    result = twistd("--port", f"tcp:{port}:interface={LOOPBACK}", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("docxy: configuration error: ")
+    assert reason in lines[0]
+    assert not port_open(port)
+
+
+def test_unknown_setting_in_file(tmp_path: Path) -> None:
+    config = tmp_path / "docxy.toml"
+    config.write_text('upstrem = "https://quay.io"\n')
+    result = twistd("--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown setting 'upstrem'" in result.stderr
+
+
+def test_settings_from_toml_file(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "docxy.toml"
+    config.write_text(
+        f'port = ["tcp:{port}:interface={LOOPBACK}"]\n'
+        'public-url = "https://mirror.example"\n'
+        f'upstream = "http://{LOOPBACK}:{free_port()}"\n'
+    )
+    process = ManagedProcess(
+        [TWISTD, "-n", "--pidfile=", "docxy", "--config", str(config)],
+        tmp_path / "docxy.log",
+        env=twistd_env(),
+        cwd=tmp_path,
+    )
+    try:
+        process.wait_for_port(port)
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health") as response:
+            assert json.load(response)["status"] == "ok"
+        process.wait_for_log("method=GET path=/health status=200")
+        assert "token realm https://mirror.example/auth/token" in process.log_text()
+    finally:
+        assert process.stop() is not None
