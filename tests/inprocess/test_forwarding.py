@@ -9,7 +9,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
@@ -432,3 +433,43 @@ async def test_header_timeout_is_a_504(upstream: FakeUpstream) -> None:
         assert errors_of(reply.body)[0]["code"] == "UNAVAILABLE"
     finally:
         await docxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_handshake_on_plain_port_is_refused_at_once(docxy: Harness) -> None:
+    """podman/skopeo try https first on an insecure mirror; they must not hang."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.protocol import connectionDone
+    from twisted.python.failure import Failure
+
+    class Hello(Protocol):
+        def __init__(self) -> None:
+            self.data = b""
+            self.closed: defer.Deferred[bytes] = defer.Deferred()
+
+        def connectionMade(self) -> None:
+            # The start of a TLS ClientHello: no line break anywhere.
+            assert self.transport is not None
+            self.transport.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 8)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data += data
+
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
+            self.closed.callback(self.data)
+
+    hello = Hello()
+    port = docxy.docxy_port.getHost().port
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    await endpoint.connect(_Once(hello))
+    # Without the fix the connection just hangs: bound the wait so it fails.
+    answer = await hello.closed.addTimeout(30, reactor)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+class _Once(Factory):
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self.protocol_instance
