@@ -20,8 +20,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["twisted", "tests", "tests.*", "benchmarks"])
-    + ["twisted.plugins"],
+    packages=[
+        *find_packages(exclude=["twisted", "tests", "tests.*", "benchmarks"]),
+        "twisted.plugins",
+    ],
     package_data={"docxy": ["py.typed"]},
     include_package_data=True,
     install_requires=[

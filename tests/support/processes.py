@@ -6,6 +6,7 @@ passes), never assumed after a fixed sleep.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -61,7 +62,7 @@ class ManagedProcess:
         self.argv = list(argv)
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
@@ -100,10 +101,8 @@ class ManagedProcess:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the process group (children included)."""
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds."""

@@ -1,0 +1,138 @@
+"""Shared fixtures: real upstream registries and Docxy processes.
+
+Why: integration tests must run Docxy against the real distribution
+registry (with a Docker-Hub-like token service), never against mocks. The
+upstreams are session-scoped (populated once, a second or so) so the suite
+stays fast; Docxy instances are per test so no state leaks between tests.
+
+Fixture contract (other test modules rely on these names and attributes):
+
+- ``upstream``: token service + registry, populated with
+  ``library/alpine:3.20`` (Docker schema2), ``library/multi:1.0`` (OCI
+  index, amd64+arm64), ``library/multi:list`` (Docker manifest list),
+  ``someuser/tool:latest`` (OCI) and ``private/secret:1`` (alice:secret).
+  Attributes: ``url``, ``hostport``, ``token_url``, ``service``,
+  ``registry_log``, ``requests()``, ``token_requests()``, ``images``.
+- ``cdn_upstream``: same images; blob GET/HEAD answer 307 to a static
+  "CDN"; adds ``cdn_requests()``.
+- ``tls_upstream``: same images over https; adds ``ca_path``.
+- ``docxy_factory(upstream_url, *extra_args, library_prefix="on")``.
+- ``docxy``: ``docxy_factory(upstream.url)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.docxy import Docxy  # noqa: E402
+from tests.support.images import STANDARD_IMAGES, populate  # noqa: E402
+from tests.support.registry import Upstream, start_upstream  # noqa: E402
+
+STANDARD_REPOSITORIES: list[str] = sorted({spec.repo for spec in STANDARD_IMAGES})
+
+DocxyFactory = Callable[..., Docxy]
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration (``-m "not integration"``)."""
+    for item in items:
+        if INTEGRATION_DIR in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """Variant (a): plain token-auth registry, populated once per session."""
+    workdir = tmp_path_factory.mktemp("upstream")
+    up = start_upstream(workdir, STANDARD_REPOSITORIES)
+    try:
+        up.images = populate(up, workdir / "images")
+        yield up
+    finally:
+        up.stop()
+
+
+@pytest.fixture(scope="session")
+def cdn_upstream(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Upstream]:
+    """Variant (b): blobs redirect (307) to a static CDN; shares (a)'s storage."""
+    workdir = tmp_path_factory.mktemp("cdn-upstream")
+    up = start_upstream(
+        workdir,
+        STANDARD_REPOSITORIES,
+        storage=upstream.registry.storage,
+        readonly=True,
+        cdn=True,
+    )
+    up.images = upstream.images
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_upstream(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Upstream]:
+    """Variant (c): https registry and token service with a test CA."""
+    workdir = tmp_path_factory.mktemp("tls-upstream")
+    up = start_upstream(
+        workdir,
+        STANDARD_REPOSITORIES,
+        storage=upstream.registry.storage,
+        readonly=True,
+        tls=True,
+    )
+    up.images = upstream.images
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+@pytest.fixture
+def docxy_factory(tmp_path: Path) -> Iterator[DocxyFactory]:
+    """Start Docxy processes; stop them all, and fail if any had died."""
+    started: list[Docxy] = []
+
+    class TrackedDocxy(Docxy):
+        """Registers itself before waiting, so a hung start is still stopped."""
+
+        def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
+            started.append(self)
+            super().wait_for_port(port, timeout)
+
+    def factory(
+        upstream_url: str, *extra_args: str, library_prefix: str = "on"
+    ) -> Docxy:
+        log = tmp_path / f"docxy-{len(started)}.log"
+        return TrackedDocxy(
+            upstream_url, log, extra_args, library_prefix=library_prefix
+        )
+
+    yield factory
+    crashed = [d for d in started if not d.alive()]
+    reports = [
+        f"docxy pid {d.pid} exited with {d.popen.returncode}:\n{d.log_text()[-3000:]}"
+        for d in crashed
+    ]
+    for d in started:
+        d.stop()
+    assert not crashed, "Docxy died during the test:\n" + "\n".join(reports)
+
+
+@pytest.fixture
+def docxy(docxy_factory: DocxyFactory, upstream: Upstream) -> Docxy:
+    """One Docxy in front of the plain upstream."""
+    return docxy_factory(upstream.url)

@@ -1,0 +1,88 @@
+"""Docxy in front of an https upstream with a private CA.
+
+Why: mirrors of internal registries use private CAs. ``--upstream-ca`` must
+make such an upstream work (registry and token realm alike), and without
+it TLS verification must fail closed (502), never be silently disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.docxy import Docxy
+from tests.support.images import run_skopeo
+from tests.support.registry import Response, Upstream, fetch, make_test_ca
+
+DocxyFactory = Callable[..., Docxy]
+
+
+def file_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_502_envelope(resp: Response) -> None:
+    assert resp.status == 502, (resp.status, resp.headers, resp.body)
+    try:
+        doc = json.loads(resp.body)
+    except ValueError:
+        raise AssertionError(f"not a JSON error envelope: {resp.body!r}") from None
+    error = doc["errors"][0]
+    assert isinstance(error["code"], str) and isinstance(error["message"], str), doc
+    assert "detail" in error, doc
+
+
+def test_pull_with_upstream_ca(
+    docxy_factory: DocxyFactory, tls_upstream: Upstream, tmp_path: Path
+) -> None:
+    """With the CA, skopeo pulls (token realm over https too) byte for byte."""
+    assert tls_upstream.url.startswith("https://")
+    assert tls_upstream.token_url.startswith("https://")
+    assert tls_upstream.ca_path is not None
+    docxy = docxy_factory(tls_upstream.url, "--upstream-ca", str(tls_upstream.ca_path))
+    image = tls_upstream.images["library/multi:1.0"]
+    tokens_before = len(tls_upstream.token_requests())
+    out = tmp_path / "out"
+    run_skopeo(
+        [
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            f"docker://{docxy.hostport}/multi:1.0",
+            f"dir:{out}",
+        ],
+        tmp_path,
+    )
+    assert file_digest(out / "manifest.json") == image.digest
+    for digest in image.platform_digests.values():
+        assert file_digest(out / (digest.split(":", 1)[1] + ".manifest.json")) == digest
+    for blob in image.blobs:
+        assert file_digest(out / blob.split(":", 1)[1]) == blob
+    assert len(tls_upstream.token_requests()) > tokens_before
+    paths = [p for _, p in tls_upstream.requests()]
+    assert "/v2/library/multi/manifests/1.0" in paths
+
+
+def test_untrusted_upstream_is_502(
+    docxy_factory: DocxyFactory, tls_upstream: Upstream
+) -> None:
+    """Without --upstream-ca the upstream's cert is not trusted: 502, no request."""
+    docxy = docxy_factory(tls_upstream.url)
+    before = len(tls_upstream.requests())
+    assert_502_envelope(fetch(docxy.url + "/v2/"))
+    assert_502_envelope(fetch(docxy.url + "/v2/library/alpine/manifests/3.20"))
+    # The TLS handshake failed, so the registry never saw an HTTP request.
+    assert tls_upstream.requests()[before:] == []
+
+
+def test_wrong_ca_is_502(
+    docxy_factory: DocxyFactory, tls_upstream: Upstream, tmp_path: Path
+) -> None:
+    """A CA that did not sign the upstream's cert is not enough: 502."""
+    other_ca, _, _ = make_test_ca(tmp_path / "other-pki")
+    docxy = docxy_factory(tls_upstream.url, "--upstream-ca", str(other_ca))
+    before = len(tls_upstream.requests())
+    assert_502_envelope(fetch(docxy.url + "/v2/"))
+    assert tls_upstream.requests()[before:] == []
