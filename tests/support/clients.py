@@ -2,7 +2,7 @@
 
 Each helper keeps all of its state under a private base directory, listens
 only on unix sockets inside it, and is stopped by PID. Every client process
-gets ``DEAD_PROXY_ENV``: all of them silently fall back to the real
+gets ``NO_INTERNET_ENV``: all of them silently fall back to the real
 registry-1.docker.io when the mirror fails, so a proxy that nothing listens on
 makes such a fallback fail instead of leaving the machine, and a successful
 pull proves the mirror served it.
@@ -22,18 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .processes import ManagedProcess, wait_until
-
-# Nothing listens on port 9 (discard): any request not meant for 127.0.0.1
-# fails at once.
-DEAD_PROXY_ENV: dict[str, str] = {
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "HTTP_PROXY": "http://127.0.0.1:9",
-    "https_proxy": "http://127.0.0.1:9",
-    "http_proxy": "http://127.0.0.1:9",
-    "NO_PROXY": "127.0.0.1,localhost",
-    "no_proxy": "127.0.0.1,localhost",
-}
+from .processes import NO_INTERNET_ENV, ManagedProcess, wait_until
 
 # The Debian engine's own CLI; the first `docker` on PATH may be another version.
 DOCKER_CLI = "/usr/bin/docker"
@@ -67,7 +56,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a client command with the dead proxy; raise ClientError on failure."""
     full_env = dict(os.environ)
-    full_env.update(DEAD_PROXY_ENV)
+    full_env.update(NO_INTERNET_ENV)
     if env:
         full_env.update(env)
     result = subprocess.run(
@@ -151,7 +140,7 @@ class _Daemon:
 
     def _start(self, argv: Sequence[str], timeout: float = 60.0) -> None:
         self.process = ManagedProcess(
-            argv, self.base / f"{self.name}.log", env=DEAD_PROXY_ENV, cwd=self.base
+            argv, self.base / f"{self.name}.log", env=NO_INTERNET_ENV, cwd=self.base
         )
 
         def ready() -> bool:

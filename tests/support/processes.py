@@ -17,6 +17,18 @@ from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
+# For every client process: they all fall back to the real registry when a
+# mirror fails. Nothing listens on port 9 and loopback is exempt, so a pass
+# proves Docxy served the pull and no traffic left the machine.
+NO_INTERNET_ENV: dict[str, str] = {
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
