@@ -36,6 +36,7 @@ class Config:
     header_timeout: float = 60.0
     idle_timeout: float = 120.0
     max_connections: int = 32
+    https_redirect: bool = False
 
     @property
     def token_realm(self) -> str:
@@ -133,6 +134,19 @@ def _library_prefix(name: str, value: object) -> bool | None:
     return _LIBRARY_PREFIX[key]
 
 
+_BOOLEANS = {"on": True, "off": False, "true": True, "false": False}
+
+
+def _flag(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _BOOLEANS:
+        return _BOOLEANS[value.lower()]
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
 # setting name -> (Config field, parser)
 SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "port": ("ports", _ports),
@@ -146,6 +160,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "header-timeout": ("header_timeout", _positive),
     "idle-timeout": ("idle_timeout", _positive),
     "max-connections": ("max_connections", _count),
+    "https-redirect": ("https_redirect", _flag),
 }
 
 
@@ -181,6 +196,8 @@ def build_config(
     fields["public_url_given"] = "public_url" in fields
     if "public_url" not in fields:
         fields["public_url"] = default_public_url(fields.get("ports", Config.ports))
+    if fields.get("https_redirect") and not fields["public_url"].startswith("https:"):
+        raise ConfigError("https-redirect: needs an https:// public-url to redirect to")
     return Config(**fields)
 
 

@@ -33,6 +33,7 @@ from .forward import Exchange, Forwarder
 from .headers import upstream_request_headers
 from .names import Kind, parse_v2_path
 from .realm import NoTokenServiceError, RealmDirectory
+from .tls.challenges import AcmeChallengeResource
 
 READ_METHODS = (b"GET", b"HEAD")
 TOKEN_METHODS = (b"GET", b"POST")
@@ -71,13 +72,29 @@ def upstream_query(request: Request) -> str:
 
 
 class RootResource(Resource):
-    def __init__(self, registry: Resource, token: Resource) -> None:
+    def __init__(
+        self, registry: Resource, token: Resource, https_redirect: str | None = None
+    ) -> None:
         super().__init__()
         self.putChild(b"v2", registry)
         auth = Resource()
         auth.putChild(b"token", token)
         self.putChild(b"auth", auth)
         self.putChild(b"health", HealthResource())
+        well_known = Resource()
+        well_known.putChild(b"acme-challenge", AcmeChallengeResource())
+        self.putChild(b".well-known", well_known)
+        self.https_redirect = https_redirect
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        if (
+            self.https_redirect is not None
+            and not request.isSecure()
+            and path not in _SERVED_OVER_HTTP
+        ):
+            return RedirectResource(self.https_redirect)
+        child: IResource = super().getChildWithDefault(path, request)
+        return child
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return ErrorResource(not_found(_path(request)))
@@ -85,6 +102,26 @@ class RootResource(Resource):
     def render(self, request: Request) -> int:
         write_error(request, not_found(_path(request)))
         return NOT_DONE_YET
+
+
+# With https-redirect on, plain HTTP still serves these (ACME HTTP-01 needs it).
+_SERVED_OVER_HTTP = frozenset({b"health", b".well-known"})
+
+
+class RedirectResource(Resource):
+    """301 to the same path under the configured https public URL."""
+
+    isLeaf = True
+
+    def __init__(self, base: str) -> None:
+        super().__init__()
+        self.base = base.encode("ascii")
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(301)
+        request.setHeader(b"location", self.base + request.uri)
+        request.setHeader(b"content-type", b"text/plain")
+        return b"moved to https\n"
 
 
 class HealthResource(Resource):
@@ -232,9 +269,14 @@ class TokenResource(Resource):
 
 
 def build_tree(
-    forwarder: Forwarder, realms: RealmDirectory, upstream: str, library_prefix: bool
+    forwarder: Forwarder,
+    realms: RealmDirectory,
+    upstream: str,
+    library_prefix: bool,
+    https_redirect: str | None = None,
 ) -> RootResource:
     return RootResource(
         RegistryResource(forwarder, upstream, library_prefix),
         TokenResource(forwarder, realms, library_prefix),
+        https_redirect,
     )

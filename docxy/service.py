@@ -69,7 +69,13 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
     forwarder = Forwarder(
         client, reactor, config.idle_timeout, config.token_realm, realms
     )
-    root = build_tree(forwarder, realms, config.upstream, config.library_prefix)
+    root = build_tree(
+        forwarder,
+        realms,
+        config.upstream,
+        config.library_prefix,
+        config.public_url if config.https_redirect else None,
+    )
     site = DocxySite(root, timeout=config.idle_timeout, reactor=reactor)
     return site, pool
 

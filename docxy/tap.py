@@ -17,6 +17,7 @@ from . import __version__
 from .config import Config, ConfigError, build_config, load_file
 
 _DEFAULTS = Config()
+_FLAGS = frozenset({"https-redirect"})
 
 
 class Options(usage.Options):
@@ -28,6 +29,14 @@ class Options(usage.Options):
         'given with --config (same names, e.g. public-url = "..."); the '
         "command line wins."
     )
+    optFlags: list[list[Any]] = [
+        [
+            "https-redirect",
+            None,
+            "On plain-HTTP listeners, answer everything except /health and ACME "
+            "HTTP-01 challenges with a 301 to the https public-url.",
+        ],
+    ]
     optParameters: list[list[Any]] = [
         ["config", "c", None, "TOML configuration file."],
         [
@@ -116,7 +125,12 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             file_settings = load_file(self["config"]) if self["config"] else {}
-            cli = {k: v for k, v in self.items() if k != "config"}
+            # Flags default to 0; only a flag actually given overrides the file.
+            cli = {
+                k: v
+                for k, v in self.items()
+                if k != "config" and not (k in _FLAGS and not v)
+            }
             config = build_config(cli, file_settings)
         except ConfigError as e:
             sys.stderr.write(f"docxy: configuration error: {e}\n")

@@ -473,3 +473,30 @@ class _Once(Factory):
 
     def buildProtocol(self, addr: object) -> Protocol:
         return self.protocol_instance
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_redirect_keeps_health_and_acme_on_http(
+    upstream: FakeUpstream,
+) -> None:
+    from docxy.tls.challenges import HTTP01
+
+    docxy = await start(
+        upstream, {"public-url": "https://mirror.example", "https-redirect": True}
+    )
+    HTTP01.add("tok-1", "tok-1.thumb")
+    try:
+        moved = await docxy.request(b"GET", "/v2/alpine/manifests/1?ns=docker.io")
+        assert moved.code == 301
+        assert moved.headers.getRawHeaders(b"location") == [
+            b"https://mirror.example/v2/alpine/manifests/1?ns=docker.io"
+        ]
+        assert (await docxy.request(b"GET", "/health")).code == 200
+        challenge = await docxy.request(b"GET", "/.well-known/acme-challenge/tok-1")
+        assert (challenge.code, challenge.body) == (200, b"tok-1.thumb")
+        missing = await docxy.request(b"GET", "/.well-known/acme-challenge/other")
+        assert missing.code == 404
+        assert upstream.seen == []
+    finally:
+        HTTP01.remove("tok-1")
+        await docxy.stop()

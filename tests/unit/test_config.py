@@ -89,3 +89,10 @@ def test_invalid_toml(tmp_path: Path) -> None:
     path.write_text("port = [\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_file(str(path))
+
+
+def test_https_redirect_needs_an_https_public_url() -> None:
+    with pytest.raises(ConfigError, match="https-redirect"):
+        build_config({"https-redirect": True, "public-url": "http://x"})
+    config = build_config({"https-redirect": "true", "public-url": "https://x"})
+    assert config.https_redirect is True

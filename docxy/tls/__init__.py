@@ -1,0 +1,1 @@
+"""TLS for Docxy's listeners: ACME-issued certificates through endpoint strings."""
