@@ -10,6 +10,7 @@ keeping ``service``, ``scope`` and ``error`` as the upstream wrote them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .names import is_valid_name, upstream_name
@@ -91,11 +92,15 @@ def parse_challenges(header: str) -> list[Challenge]:
                 pos += 1
 
 
-def rewrite_challenge_header(header: str, realm: str) -> str:
+def rewrite_challenge_header(
+    header: str, realm: str, scope_map: Callable[[str], str] | None = None
+) -> str:
     """Point every Bearer challenge at ``realm``; other schemes stay as they are.
 
-    An unparseable header is replaced by a bare Bearer challenge at our realm
-    rather than passed on: passing it on could leak the upstream realm.
+    ``scope_map`` translates the scope into the client's naming when the
+    client reached the upstream through a path alias. An unparseable header
+    is replaced by a bare Bearer challenge at our realm rather than passed
+    on: passing it on could leak the upstream realm.
     """
     try:
         challenges = parse_challenges(header)
@@ -104,6 +109,9 @@ def rewrite_challenge_header(header: str, realm: str) -> str:
     for challenge in challenges:
         if challenge.scheme.lower() == "bearer":
             challenge.set("realm", realm)
+            scope = challenge.get("scope")
+            if scope is not None and scope_map is not None:
+                challenge.set("scope", scope_map(scope))
     return ", ".join(challenge.render() for challenge in challenges)
 
 

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-DOCKER_HUB = "https://registry-1.docker.io"
-DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "docker.io", "index.docker.io"})
+from .upstreams import (
+    ALIAS_RE,
+    DOCKER_HUB_NAMESPACES,
+    DOCKER_HUB_URL,
+    NAME_RE,
+    PRESETS,
+    DuplicateError,
+    Upstream,
+    UpstreamSet,
+    normalize_host,
+)
+
+DOCKER_HUB = DOCKER_HUB_URL
 
 
 class ConfigError(Exception):
@@ -27,11 +38,9 @@ class Config:
     ports: tuple[str, ...] = ("tcp:5000",)
     public_url: str = "http://127.0.0.1:5000"
     public_url_given: bool = False
-    upstream: str = DOCKER_HUB
+    upstreams: tuple[Upstream, ...] = (PRESETS["docker.io"],)
+    default_upstream: str = "docker.io"
     upstream_ca: Path | None = None
-    upstream_realm: str | None = None
-    upstream_service: str | None = None
-    library_prefix: bool = True
     connect_timeout: float = 10.0
     header_timeout: float = 60.0
     idle_timeout: float = 120.0
@@ -39,9 +48,18 @@ class Config:
     https_redirect: bool = False
 
     @property
-    def token_realm(self) -> str:
-        """The realm every challenge names: derived from config, never from Host."""
-        return f"{self.public_url}/auth/token"
+    def default(self) -> Upstream:
+        return next(u for u in self.upstreams if u.name == self.default_upstream)
+
+    def token_realm(self, upstream: Upstream) -> str:
+        """The realm challenges name: from config, never from Host.
+
+        The default upstream keeps the short ``/auth/token``; every upstream
+        also has ``/auth/<name>/token``, so token requests route by path.
+        """
+        if upstream.name == self.default_upstream:
+            return f"{self.public_url}/auth/token"
+        return f"{self.public_url}/auth/{upstream.name}/token"
 
 
 def _http_url(name: str, value: object, *, allow_path: bool) -> str:
@@ -147,20 +165,69 @@ def _flag(name: str, value: object) -> bool:
     raise ConfigError(f"{name}: expected true or false, got {value!r}")
 
 
-# setting name -> (Config field, parser)
-SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
-    "port": ("ports", _ports),
-    "public-url": ("public_url", lambda n, v: _http_url(n, v, allow_path=False)),
-    "upstream": ("upstream", lambda n, v: _http_url(n, v, allow_path=False)),
-    "upstream-ca": ("upstream_ca", _file),
-    "upstream-realm": ("upstream_realm", lambda n, v: _http_url(n, v, allow_path=True)),
-    "upstream-service": ("upstream_service", _optional_str),
-    "library-prefix": ("library_prefix", _library_prefix),
-    "connect-timeout": ("connect_timeout", _positive),
-    "header-timeout": ("header_timeout", _positive),
-    "idle-timeout": ("idle_timeout", _positive),
-    "max-connections": ("max_connections", _count),
-    "https-redirect": ("https_redirect", _flag),
+def _names(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise ConfigError(f"{name}: expected a list of names, got {value!r}")
+    return tuple(value)
+
+
+def _url(name: str, value: object) -> str:
+    return _http_url(name, value, allow_path=False)
+
+
+def _realm(name: str, value: object) -> str:
+    return _http_url(name, value, allow_path=True)
+
+
+def _table(name: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table of upstreams")
+    return value
+
+
+# setting name -> parser. Settings marked legacy describe the default
+# upstream the simple way (one upstream on the command line).
+SETTINGS: dict[str, Callable[[str, Any], Any]] = {
+    "port": _ports,
+    "public-url": _url,
+    "upstream": _url,
+    "upstream-ca": _file,
+    "upstream-realm": _realm,
+    "upstream-service": _optional_str,
+    "library-prefix": _library_prefix,
+    "preset": _names,
+    "default-upstream": _optional_str,
+    "upstreams": _table,
+    "connect-timeout": _positive,
+    "header-timeout": _positive,
+    "idle-timeout": _positive,
+    "max-connections": _count,
+    "https-redirect": _flag,
+}
+_PLAIN_FIELDS = {
+    "port": "ports",
+    "public-url": "public_url",
+    "upstream-ca": "upstream_ca",
+    "connect-timeout": "connect_timeout",
+    "header-timeout": "header_timeout",
+    "idle-timeout": "idle_timeout",
+    "max-connections": "max_connections",
+    "https-redirect": "https_redirect",
+}
+
+# Keys of one [upstreams.<name>] table -> parser.
+UPSTREAM_KEYS: dict[str, Callable[[str, Any], Any]] = {
+    "url": _url,
+    "library-prefix": _library_prefix,
+    "namespaces": _names,
+    "aliases": _names,
+    "hosts": _names,
+    "realm": _realm,
+    "service": _optional_str,
 }
 
 
@@ -184,21 +251,103 @@ def build_config(
     """Merge defaults < file < command line, validating every value."""
     merged: dict[str, object] = dict(file_settings or {})
     merged.update({k: v for k, v in cli.items() if v is not None and v != []})
-    fields: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for name, value in merged.items():
         if name not in SETTINGS:
             raise ConfigError(f"unknown setting {name!r}")
-        field, parse = SETTINGS[name]
-        fields[field] = parse(name, value)
-    if fields.get("library_prefix") is None:
-        host = urlsplit(fields.get("upstream", DOCKER_HUB)).hostname or ""
-        fields["library_prefix"] = host in DOCKER_HUB_HOSTS
+        values[name] = SETTINGS[name](name, value)
+    fields: dict[str, Any] = {
+        field: values[name] for name, field in _PLAIN_FIELDS.items() if name in values
+    }
+    upstreams, default = build_upstreams(values)
+    fields["upstreams"], fields["default_upstream"] = upstreams, default
     fields["public_url_given"] = "public_url" in fields
     if "public_url" not in fields:
         fields["public_url"] = default_public_url(fields.get("ports", Config.ports))
     if fields.get("https_redirect") and not fields["public_url"].startswith("https:"):
         raise ConfigError("https-redirect: needs an https:// public-url to redirect to")
     return Config(**fields)
+
+
+def build_upstreams(values: Mapping[str, Any]) -> tuple[tuple[Upstream, ...], str]:
+    """The upstream set: enabled presets, [upstreams.*] tables, the default.
+
+    ``upstream``, ``library-prefix``, ``upstream-realm`` and
+    ``upstream-service`` describe the default upstream, so the simple
+    one-upstream command line keeps working alongside the tables.
+    """
+    entries: dict[str, Upstream] = {}
+    for preset in values.get("preset", ()):
+        if preset not in PRESETS:
+            known = ", ".join(PRESETS)
+            raise ConfigError(f"preset: unknown preset {preset!r} (known: {known})")
+        entries[preset] = PRESETS[preset]
+    for name, table in values.get("upstreams", {}).items():
+        entries[name] = _upstream_from_table(name, table, entries.get(name))
+    default = values.get("default-upstream") or _default_name(values)
+    base = entries.get(default) or PRESETS.get(default)
+    if base is None:
+        url = values.get("upstream")
+        if url is None:
+            raise ConfigError(
+                f"default-upstream: {default!r} is not configured (no preset, "
+                "[upstreams] table or upstream URL)"
+            )
+        base = Upstream(default, url, namespaces=(default,), aliases=(default,))
+    overrides: dict[str, Any] = {
+        field: values[name]
+        for name, field in (
+            ("upstream", "url"),
+            ("upstream-realm", "realm"),
+            ("upstream-service", "service"),
+        )
+        if name in values
+    }
+    base = replace(base, **overrides)
+    if values.get("library-prefix") is not None:
+        base = replace(base, library_prefix=values["library-prefix"])
+    entries[default] = base
+    upstreams = tuple(entries.values())
+    try:
+        UpstreamSet(upstreams, base)
+    except DuplicateError as e:
+        raise ConfigError(f"upstreams: {e}") from None
+    return upstreams, default
+
+
+def _default_name(values: Mapping[str, Any]) -> str:
+    """Docker Hub, unless a single non-Hub ``upstream`` URL says otherwise."""
+    url = values.get("upstream")
+    if url is None or values.get("library-prefix"):
+        return "docker.io"
+    host = normalize_host(urlsplit(url).hostname or "")
+    return "docker.io" if host in DOCKER_HUB_NAMESPACES else host
+
+
+def _upstream_from_table(name: str, table: object, base: Upstream | None) -> Upstream:
+    where = f"upstreams.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    if NAME_RE.fullmatch(name) is None:
+        raise ConfigError(f"{where}: a name is lower-case letters, digits, . and -")
+    unknown = sorted(set(table) - set(UPSTREAM_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    parsed = {k: UPSTREAM_KEYS[k](f"{where}.{k}", v) for k, v in table.items()}
+    base = base or PRESETS.get(name)
+    if base is None:
+        if "url" not in parsed:
+            raise ConfigError(f"{where}: url is required (not a preset)")
+        base = Upstream(name, parsed["url"], namespaces=(name,), aliases=(name,))
+    for alias in parsed.get("aliases", ()):
+        if ALIAS_RE.fullmatch(alias) is None:
+            raise ConfigError(f"{where}.aliases: {alias!r} is not a valid path prefix")
+    fields = {key.replace("-", "_"): value for key, value in parsed.items()}
+    if fields.get("library_prefix", False) is None:
+        fields["library_prefix"] = base.library_prefix
+    if "url" in fields:
+        fields["url"] = fields.pop("url")
+    return replace(base, **fields)
 
 
 def default_public_url(ports: tuple[str, ...]) -> str:

@@ -9,9 +9,9 @@ a fixed Content-Length whenever one is known, and the body through a
 from __future__ import annotations
 
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -31,9 +31,11 @@ from .errors import (
     write_error,
 )
 from .headers import relayed_response_headers
-from .realm import RealmDirectory
 from .streaming import BodyPump, abort_client, client_gone
 from .upstream import UpstreamClient, UpstreamError, UpstreamTimeoutError, discard_body
+
+if TYPE_CHECKING:
+    from .routing import Mirror
 
 log = Logger()
 
@@ -52,6 +54,10 @@ class Exchange:
     follow_redirects: bool = True
     # Set for blob requests: completes HEAD lengths and the digest header.
     blob_digest: str | None = None
+    # Whose challenges these are: their realm is replaced by Docxy's for it.
+    mirror: Mirror | None = None
+    # Translates challenge scopes into the client's naming (path aliases).
+    scope_map: Callable[[str], str] | None = None
 
 
 class _Abandon(Protocol):
@@ -70,18 +76,11 @@ def record(request: Request, **fields: object) -> None:
 
 class Forwarder:
     def __init__(
-        self,
-        client: UpstreamClient,
-        clock: IReactorTime,
-        idle_timeout: float,
-        public_realm: str,
-        realms: RealmDirectory,
+        self, client: UpstreamClient, clock: IReactorTime, idle_timeout: float
     ) -> None:
         self.client = client
         self.clock = clock
         self.idle_timeout = idle_timeout
-        self.public_realm = public_realm
-        self.realms = realms
 
     def forward(self, request: Request, exchange: Exchange) -> None:
         """Relay ``exchange`` for ``request``; the caller returns NOT_DONE_YET."""
@@ -127,7 +126,7 @@ class Forwarder:
             response.deliverBody(_Abandon())
             return
         request.setResponseCode(response.code, response.phrase)
-        self._copy_headers(request, response)
+        self._copy_headers(request, response, exchange)
         length = await self._length(exchange, response)
         if length is not None:
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % length])
@@ -152,7 +151,9 @@ class Forwarder:
         )
         response.deliverBody(pump)
 
-    def _copy_headers(self, request: Request, response: IResponse) -> None:
+    def _copy_headers(
+        self, request: Request, response: IResponse, exchange: Exchange
+    ) -> None:
         out = request.responseHeaders
         for name, values in relayed_response_headers(response.headers):
             out.setRawHeaders(name, values)
@@ -160,17 +161,24 @@ class Forwarder:
             v.decode("latin-1")
             for v in response.headers.getRawHeaders(b"www-authenticate", [])
         ]
-        if challenges:
-            bearer = find_bearer(challenges)
-            if bearer is not None:
-                self.realms.observe(bearer)
-            out.setRawHeaders(
-                b"www-authenticate",
-                [
-                    rewrite_challenge_header(v, self.public_realm).encode("latin-1")
-                    for v in challenges
-                ],
-            )
+        if not challenges:
+            return
+        mirror = exchange.mirror
+        if mirror is None:  # never relay a challenge Docxy cannot re-issue
+            out.removeHeader(b"www-authenticate")
+            return
+        bearer = find_bearer(challenges)
+        if bearer is not None:
+            mirror.realms.observe(bearer)
+        out.setRawHeaders(
+            b"www-authenticate",
+            [
+                rewrite_challenge_header(
+                    v, mirror.public_realm, exchange.scope_map
+                ).encode("latin-1")
+                for v in challenges
+            ],
+        )
 
     async def _length(self, exchange: Exchange, response: IResponse) -> int | None:
         """The Content-Length the client must see, if it can be known."""

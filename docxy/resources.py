@@ -2,24 +2,26 @@
 
 ::
 
-    /                   404 envelope (Docxy is not an open proxy)
-    /v2/...             RegistryResource: registry API, read-only, proxied
-    /auth/token         TokenResource: token requests, proxied to the realm
-    /health             HealthResource: liveness, no upstream call
+    /                           404 envelope (Docxy is not an open proxy)
+    /v2/...                     RegistryResource: the registry API, read-only,
+                                routed (docxy.routing) and proxied (docxy.forward)
+    /<alias>/v2/...             the same, for one upstream (containerd host
+                                URLs with a path)
+    /auth/token                 TokenResource for the default upstream
+    /auth/<upstream>/token      TokenResource for each upstream (docxy.tokens)
+    /.well-known/acme-challenge ACME HTTP-01 answers (docxy.tls.challenges)
+    /health                     HealthResource: liveness, no upstream call
 """
 
 from __future__ import annotations
 
 import json
-from io import BytesIO
-from urllib.parse import parse_qsl, quote, unquote, urlencode
+from urllib.parse import quote, unquote
 
-from twisted.web.client import FileBodyProducer
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from . import __version__
-from .challenge import rewrite_scope
 from .errors import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -31,13 +33,12 @@ from .errors import (
 )
 from .forward import Exchange, Forwarder
 from .headers import upstream_request_headers
-from .names import Kind, parse_v2_path
-from .realm import NoTokenServiceError, RealmDirectory
+from .names import Kind
+from .routing import Mirror, Router
 from .tls.challenges import AcmeChallengeResource
+from .tokens import TokenResource
 
 READ_METHODS = (b"GET", b"HEAD")
-TOKEN_METHODS = (b"GET", b"POST")
-MAX_TOKEN_FORM = 64 * 1024
 # Query parameters meant for the mirror itself, never sent upstream.
 _MIRROR_PARAMS = frozenset({"ns"})
 
@@ -73,13 +74,30 @@ def upstream_query(request: Request) -> str:
 
 class RootResource(Resource):
     def __init__(
-        self, registry: Resource, token: Resource, https_redirect: str | None = None
+        self,
+        forwarder: Forwarder,
+        router: Router,
+        https_redirect: str | None = None,
     ) -> None:
         super().__init__()
-        self.putChild(b"v2", registry)
+        self.router = router
+        self.putChild(b"v2", RegistryResource(forwarder, router))
         auth = Resource()
-        auth.putChild(b"token", token)
+        auth.putChild(b"token", TokenResource(forwarder, router, router.default))
+        for name, mirror in router.mirrors.items():
+            per_upstream = Resource()
+            per_upstream.putChild(b"token", TokenResource(forwarder, router, mirror))
+            auth.putChild(name.encode("ascii"), per_upstream)
         self.putChild(b"auth", auth)
+        # /<alias>/v2/...: single-component aliases only (a path segment).
+        for alias, upstream in router.upstreams.by_alias.items():
+            if "/" not in alias and alias.encode() not in self.children:
+                mounted = Resource()
+                mounted.putChild(
+                    b"v2",
+                    RegistryResource(forwarder, router, router.mirrors[upstream.name]),
+                )
+                self.putChild(alias.encode("ascii"), mounted)
         self.putChild(b"health", HealthResource())
         well_known = Resource()
         well_known.putChild(b"acme-challenge", AcmeChallengeResource())
@@ -138,31 +156,35 @@ class HealthResource(Resource):
 
 
 class RegistryResource(Resource):
-    """``/v2/``: validate the route, then proxy it upstream."""
+    """``/v2/``: validate and route the request, then proxy it upstream."""
 
     isLeaf = True
 
     def __init__(
-        self, forwarder: Forwarder, upstream: str, library_prefix: bool
+        self, forwarder: Forwarder, router: Router, fixed: Mirror | None = None
     ) -> None:
         super().__init__()
         self.forwarder = forwarder
-        self.upstream = upstream.rstrip("/")
-        self.library_prefix = library_prefix
+        self.router = router
+        self.fixed = fixed
 
     def render(self, request: Request) -> int:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
         try:
             if request.method not in READ_METHODS:
                 raise unsupported_method(request.method.decode("latin-1"), READ_METHODS)
-            route = parse_v2_path(raw_postpath(request), _path(request))
+            target = self.router.route(request, raw_postpath(request), self.fixed)
         except RegistryError as error:
             write_error(request, error)
             return NOT_DONE_YET
-        url = self.upstream + route.upstream_path(self.library_prefix)
+        if target.namespace is not None:
+            # OCI distribution spec, "Registry Proxying".
+            request.setHeader(b"oci-namespace", target.namespace.encode("latin-1"))
+        url = target.mirror.upstream.url + target.upstream_path
         query = upstream_query(request)
         if query:
             url = f"{url}?{query}"
+        route = target.route
         self.forwarder.forward(
             request,
             Exchange(
@@ -170,113 +192,14 @@ class RegistryResource(Resource):
                 url,
                 upstream_request_headers(request.requestHeaders),
                 blob_digest=route.reference if route.kind is Kind.BLOBS else None,
+                mirror=target.mirror,
+                scope_map=target.scope_to_client if target.prefix else None,
             ),
         )
         return NOT_DONE_YET
 
 
-def token_params(
-    params: list[tuple[str, str]], service: str | None, library_prefix: bool
-) -> list[tuple[str, str]]:
-    """Client token parameters as the upstream realm must see them.
-
-    Order and duplicates are kept (several ``scope`` are legal); ``service``
-    is forced to the upstream's; repository scopes get ``library/``.
-    """
-    out: list[tuple[str, str]] = []
-    saw_service = False
-    for key, value in params:
-        if key == "service" and service is not None:
-            if saw_service:
-                continue
-            saw_service, value = True, service
-        elif key == "scope":
-            value = rewrite_scope(value, library_prefix)
-        out.append((key, value))
-    if service is not None and not saw_service:
-        out.insert(0, ("service", service))
-    return out
-
-
-class TokenResource(Resource):
-    """``/auth/token``: the realm clients are sent to by rewritten challenges."""
-
-    isLeaf = True
-
-    def __init__(
-        self, forwarder: Forwarder, realms: RealmDirectory, library_prefix: bool
-    ) -> None:
-        super().__init__()
-        self.forwarder = forwarder
-        self.realms = realms
-        self.library_prefix = library_prefix
-
-    def render(self, request: Request) -> int:
-        if request.postpath not in ([], [b""]):
-            write_error(request, not_found(_path(request)))
-        elif request.method not in TOKEN_METHODS:
-            write_error(
-                request,
-                unsupported_method(request.method.decode("latin-1"), TOKEN_METHODS),
-            )
-        else:
-            self.forwarder.run(request, self._token(request))
-        return NOT_DONE_YET
-
-    async def _token(self, request: Request) -> None:
-        try:
-            realm = await self.realms.get()
-        except NoTokenServiceError:
-            raise RegistryError(
-                404, "UNSUPPORTED", "the upstream registry does not issue tokens"
-            ) from None
-        headers = upstream_request_headers(request.requestHeaders)
-        headers.removeHeader(b"range")
-        if request.method == b"POST":
-            params = self._form(request)
-            body = urlencode(token_params(params, realm.service, self.library_prefix))
-            headers.setRawHeaders(
-                b"content-type", [b"application/x-www-form-urlencoded"]
-            )
-            exchange = Exchange(
-                b"POST",
-                realm.url,
-                headers,
-                FileBodyProducer(BytesIO(body.encode("ascii"))),
-                follow_redirects=False,
-            )
-        else:
-            params = parse_qsl(_raw_query(request), keep_blank_values=True)
-            query = urlencode(token_params(params, realm.service, self.library_prefix))
-            sep = "&" if "?" in realm.url else "?"
-            exchange = Exchange(b"GET", f"{realm.url}{sep}{query}", headers)
-        await self.forwarder.relay(request, exchange)
-
-    @staticmethod
-    def _form(request: Request) -> list[tuple[str, str]]:
-        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
-        if ctype.lower() != b"application/x-www-form-urlencoded":
-            raise RegistryError(
-                415,
-                "UNSUPPORTED",
-                "token POST must be application/x-www-form-urlencoded",
-            )
-        assert request.content is not None
-        raw = request.content.read(MAX_TOKEN_FORM + 1)
-        if len(raw) > MAX_TOKEN_FORM:
-            raise RegistryError(413, "SIZE_INVALID", "token request too large")
-        return parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
-
-
 def build_tree(
-    forwarder: Forwarder,
-    realms: RealmDirectory,
-    upstream: str,
-    library_prefix: bool,
-    https_redirect: str | None = None,
+    forwarder: Forwarder, router: Router, https_redirect: str | None = None
 ) -> RootResource:
-    return RootResource(
-        RegistryResource(forwarder, upstream, library_prefix),
-        TokenResource(forwarder, realms, library_prefix),
-        https_redirect,
-    )
+    return RootResource(forwarder, router, https_redirect)

@@ -15,8 +15,10 @@ from .config import Config
 from .forward import Forwarder
 from .realm import RealmDirectory
 from .resources import build_tree
+from .routing import Mirror, Router
 from .site import DocxySite
 from .upstream import UpstreamClient, make_agent
+from .upstreams import UpstreamSet
 
 log = Logger()
 
@@ -39,14 +41,21 @@ class _Announce(Service):
     def startService(self) -> None:
         super().startService()
         c = self.config
-        log.info(
-            "Docxy {version}: upstream {upstream} (library/ prefix {prefix}), "
-            "token realm {realm}",
-            version=__version__,
-            upstream=c.upstream,
-            prefix="on" if c.library_prefix else "off",
-            realm=c.token_realm,
-        )
+        log.info("Docxy {version}", version=__version__)
+        for upstream in c.upstreams:
+            log.info(
+                "upstream {name}{default}: {url} (library/ prefix {prefix}; "
+                "ns {namespaces}; aliases {aliases}; hosts {hosts}), token realm "
+                "{realm}",
+                name=upstream.name,
+                default=" (default)" if upstream.name == c.default_upstream else "",
+                url=upstream.url,
+                prefix="on" if upstream.library_prefix else "off",
+                namespaces=",".join(upstream.namespaces) or "-",
+                aliases=",".join(upstream.aliases) or "-",
+                hosts=",".join(upstream.hosts) or "-",
+                realm=c.token_realm(upstream),
+            )
         if not c.public_url_given:
             log.warn(
                 "public-url not set: using {url}, which only clients on this host "
@@ -63,18 +72,18 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
         max_connections=config.max_connections,
     )
     client = UpstreamClient(reactor, agent, header_timeout=config.header_timeout)
-    realms = RealmDirectory(
-        client, config.upstream, config.upstream_realm, config.upstream_service
-    )
-    forwarder = Forwarder(
-        client, reactor, config.idle_timeout, config.token_realm, realms
-    )
+    mirrors = {
+        upstream.name: Mirror(
+            upstream,
+            config.token_realm(upstream),
+            RealmDirectory(client, upstream.url, upstream.realm, upstream.service),
+        )
+        for upstream in config.upstreams
+    }
+    router = Router(UpstreamSet(config.upstreams, config.default), mirrors)
+    forwarder = Forwarder(client, reactor, config.idle_timeout)
     root = build_tree(
-        forwarder,
-        realms,
-        config.upstream,
-        config.library_prefix,
-        config.public_url if config.https_redirect else None,
+        forwarder, router, config.public_url if config.https_redirect else None
     )
     site = DocxySite(root, timeout=config.idle_timeout, reactor=reactor)
     return site, pool

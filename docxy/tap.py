@@ -51,21 +51,36 @@ class Options(usage.Options):
             "upstream",
             None,
             None,
-            f"Upstream registry URL. [default: {_DEFAULTS.upstream}]",
+            "URL of the default upstream registry (the one requests that name "
+            "no other upstream go to). [default: https://registry-1.docker.io]",
         ],
-        ["upstream-ca", None, None, "Extra CA bundle (PEM) trusted for the upstream."],
+        [
+            "default-upstream",
+            None,
+            None,
+            "Name of the default upstream (a preset or an [upstreams] table). "
+            "[default: docker.io]",
+        ],
+        [
+            "upstream-ca",
+            None,
+            None,
+            "Extra CA bundle (PEM) trusted for upstreams, in addition to the "
+            "system CAs.",
+        ],
         [
             "upstream-realm",
             None,
             None,
-            "Upstream token realm URL. "
+            "Token realm URL of the default upstream. "
             "[default: discovered from the upstream's challenge]",
         ],
         [
             "upstream-service",
             None,
             None,
-            "Upstream token service name. [default: from the upstream's challenge]",
+            "Token service name of the default upstream. "
+            "[default: from the upstream's challenge]",
         ],
         [
             "library-prefix",
@@ -107,11 +122,16 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
+        self["preset"] = []
         self.config: Config | None = None
 
     def opt_port(self, endpoint: str) -> None:
         """Endpoint to listen on: any Twisted server endpoint string (tcp:, ssl:, unix:, systemd:, ...). Repeatable. [default: tcp:5000]"""  # noqa: E501
         self["port"].append(endpoint)
+
+    def opt_preset(self, name: str) -> None:
+        """Also mirror this built-in registry (docker.io, ghcr.io, quay.io, registry.k8s.io, gcr.io, mcr.microsoft.com, public.ecr.aws, nvcr.io). Repeatable."""  # noqa: E501
+        self["preset"].append(name)
 
     def opt_listen(self, endpoint: str) -> None:
         """Alias for --port (the name twistd web uses)."""

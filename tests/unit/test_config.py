@@ -11,18 +11,22 @@ from docxy.config import DOCKER_HUB, ConfigError, build_config, load_file
 
 def test_defaults_are_docker_hub_on_port_5000() -> None:
     config = build_config({})
-    assert config.upstream == DOCKER_HUB
-    assert config.library_prefix is True
+    assert config.default.url == DOCKER_HUB
+    assert config.default.name == "docker.io"
+    assert config.default.library_prefix is True
+    assert [u.name for u in config.upstreams] == ["docker.io"]
     assert config.ports == ("tcp:5000",)
     assert config.public_url == "http://127.0.0.1:5000"
     assert config.public_url_given is False
-    assert config.token_realm == "http://127.0.0.1:5000/auth/token"
+    assert config.token_realm(config.default) == "http://127.0.0.1:5000/auth/token"
 
 
 def test_library_prefix_auto_is_off_for_other_registries() -> None:
-    assert build_config({"upstream": "https://ghcr.io"}).library_prefix is False
+    config = build_config({"upstream": "https://ghcr.io"})
+    assert (config.default.name, config.default.library_prefix) == ("ghcr.io", False)
     config = build_config({"upstream": "https://ghcr.io", "library-prefix": "on"})
-    assert config.library_prefix is True
+    assert (config.default.name, config.default.library_prefix) == ("docker.io", True)
+    assert config.default.url == "https://ghcr.io"
 
 
 def test_public_url_is_normalised() -> None:
@@ -72,7 +76,7 @@ def test_file_settings_and_command_line_precedence(tmp_path: Path) -> None:
     )
     config = build_config({"public-url": "https://cli.example"}, load_file(str(path)))
     assert config.public_url == "https://cli.example"
-    assert config.upstream == "https://quay.io"
+    assert config.default.url == "https://quay.io"
     assert config.ports == ("tcp:6000",)
     assert config.idle_timeout == 30.0
 
@@ -96,3 +100,43 @@ def test_https_redirect_needs_an_https_public_url() -> None:
         build_config({"https-redirect": True, "public-url": "http://x"})
     config = build_config({"https-redirect": "true", "public-url": "https://x"})
     assert config.https_redirect is True
+
+
+def test_presets_and_tables() -> None:
+    config = build_config(
+        {
+            "preset": ["ghcr.io", "quay.io"],
+            "upstreams": {"quay.io": {"url": "https://quay.mirror.internal"}},
+        }
+    )
+    by_name = {u.name: u for u in config.upstreams}
+    assert set(by_name) == {"docker.io", "ghcr.io", "quay.io"}
+    assert by_name["ghcr.io"].url == "https://ghcr.io"
+    assert by_name["quay.io"].url == "https://quay.mirror.internal"
+    assert by_name["quay.io"].namespaces == ("quay.io",)
+    assert config.default_upstream == "docker.io"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"preset": ["nope.io"]}, "unknown preset 'nope.io'"),
+        ({"upstreams": {"x": {}}}, "url is required"),
+        ({"upstreams": {"x": {"url": "https://x", "colour": 1}}}, "unknown key"),
+        ({"upstreams": {"Bad_Name": {"url": "https://x"}}}, "a name is"),
+        ({"upstreams": {"x": {"url": "https://x", "aliases": ["../y"]}}}, "alias"),
+        (
+            {
+                "upstreams": {
+                    "a": {"url": "https://a", "hosts": ["m.example"]},
+                    "b": {"url": "https://b", "hosts": ["M.example."]},
+                }
+            },
+            "claimed by both",
+        ),
+        ({"default-upstream": "missing"}, "not configured"),
+    ],
+)
+def test_invalid_upstreams(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(settings)

@@ -1,0 +1,157 @@
+"""Which upstream a request is for, and how the client named things there.
+
+Order (issue #4, field-notes section 3): containerd's ``?ns=``, then a path
+prefix (``/<alias>/v2/...`` or ``/v2/<alias>/<name>/...``), then the Host
+header, then the default upstream. The Host header only *chooses* among
+configured upstreams; no URL is ever built from it, and nothing a client
+sends can make Docxy contact a host that is not configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from twisted.web.server import Request
+
+from .errors import RegistryError
+from .names import Route, parse_v2_path, upstream_name
+from .realm import RealmDirectory
+from .upstreams import Upstream, UpstreamSet, normalize_host
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """One upstream at run time, with Docxy's own token realm for it."""
+
+    upstream: Upstream
+    public_realm: str
+    realms: RealmDirectory
+
+
+@dataclass(frozen=True)
+class Target:
+    """A routed ``/v2/`` request."""
+
+    mirror: Mirror
+    route: Route  # the name without any alias prefix
+    prefix: str = ""  # the alias the client put before the name
+    namespace: str | None = None  # the ns that chose the upstream
+
+    @property
+    def upstream_path(self) -> str:
+        return self.route.upstream_path(self.mirror.upstream.library_prefix)
+
+    def scope_to_client(self, scope: str) -> str:
+        """Upstream naming -> the client's (alias prefix back on) in a scope."""
+        if not self.prefix:
+            return scope
+        ours = upstream_name(self.route.name, self.mirror.upstream.library_prefix)
+        parts = []
+        for one in scope.split(" "):
+            kind, _, rest = one.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if kind == "repository" and name == ours:
+                one = f"repository:{self.prefix}/{self.route.name}:{actions}"
+            parts.append(one)
+        return " ".join(parts)
+
+
+def unknown_registry(ns: str) -> RegistryError:
+    return RegistryError(
+        404,
+        "NAME_UNKNOWN",
+        "this mirror does not serve that registry",
+        {"ns": ns},
+    )
+
+
+class Router:
+    def __init__(self, upstreams: UpstreamSet, mirrors: dict[str, Mirror]) -> None:
+        self.upstreams = upstreams
+        self.mirrors = mirrors
+        self.default = mirrors[upstreams.default.name]
+
+    def route(
+        self, request: Request, segments: list[bytes], fixed: Mirror | None = None
+    ) -> Target:
+        """Route a ``/v2/`` request; ``fixed`` when mounted under ``/<alias>/``."""
+        route = parse_v2_path(segments, request.path.decode("latin-1"))
+        ns = namespace_param(request)
+        if ns is not None:
+            upstream = self.upstreams.by_namespace.get(normalize_host(ns))
+            if upstream is None:
+                raise unknown_registry(ns)
+            return self._strip_alias(route, self.mirrors[upstream.name], ns)
+        if fixed is not None:
+            return Target(fixed, route)
+        found = self.upstreams.alias_at_start(route.name)
+        if found is not None:
+            alias, upstream = found
+            stripped = Route(route.kind, route.name[len(alias) + 1 :], route.reference)
+            return Target(self.mirrors[upstream.name], stripped, alias)
+        return Target(self.by_host(request), route)
+
+    def by_host(self, request: Request) -> Mirror:
+        host = request.getHeader(b"host")
+        if host:
+            upstream = self.upstreams.by_host.get(
+                normalize_host(host.decode("latin-1"))
+            )
+            if upstream is not None:
+                return self.mirrors[upstream.name]
+        return self.default
+
+    def _strip_alias(self, route: Route, mirror: Mirror, ns: str) -> Target:
+        """containerd may also put the registry in the path: drop it if it is ours."""
+        found = self.upstreams.alias_at_start(route.name)
+        if found is not None and found[1] is mirror.upstream:
+            alias = found[0]
+            route = Route(route.kind, route.name[len(alias) + 1 :], route.reference)
+            return Target(mirror, route, alias, ns)
+        return Target(mirror, route, "", ns)
+
+    def token_scopes(
+        self, mirror: Mirror, scopes: list[str]
+    ) -> tuple[Mirror, list[str]]:
+        """Which upstream a token request is for, and its scopes in upstream naming.
+
+        Clients that compute scopes from their own image name (podman with a
+        ``mirror/ghcr`` location) send ``repository:ghcr/owner/img:pull`` to
+        whatever realm their ``/v2/`` ping named; the alias says where the
+        token must come from.
+        """
+        chosen: Mirror | None = None
+        out: list[str] = []
+        for value in scopes:
+            parts = []
+            for one in value.split(" "):
+                kind, _, rest = one.partition(":")
+                name, _, actions = rest.rpartition(":")
+                found = (
+                    self.upstreams.alias_at_start(name)
+                    if kind == "repository"
+                    else None
+                )
+                if found is not None:
+                    target = self.mirrors[found[1].name]
+                    if chosen is not None and chosen is not target:
+                        raise RegistryError(
+                            400,
+                            "DENIED",
+                            "one token request cannot cover several registries",
+                            None,
+                        )
+                    chosen = target
+                    one = f"repository:{name[len(found[0]) + 1 :]}:{actions}"
+                parts.append(one)
+            out.append(" ".join(parts))
+        return chosen or mirror, out
+
+
+def namespace_param(request: Request) -> str | None:
+    _, _, query = request.uri.partition(b"?")
+    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key == "ns":
+            return value
+    return None

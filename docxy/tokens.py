@@ -1,0 +1,124 @@
+"""``/auth/token`` and ``/auth/<upstream>/token``: token requests, proxied.
+
+Every challenge Docxy relays names one of these as its realm, so clients get
+their tokens through Docxy (the upstream's auth host may be unreachable for
+them). The request is forwarded to the upstream's realm with ``service``
+forced, scopes translated to upstream naming, and the client's credentials.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from urllib.parse import parse_qsl, urlencode
+
+from twisted.web.client import FileBodyProducer
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from .challenge import rewrite_scope
+from .errors import RegistryError, not_found, unsupported_method, write_error
+from .forward import Exchange, Forwarder
+from .headers import upstream_request_headers
+from .realm import NoTokenServiceError
+from .routing import Mirror, Router
+
+TOKEN_METHODS = (b"GET", b"POST")
+MAX_TOKEN_FORM = 64 * 1024
+
+
+def token_params(
+    params: list[tuple[str, str]], service: str | None, library_prefix: bool
+) -> list[tuple[str, str]]:
+    """Client token parameters as the upstream realm must see them.
+
+    Order and duplicates are kept (several ``scope`` are legal); ``service``
+    is forced to the upstream's; repository scopes get ``library/``.
+    """
+    out: list[tuple[str, str]] = []
+    saw_service = False
+    for key, value in params:
+        if key == "service" and service is not None:
+            if saw_service:
+                continue
+            saw_service, value = True, service
+        elif key == "scope":
+            value = rewrite_scope(value, library_prefix)
+        out.append((key, value))
+    if service is not None and not saw_service:
+        out.insert(0, ("service", service))
+    return out
+
+
+class TokenResource(Resource):
+    """One upstream's token endpoint (scopes with an alias may re-route it)."""
+
+    isLeaf = True
+
+    def __init__(self, forwarder: Forwarder, router: Router, mirror: Mirror) -> None:
+        super().__init__()
+        self.forwarder = forwarder
+        self.router = router
+        self.mirror = mirror
+
+    def render(self, request: Request) -> int:
+        if request.postpath not in ([], [b""]):
+            write_error(request, not_found(request.path.decode("latin-1")))
+        elif request.method not in TOKEN_METHODS:
+            write_error(
+                request,
+                unsupported_method(request.method.decode("latin-1"), TOKEN_METHODS),
+            )
+        else:
+            self.forwarder.run(request, self._token(request))
+        return NOT_DONE_YET
+
+    async def _token(self, request: Request) -> None:
+        if request.method == b"POST":
+            params = _form(request)
+        else:
+            _, _, query = request.uri.partition(b"?")
+            params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        mirror, params = self._route(params)
+        try:
+            realm = await mirror.realms.get()
+        except NoTokenServiceError:
+            raise RegistryError(
+                404, "UNSUPPORTED", "the upstream registry does not issue tokens"
+            ) from None
+        params = token_params(params, realm.service, mirror.upstream.library_prefix)
+        headers = upstream_request_headers(request.requestHeaders)
+        headers.removeHeader(b"range")
+        if request.method == b"POST":
+            headers.setRawHeaders(
+                b"content-type", [b"application/x-www-form-urlencoded"]
+            )
+            body = FileBodyProducer(BytesIO(urlencode(params).encode("ascii")))
+            exchange = Exchange(
+                b"POST", realm.url, headers, body, follow_redirects=False, mirror=mirror
+            )
+        else:
+            sep = "&" if "?" in realm.url else "?"
+            url = f"{realm.url}{sep}{urlencode(params)}"
+            exchange = Exchange(b"GET", url, headers, mirror=mirror)
+        await self.forwarder.relay(request, exchange)
+
+    def _route(
+        self, params: list[tuple[str, str]]
+    ) -> tuple[Mirror, list[tuple[str, str]]]:
+        scopes = [value for key, value in params if key == "scope"]
+        mirror, translated = self.router.token_scopes(self.mirror, scopes)
+        it = iter(translated)
+        return mirror, [(k, next(it) if k == "scope" else v) for k, v in params]
+
+
+def _form(request: Request) -> list[tuple[str, str]]:
+    ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+    if ctype.lower() != b"application/x-www-form-urlencoded":
+        raise RegistryError(
+            415, "UNSUPPORTED", "token POST must be application/x-www-form-urlencoded"
+        )
+    assert request.content is not None
+    raw = request.content.read(MAX_TOKEN_FORM + 1)
+    if len(raw) > MAX_TOKEN_FORM:
+        raise RegistryError(413, "SIZE_INVALID", "token request too large")
+    return parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
