@@ -31,7 +31,7 @@ from .errors import (
     write_error,
 )
 from .headers import relayed_response_headers
-from .streaming import BodyPump, abort_client, client_gone
+from .streaming import BodyPump, DigestCheck, abort_client, client_gone
 from .upstream import UpstreamClient, UpstreamError, UpstreamTimeoutError, discard_body
 
 if TYPE_CHECKING:
@@ -52,8 +52,11 @@ class Exchange:
     headers: Headers
     body: IBodyProducer | None = None
     follow_redirects: bool = True
-    # Set for blob requests: completes HEAD lengths and the digest header.
-    blob_digest: str | None = None
+    # The digest a content-addressed request names (blobs, manifests by
+    # digest): checks bodies whose end is only the connection closing.
+    digest: str | None = None
+    # Blob requests: HEAD lengths are completed, the digest header added.
+    blob: bool = False
     # Whose challenges these are: their realm is replaced by Docxy's for it.
     mirror: Mirror | None = None
     # Translates challenge scopes into the client's naming (path aliases).
@@ -131,23 +134,28 @@ class Forwarder:
         if length is not None:
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % length])
         if (
-            exchange.blob_digest is not None
+            exchange.blob
+            and exchange.digest is not None
             and response.code == 200
             and not request.responseHeaders.hasHeader(b"docker-content-digest")
         ):
             request.responseHeaders.setRawHeaders(
-                b"docker-content-digest", [exchange.blob_digest.encode("ascii")]
+                b"docker-content-digest", [exchange.digest.encode("ascii")]
             )
         if request.method == b"HEAD" or response.code in _NO_BODY_CODES:
             await discard_body(response)
             if not client_gone(request):
                 request.finish()
             return
+        verify = None
+        if length is None and exchange.digest is not None and response.code == 200:
+            verify = DigestCheck(exchange.digest)
         pump = BodyPump(
             request,
             self.clock,
             self.idle_timeout,
             on_end=lambda outcome: record(request, outcome=outcome),
+            verify=verify,
         )
         response.deliverBody(pump)
 
@@ -187,7 +195,7 @@ class Forwarder:
                 return None
             return int(response.length)
         declared = _int_header(response.headers, b"content-length")
-        if exchange.blob_digest is not None and response.code == 200 and not declared:
+        if exchange.blob and response.code == 200 and not declared:
             probed = await self._probe_blob_length(exchange)
             if probed is not None:
                 return probed

@@ -203,14 +203,18 @@ class UpstreamClient:
             raise
         except error.TimeoutError as e:
             raise UpstreamTimeoutError("connect timed out") from e
-        except (error.ConnectError, error.DNSLookupError) as e:
-            raise UpstreamError(f"cannot connect: {type(e).__name__}") from e
+        except error.DNSLookupError as e:
+            raise UpstreamError("cannot connect: host name not found") from e
+        except error.ConnectionRefusedError as e:
+            raise UpstreamError("cannot connect: connection refused") from e
+        except error.ConnectError as e:
+            raise UpstreamError("cannot connect") from e
         except Exception as e:  # any transport or protocol failure
             if timed_out:
                 raise UpstreamTimeoutError("no response headers in time") from e
             if isinstance(e, ResponseNeverReceived):
                 raise UpstreamError(_describe(e)) from e
-            raise UpstreamError(type(e).__name__) from e
+            raise UpstreamError("connection failed") from e
         finally:
             if timer.active():
                 timer.cancel()

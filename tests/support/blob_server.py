@@ -22,8 +22,11 @@ Events go to ``--events`` as JSON lines::
 ``bytes_sent`` counts body bytes handed to the transport on that connection.
 
 Run: ``python -m tests.support.blob_server --port P --size BYTES --events FILE
-[--stall-after BYTES]``.  When ready it prints one line
-``READY port=P size=N digest=sha256:<hex>`` (flushed) to stdout.
+[--stall-after BYTES] [--framing length|chunked|close]``.  ``--framing``
+chooses how the GET body is delimited: Content-Length (default, as real
+registries do), chunked, or by closing the connection (HTTP/1.0 style).
+When ready it prints one line ``READY port=P size=N digest=sha256:<hex>``
+(flushed) to stdout.
 """
 
 from __future__ import annotations
@@ -263,10 +266,12 @@ class RegistryResource(resource.Resource):
         stall_after: int | None,
         events: EventLog,
         clock: IReactorTime,
+        framing: str = "length",
     ) -> None:
         super().__init__()
         self.size = size
         self.digest = digest
+        self.framing = framing
         self.stall_after = stall_after
         self.events = events
         self.clock = clock
@@ -312,7 +317,16 @@ class RegistryResource(resource.Resource):
             request.setHeader(
                 b"content-range", f"bytes {start}-{end - 1}/{self.size}".encode()
             )
-        request.setHeader(b"content-length", str(end - start).encode())
+        if self.framing == "length":
+            request.setHeader(b"content-length", str(end - start).encode())
+        elif self.framing == "close":
+            # An HTTP/1.0-style answer: no length, no chunks, the end of the
+            # body is the end of the connection.  twisted.web only chunks
+            # for HTTP/1.1, so answer as 1.0 and close when done.
+            request.clientproto = b"HTTP/1.0"
+            channel.persistent = False
+            request.setHeader(b"connection", b"close")
+        # framing "chunked": no Content-Length, twisted.web chunks the body.
         if method == "HEAD":
             return b""
         BodyProducer(
@@ -335,6 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--events", required=True)
     parser.add_argument("--stall-after", type=int, default=None)
+    parser.add_argument(
+        "--framing",
+        choices=("length", "chunked", "close"),
+        default="length",
+        help="body delimited by Content-Length, chunked, or connection close",
+    )
     args = parser.parse_args(argv)
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
@@ -346,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
 
     reactor: Any = _reactor
     site = server.Site(
-        RegistryResource(args.size, digest, args.stall_after, events, reactor)
+        RegistryResource(
+            args.size, digest, args.stall_after, events, reactor, args.framing
+        )
     )
     site.protocol = CountingChannel  # type: ignore[assignment]
     site.displayTracebacks = False
@@ -372,6 +394,7 @@ class BlobServerProcess(ManagedProcess):
         size: int,
         stall_after: int | None = None,
         name: str = "upstream",
+        framing: str = "length",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -391,6 +414,7 @@ class BlobServerProcess(ManagedProcess):
         ]
         if stall_after is not None:
             argv += ["--stall-after", str(stall_after)]
+        argv += ["--framing", framing]
         super().__init__(argv, workdir / f"{name}.log", cwd=REPO)
         try:
             self.wait_for_port(self.port, timeout=60)
