@@ -29,8 +29,10 @@ setup(
     install_requires=[
         "twisted[tls]>=24.7",
         "treq>=24.9",
-        "pyopenssl>=24.0",
+        "pyopenssl>=24.3",
         "service-identity>=24.1",
+        "josepy>=1.14",
+        "cryptography>=42",
     ],
     extras_require={
         "test": [

@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(docker-registry skopeo docker.io containerd podman curl ca-certificates)
+debs=(docker-registry skopeo docker.io containerd podman pebble curl ca-certificates)
 need=()
-for bin in docker-registry skopeo dockerd containerd ctr podman curl; do
+for bin in docker-registry skopeo dockerd containerd ctr podman pebble curl; do
     command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if ((${#need[@]})); then

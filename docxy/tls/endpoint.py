@@ -1,0 +1,123 @@
+"""The ``acme:`` server endpoint: TLS on any plain endpoint, certificates by ACME.
+
+``listen`` is where the side effects start (state directory, stored
+certificates, the placeholder, then the background issuing). Listeners with
+the same state directory share one certificate manager, so two ``acme:``
+ports (say IPv4 and IPv6) never order the same names twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from zope.interface import implementer
+
+from .manager import CertificateManager
+from .spec import OPTIONS, AcmeSpec, AcmeSpecError, parse_acme
+
+_MANAGERS: dict[Path, tuple[CertificateManager, int]] = {}
+
+
+def _acquire(reactor: Any, spec: AcmeSpec) -> CertificateManager:
+    key = spec.state_dir.resolve()
+    if key in _MANAGERS:
+        manager, users = _MANAGERS[key]
+        if manager.spec != spec:
+            raise AcmeSpecError(
+                f"two acme: listeners share {str(spec.state_dir)!r} with "
+                "different options; give them the same options or separate "
+                "directories"
+            )
+        _MANAGERS[key] = (manager, users + 1)
+        return manager
+    manager = CertificateManager(reactor, spec)
+    manager.load()
+    _MANAGERS[key] = (manager, 1)
+    return manager
+
+
+def _release(manager: CertificateManager) -> defer.Deferred[Any]:
+    key = manager.spec.state_dir.resolve()
+    _, users = _MANAGERS[key]
+    if users > 1:
+        _MANAGERS[key] = (manager, users - 1)
+        return defer.succeed(None)
+    del _MANAGERS[key]
+    return manager.stop()
+
+
+@implementer(IListeningPort)
+class _AcmePort:
+    """The TLS port; stopping it also stops its certificate manager."""
+
+    def __init__(self, port: IListeningPort, manager: CertificateManager) -> None:
+        self._port = port
+        self._manager: CertificateManager | None = manager
+
+    def startListening(self) -> None:
+        self._port.startListening()
+
+    def stopListening(self) -> defer.Deferred[None] | None:
+        manager, self._manager = self._manager, None
+        stopped = self._port.stopListening()
+        if manager is not None:
+            released = _release(manager)
+            if stopped is not None:
+                return defer.gatherResults([stopped, released]).addCallback(
+                    lambda _: None
+                )
+        return stopped
+
+    def getHost(self) -> Any:
+        return self._port.getHost()
+
+
+@implementer(IStreamServerEndpoint)
+class AcmeEndpoint:
+    def __init__(
+        self, reactor: Any, spec: AcmeSpec, wrapped: IStreamServerEndpoint
+    ) -> None:
+        self.reactor = reactor
+        self.spec = spec
+        self.wrapped = wrapped
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        return defer.ensureDeferred(self._listen(factory))
+
+    async def _listen(self, factory: IProtocolFactory) -> IListeningPort:
+        manager = _acquire(self.reactor, self.spec)
+        assert manager.contexts is not None
+        try:
+            port = await wrapServerTLS(manager.contexts, self.wrapped).listen(factory)
+        except BaseException:
+            await _release(manager)
+            raise
+        manager.start()
+        return _AcmePort(port, manager)
+
+
+def parse_endpoint(reactor: Any, *args: str, **kwargs: str) -> AcmeEndpoint:
+    """``acme:`` string arguments -> endpoint; every error is one line."""
+    spec, sub = parse_acme(args, kwargs)
+    try:
+        wrapped = serverFromString(reactor, sub)
+    except Exception as e:
+        unknown = sorted(set(kwargs) - OPTIONS)
+        hint = (
+            f" (acme: options are {', '.join(sorted(OPTIONS))}; "
+            f"{', '.join(unknown)} went to the wrapped endpoint)"
+            if unknown
+            else ""
+        )
+        raise AcmeSpecError(
+            f"wrapped endpoint {sub!r}: {str(e) or type(e).__name__}{hint}"
+        ) from None
+    return AcmeEndpoint(reactor, spec, wrapped)
