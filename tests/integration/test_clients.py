@@ -11,10 +11,8 @@ pull is checked against the digest the upstream registry holds.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -31,54 +29,16 @@ from tests.support.clients import (
     Podman,
     request_urls,
 )
-from tests.support.docxy import Docxy
+from tests.support.docxy import AccessLog, Docxy
 from tests.support.registry import Upstream
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the container daemons need root"
 )
 
-
-# --- Docxy's access log -----------------------------------------------------
-
-ACCESS_RE = re.compile(r"method=(\S+) path=(\S+) status=(\d+)")
-
-
-@dataclass(frozen=True)
-class Access:
-    method: str
-    path: str  # as logged; may carry the query string
-    status: int
-
-    @property
-    def bare_path(self) -> str:
-        return self.path.split("?", 1)[0]
-
-    @property
-    def query(self) -> list[tuple[str, str]]:
-        return parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
-
-
-class AccessLog:
-    """Docxy's access-log lines, read from an offset so each test sees its own."""
-
-    def __init__(self, docxy: Docxy) -> None:
-        self.docxy = docxy
-        self.offset = len(docxy.log_text())
-
-    def lines(self) -> list[str]:
-        return self.docxy.log_text()[self.offset :].splitlines()
-
-    def entries(self) -> list[Access]:
-        found = []
-        for line in self.lines():
-            m = ACCESS_RE.search(line)
-            if m:
-                found.append(Access(m.group(1), m.group(2), int(m.group(3))))
-        return found
-
-    def dump(self) -> str:
-        return "\n".join(self.lines())
+# Challenges on repository paths name the upstream's own realm (containerd
+# uses those); /v2/ names the mirror-wide /auth/token (dockerd, podman).
+REPOSITORY_REALM = "/auth/docker.io/token"
 
 
 def repo_digest_matches(repo_digests: list[str], repo: str, digest: str) -> bool:
@@ -337,7 +297,7 @@ def test_containerd_private_image_needs_credentials(
 
     assert containerd.image_digest("alice", ref) == image.digest
     assert any(
-        e.method == "POST" and e.bare_path == "/auth/token" and e.status == 200
+        e.method == "POST" and e.bare_path == REPOSITORY_REALM and e.status == 200
         for e in log.entries()
     ), log.dump()
     posts = [

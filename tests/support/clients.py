@@ -18,7 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,12 +281,21 @@ class Containerd(_Daemon):
             [CTR, "--address", str(self.sock), "version"]
         )
 
-    def set_mirror(self, mirror_url: str, registry: str = "docker.io") -> None:
-        """hosts.toml for ``registry``: the mirror first, Docker Hub as server."""
-        d = self.hosts_dir / registry
+    def set_mirror(
+        self,
+        mirror_url: str,
+        registry: str = "docker.io",
+        hosts_dir: Path | None = None,
+    ) -> None:
+        """hosts.toml for ``registry``: the mirror first, the registry as server.
+
+        ``mirror_url`` may have a path (``http://host:port/ghcr``): containerd
+        then sends ``/ghcr/v2/...``. ``hosts_dir`` defaults to ``self.hosts_dir``.
+        """
+        d = (hosts_dir or self.hosts_dir) / registry
         d.mkdir(parents=True, exist_ok=True)
         (d / "hosts.toml").write_text(
-            'server = "https://registry-1.docker.io"\n\n'
+            f'server = "{registry_server(registry)}"\n\n'
             f'[host."{mirror_url}"]\n'
             '  capabilities = ["pull", "resolve"]\n'
         )
@@ -306,13 +315,14 @@ class Containerd(_Daemon):
         user: str | None = None,
         platform: str = "linux/amd64",
         check: bool = True,
+        hosts_dir: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """``ctr image pull`` through hosts.toml; ``--debug`` logs each request URL."""
         args = [
             "image",
             "pull",
             "--hosts-dir",
-            str(self.hosts_dir),
+            str(hosts_dir or self.hosts_dir),
             "--snapshotter",
             "native",
             "--platform",
@@ -332,6 +342,30 @@ class Containerd(_Daemon):
         raise LookupError(f"{ref} not in ctr image ls:\n{out}")
 
 
+def registry_server(registry: str) -> str:
+    """The real server of a registry name (Docker Hub's API host differs)."""
+    if registry == "docker.io":
+        return "https://registry-1.docker.io"
+    return f"https://{registry}"
+
+
+def registries_conf(mirrors: Mapping[str, Sequence[str]]) -> str:
+    """registries.conf text: for each prefix, its insecure (http) mirrors.
+
+    A mirror location may carry a path (``127.0.0.1:5000/ghcr``): podman,
+    CRI-O and skopeo then put it in front of the repository name.
+    """
+    parts = []
+    for prefix, locations in mirrors.items():
+        server = registry_server(prefix).removeprefix("https://")
+        parts.append(f'[[registry]]\nprefix = "{prefix}"\nlocation = "{server}"\n')
+        for location in locations:
+            parts.append(
+                f'[[registry.mirror]]\nlocation = "{location}"\ninsecure = true\n'
+            )
+    return "\n".join(parts)
+
+
 def request_urls(ctr_debug_output: str) -> list[tuple[str, str]]:
     """(method, url) of each HTTP request ctr's resolver logged with --debug."""
     found = []
@@ -342,6 +376,21 @@ def request_urls(ctr_debug_output: str) -> list[tuple[str, str]]:
         url = re.search(r'url="?([^"\s]+)', line)
         if method and url:
             found.append((method.group(1), url.group(1)))
+    return found
+
+
+def response_headers(
+    ctr_debug_output: str, header: str
+) -> list[tuple[str, str | None]]:
+    """(url, value of ``header`` or None) of each response ctr logged with --debug."""
+    key = re.compile(rf'response\.header\.{re.escape(header.lower())}="?([^"\s]+)')
+    found = []
+    for line in ctr_debug_output.splitlines():
+        if "fetch response received" not in line:
+            continue
+        url = re.search(r'url="?([^"\s]+)', line)
+        value = key.search(line)
+        found.append((url.group(1) if url else "", value.group(1) if value else None))
     return found
 
 
@@ -357,15 +406,8 @@ class Podman:
         xdg = self.base / "xdg"
         for d in (self.root, self.runroot, self.tmpdir, xdg):
             d.mkdir(exist_ok=True)
-        registries = self.base / "registries.conf"
-        registries.write_text(
-            "[[registry]]\n"
-            'prefix = "docker.io"\n'
-            'location = "registry-1.docker.io"\n\n'
-            "[[registry.mirror]]\n"
-            f'location = "{mirror_hostport}"\n'
-            "insecure = true\n"
-        )
+        self.registries = self.base / "registries.conf"
+        self.set_mirrors({"docker.io": [mirror_hostport]})
         storage = self.base / "storage.conf"
         storage.write_text(
             "[storage]\n"
@@ -384,7 +426,7 @@ class Podman:
         self.authfile = self.base / "auth.json"
         self.authfile.write_text('{"auths": {}}\n')
         self.env = {
-            "CONTAINERS_REGISTRIES_CONF": str(registries),
+            "CONTAINERS_REGISTRIES_CONF": str(self.registries),
             "CONTAINERS_STORAGE_CONF": str(storage),
             "CONTAINERS_CONF": str(containers),
             "REGISTRY_AUTH_FILE": str(self.authfile),
@@ -393,6 +435,10 @@ class Podman:
             "XDG_DATA_HOME": str(xdg / "data"),
             "TMPDIR": str(self.tmpdir),
         }
+
+    def set_mirrors(self, mirrors: Mapping[str, Sequence[str]]) -> None:
+        """Rewrite registries.conf: ``{prefix: [mirror location, ...]}``."""
+        self.registries.write_text(registries_conf(mirrors))
 
     def set_credentials(self, host: str, user: str | None, password: str = "") -> None:
         """The authfile entry for ``host`` (None: none); podman sends a

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from .processes import LOOPBACK, ManagedProcess, free_port
 
@@ -50,3 +53,63 @@ class Docxy(ManagedProcess):
         ]
         super().__init__(argv, log_path, env=twistd_env(), cwd=log_path.parent)
         self.wait_for_port(self.port)
+
+
+# --- Docxy's access log -----------------------------------------------------
+
+ACCESS_RE = re.compile(r"method=(\S+) path=(\S+) status=(\d+)")
+UPSTREAM_STATUS_RE = re.compile(r"upstream_status=(\S+)")
+
+
+@dataclass(frozen=True)
+class Access:
+    """One access-log line of Docxy."""
+
+    method: str
+    path: str  # as logged; may carry the query string
+    status: int
+    upstream_status: str = "-"  # "-": Docxy answered without asking upstream
+    line: str = ""
+
+    @property
+    def bare_path(self) -> str:
+        return self.path.split("?", 1)[0]
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        return parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
+
+
+class AccessLog:
+    """Docxy's access-log lines, read from an offset so each test sees its own.
+
+    Docxy writes the line when it finishes a response, before the bytes reach
+    the client, so a client that has its answer finds the line in the log.
+    """
+
+    def __init__(self, docxy: Docxy) -> None:
+        self.docxy = docxy
+        self.offset = len(docxy.log_text())
+
+    def lines(self) -> list[str]:
+        return self.docxy.log_text()[self.offset :].splitlines()
+
+    def entries(self) -> list[Access]:
+        found = []
+        for line in self.lines():
+            m = ACCESS_RE.search(line)
+            if m:
+                up = UPSTREAM_STATUS_RE.search(line)
+                found.append(
+                    Access(
+                        m.group(1),
+                        m.group(2),
+                        int(m.group(3)),
+                        up.group(1) if up else "-",
+                        line,
+                    )
+                )
+        return found
+
+    def dump(self) -> str:
+        return "\n".join(self.lines())

@@ -522,8 +522,13 @@ def start_upstream(
     readonly: bool = False,
     cdn: bool = False,
     tls: bool = False,
+    service: str = SERVICE,
 ) -> Upstream:
-    """Start a token service and a registry (variant a, b or c) in ``workdir``."""
+    """Start a token service and a registry (variant a, b or c) in ``workdir``.
+
+    ``service`` is the token service name the registry's challenge names
+    (give each of several upstreams its own to tell their tokens apart).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     storage = storage or workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
@@ -533,7 +538,7 @@ def start_upstream(
         ca_path, cert, key = make_test_ca(workdir / "pki")
         tls_pair = (cert, key)
     token = TokenService(
-        workdir / "token", SERVICE, ISSUER, repositories=repositories, tls=tls_pair
+        workdir / "token", service, ISSUER, repositories=repositories, tls=tls_pair
     )
     cdn_server = None
     registry = None

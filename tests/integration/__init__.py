@@ -1,0 +1,1 @@
+"""Integration tests: real processes (a package, so basenames may repeat tests/unit)."""
