@@ -7,6 +7,7 @@ raises :class:`ConfigError` with a one-line reason before anything listens.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -46,20 +47,33 @@ class Config:
     idle_timeout: float = 120.0
     max_connections: int = 32
     https_redirect: bool = False
+    cache_dir: Path | None = None
+    cache_max_size: int = 10 * 1024**3
+    cache_auth_ttl: float = 300.0
 
     @property
     def default(self) -> Upstream:
         return next(u for u in self.upstreams if u.name == self.default_upstream)
 
     def token_realm(self, upstream: Upstream) -> str:
-        """The realm challenges name: from config, never from Host.
+        """The realm repository challenges of ``upstream`` name.
 
-        The default upstream keeps the short ``/auth/token``; every upstream
-        also has ``/auth/<name>/token``, so token requests route by path.
+        From config, never from Host. One per upstream, so a token request
+        reaches the right upstream by its path alone, whatever the scope.
+        """
+        return f"{self.public_url}/auth/{upstream.name}/token"
+
+    def ping_realm(self, upstream: Upstream) -> str:
+        """The realm ``/v2/`` challenges name.
+
+        The default upstream's is the mirror-wide ``/auth/token``, which also
+        routes by path alias in the scope: podman and dockerd take the realm
+        of their ``/v2/`` ping for every repository, and podman names those
+        with the alias of a mirror location (``repository:ghcr/owner/img``).
         """
         if upstream.name == self.default_upstream:
             return f"{self.public_url}/auth/token"
-        return f"{self.public_url}/auth/{upstream.name}/token"
+        return self.token_realm(upstream)
 
 
 def _http_url(name: str, value: object, *, allow_path: bool) -> str:
@@ -165,6 +179,36 @@ def _flag(name: str, value: object) -> bool:
     raise ConfigError(f"{name}: expected true or false, got {value!r}")
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size(name: str, value: object) -> int:
+    """Bytes, or a number with a binary unit: 500M, 20G, 1.5T."""
+    text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    try:
+        number = float(text[: len(text) - len(unit)])
+    except ValueError:
+        raise ConfigError(
+            f"{name}: expected a size such as 20G, got {value!r}"
+        ) from None
+    size = int(number * _SIZE_UNITS[unit])
+    if size < 1:
+        raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
+    return size
+
+
+def _directory(name: str, value: object) -> Path:
+    path = Path(str(value))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot create {value!r}: {e.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{name}: {value!r} is not writable")
+    return path
+
+
 def _names(name: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -207,6 +251,9 @@ SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "idle-timeout": _positive,
     "max-connections": _count,
     "https-redirect": _flag,
+    "cache-dir": _directory,
+    "cache-max-size": _size,
+    "cache-auth-ttl": _positive,
 }
 _PLAIN_FIELDS = {
     "port": "ports",
@@ -217,6 +264,9 @@ _PLAIN_FIELDS = {
     "idle-timeout": "idle_timeout",
     "max-connections": "max_connections",
     "https-redirect": "https_redirect",
+    "cache-dir": "cache_dir",
+    "cache-max-size": "cache_max_size",
+    "cache-auth-ttl": "cache_auth_ttl",
 }
 
 # Keys of one [upstreams.<name>] table -> parser.

@@ -32,7 +32,13 @@ from .errors import (
 )
 from .headers import relayed_response_headers
 from .streaming import BodyPump, DigestCheck, abort_client, client_gone
-from .upstream import UpstreamClient, UpstreamError, UpstreamTimeoutError, discard_body
+from .upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    discard_body,
+)
 
 if TYPE_CHECKING:
     from .routing import Mirror
@@ -59,6 +65,8 @@ class Exchange:
     blob: bool = False
     # Whose challenges these are: their realm is replaced by Docxy's for it.
     mirror: Mirror | None = None
+    # /v2/ itself: challenges name the mirror's ping realm.
+    ping: bool = False
     # Translates challenge scopes into the client's naming (path aliases).
     scope_map: Callable[[str], str] | None = None
 
@@ -123,6 +131,12 @@ class Forwarder:
             exchange.body,
             follow_redirects=exchange.follow_redirects,
         )
+        await self.answer(request, exchange, answer)
+
+    async def answer(
+        self, request: Request, exchange: Exchange, answer: UpstreamResponse
+    ) -> None:
+        """Give the client an upstream answer, by the rules."""
         response = answer.response
         record(request, upstream_status=response.code, redirects=answer.redirects)
         if client_gone(request):
@@ -182,7 +196,9 @@ class Forwarder:
             b"www-authenticate",
             [
                 rewrite_challenge_header(
-                    v, mirror.public_realm, exchange.scope_map
+                    v,
+                    mirror.ping_realm if exchange.ping else mirror.public_realm,
+                    exchange.scope_map,
                 ).encode("latin-1")
                 for v in challenges
             ],

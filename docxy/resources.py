@@ -22,6 +22,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from . import __version__
+from .cache.blobs import BlobCache
 from .errors import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -78,24 +79,30 @@ class RootResource(Resource):
         forwarder: Forwarder,
         router: Router,
         https_redirect: str | None = None,
+        cache: BlobCache | None = None,
     ) -> None:
         super().__init__()
         self.router = router
-        self.putChild(b"v2", RegistryResource(forwarder, router))
-        auth = Resource()
-        auth.putChild(b"token", TokenResource(forwarder, router, router.default))
+        self.putChild(b"v2", RegistryResource(forwarder, router, cache=cache))
+        auth = NotFoundResource()
+        # The mirror-wide realm (named by /v2/ pings): routes by alias too.
+        auth.putChild(
+            b"token", TokenResource(forwarder, router, router.default, by_alias=True)
+        )
         for name, mirror in router.mirrors.items():
-            per_upstream = Resource()
+            per_upstream = NotFoundResource()
             per_upstream.putChild(b"token", TokenResource(forwarder, router, mirror))
             auth.putChild(name.encode("ascii"), per_upstream)
         self.putChild(b"auth", auth)
         # /<alias>/v2/...: single-component aliases only (a path segment).
         for alias, upstream in router.upstreams.by_alias.items():
             if "/" not in alias and alias.encode() not in self.children:
-                mounted = Resource()
+                mounted = NotFoundResource()
                 mounted.putChild(
                     b"v2",
-                    RegistryResource(forwarder, router, router.mirrors[upstream.name]),
+                    RegistryResource(
+                        forwarder, router, router.mirrors[upstream.name], cache
+                    ),
                 )
                 self.putChild(alias.encode("ascii"), mounted)
         self.putChild(b"health", HealthResource())
@@ -122,6 +129,17 @@ class RootResource(Resource):
         return NOT_DONE_YET
 
 
+class NotFoundResource(Resource):
+    """An inner node of the tree: unknown children and itself are 404 envelopes."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return ErrorResource(not_found(_path(request)))
+
+    def render(self, request: Request) -> int:
+        write_error(request, not_found(_path(request)))
+        return NOT_DONE_YET
+
+
 # With https-redirect on, plain HTTP still serves these (ACME HTTP-01 needs it).
 _SERVED_OVER_HTTP = frozenset({b"health", b".well-known"})
 
@@ -136,8 +154,13 @@ class RedirectResource(Resource):
         self.base = base.encode("ascii")
 
     def render(self, request: Request) -> bytes:
+        # Only an origin-form path is appended: "GET @evil.example/" must not
+        # turn the public URL into https://mirror@evil.example/.
+        uri = request.uri
+        if not uri.startswith(b"/") or uri.startswith(b"//"):
+            uri = b"/"
         request.setResponseCode(301)
-        request.setHeader(b"location", self.base + request.uri)
+        request.setHeader(b"location", self.base + uri)
         request.setHeader(b"content-type", b"text/plain")
         return b"moved to https\n"
 
@@ -161,12 +184,17 @@ class RegistryResource(Resource):
     isLeaf = True
 
     def __init__(
-        self, forwarder: Forwarder, router: Router, fixed: Mirror | None = None
+        self,
+        forwarder: Forwarder,
+        router: Router,
+        fixed: Mirror | None = None,
+        cache: BlobCache | None = None,
     ) -> None:
         super().__init__()
         self.forwarder = forwarder
         self.router = router
         self.fixed = fixed
+        self.cache = cache
 
     def render(self, request: Request) -> int:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
@@ -179,28 +207,33 @@ class RegistryResource(Resource):
             return NOT_DONE_YET
         if target.namespace is not None:
             # OCI distribution spec, "Registry Proxying".
-            request.setHeader(b"oci-namespace", target.namespace.encode("latin-1"))
+            request.setHeader(b"oci-namespace", target.namespace.encode("ascii"))
         url = target.mirror.upstream.url + target.upstream_path
         query = upstream_query(request)
         if query:
             url = f"{url}?{query}"
         route = target.route
-        self.forwarder.forward(
-            request,
-            Exchange(
-                request.method,
-                url,
-                upstream_request_headers(request.requestHeaders),
-                digest=route.reference if ":" in route.reference else None,
-                blob=route.kind is Kind.BLOBS,
-                mirror=target.mirror,
-                scope_map=target.scope_to_client if target.prefix else None,
-            ),
+        exchange = Exchange(
+            request.method,
+            url,
+            upstream_request_headers(request.requestHeaders),
+            digest=route.reference if ":" in route.reference else None,
+            blob=route.kind is Kind.BLOBS,
+            mirror=target.mirror,
+            ping=route.kind is Kind.BASE,
+            scope_map=target.scope_to_client if target.prefix else None,
         )
+        if self.cache is not None and exchange.blob:
+            self.forwarder.run(request, self.cache.serve(request, exchange, target))
+        else:
+            self.forwarder.forward(request, exchange)
         return NOT_DONE_YET
 
 
 def build_tree(
-    forwarder: Forwarder, router: Router, https_redirect: str | None = None
+    forwarder: Forwarder,
+    router: Router,
+    https_redirect: str | None = None,
+    cache: BlobCache | None = None,
 ) -> RootResource:
-    return RootResource(forwarder, router, https_redirect)
+    return RootResource(forwarder, router, https_redirect, cache)

@@ -14,8 +14,8 @@ from urllib.parse import parse_qsl
 
 from twisted.web.server import Request
 
-from .errors import RegistryError
-from .names import Route, parse_v2_path, upstream_name
+from .errors import RegistryError, name_invalid
+from .names import Route, is_valid_name, parse_v2_path, upstream_name
 from .realm import RealmDirectory
 from .upstreams import Upstream, UpstreamSet, normalize_host
 
@@ -25,7 +25,8 @@ class Mirror:
     """One upstream at run time, with Docxy's own token realm for it."""
 
     upstream: Upstream
-    public_realm: str
+    public_realm: str  # named by challenges on repository paths
+    ping_realm: str  # named by challenges on /v2/
     realms: RealmDirectory
 
 
@@ -82,7 +83,10 @@ class Router:
             upstream = self.upstreams.by_namespace.get(normalize_host(ns))
             if upstream is None:
                 raise unknown_registry(ns)
-            return self._strip_alias(route, self.mirrors[upstream.name], ns)
+            # Echo the namespace as resolved, never the client's raw value.
+            return self._strip_alias(
+                route, self.mirrors[upstream.name], normalize_host(ns)
+            )
         if fixed is not None:
             return Target(fixed, route)
         found = self.upstreams.alias_at_start(route.name)
@@ -112,14 +116,15 @@ class Router:
         return Target(mirror, route, "", ns)
 
     def token_scopes(
-        self, mirror: Mirror, scopes: list[str]
+        self, mirror: Mirror, scopes: list[str], by_alias: bool = False
     ) -> tuple[Mirror, list[str]]:
         """Which upstream a token request is for, and its scopes in upstream naming.
 
-        Clients that compute scopes from their own image name (podman with a
-        ``mirror/ghcr`` location) send ``repository:ghcr/owner/img:pull`` to
-        whatever realm their ``/v2/`` ping named; the alias says where the
-        token must come from.
+        A realm of one upstream strips only that upstream's own aliases.
+        ``by_alias`` (the mirror-wide realm): clients that compute scopes
+        from their own image name (podman with a ``mirror/ghcr`` location)
+        send ``repository:ghcr/owner/img:pull`` to the realm their ``/v2/``
+        ping named; the alias says where the token must come from.
         """
         chosen: Mirror | None = None
         out: list[str] = []
@@ -128,11 +133,16 @@ class Router:
             for one in value.split(" "):
                 kind, _, rest = one.partition(":")
                 name, _, actions = rest.rpartition(":")
-                found = (
-                    self.upstreams.alias_at_start(name)
-                    if kind == "repository"
-                    else None
-                )
+                found = None
+                if kind == "repository":
+                    found = self.upstreams.alias_at_start(name)
+                    if found is not None and not (
+                        by_alias or found[1] is mirror.upstream
+                    ):
+                        found = None
+                    bare = name[len(found[0]) + 1 :] if found is not None else name
+                    if not is_valid_name(bare):
+                        raise name_invalid(bare)
                 if found is not None:
                     target = self.mirrors[found[1].name]
                     if chosen is not None and chosen is not target:

@@ -11,6 +11,9 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from . import __version__
+from .cache.access import AccessChecker
+from .cache.blobs import BlobCache
+from .cache.store import BlobStore
 from .config import Config
 from .forward import Forwarder
 from .realm import RealmDirectory
@@ -54,7 +57,7 @@ class _Announce(Service):
                 namespaces=",".join(upstream.namespaces) or "-",
                 aliases=",".join(upstream.aliases) or "-",
                 hosts=",".join(upstream.hosts) or "-",
-                realm=c.token_realm(upstream),
+                realm=c.ping_realm(upstream),
             )
         if not c.public_url_given:
             log.warn(
@@ -76,14 +79,28 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
         upstream.name: Mirror(
             upstream,
             config.token_realm(upstream),
+            config.ping_realm(upstream),
             RealmDirectory(client, upstream.url, upstream.realm, upstream.service),
         )
         for upstream in config.upstreams
     }
     router = Router(UpstreamSet(config.upstreams, config.default), mirrors)
     forwarder = Forwarder(client, reactor, config.idle_timeout)
+    cache = None
+    if config.cache_dir is not None:
+        cache = BlobCache(
+            BlobStore(config.cache_dir, config.cache_max_size),
+            forwarder,
+            client,
+            AccessChecker(client, reactor, config.cache_auth_ttl),
+            reactor,
+            config.idle_timeout,
+        )
     root = build_tree(
-        forwarder, router, config.public_url if config.https_redirect else None
+        forwarder,
+        router,
+        config.public_url if config.https_redirect else None,
+        cache,
     )
     site = DocxySite(root, timeout=config.idle_timeout, reactor=reactor)
     return site, pool

@@ -66,6 +66,8 @@ class DocxyRequest(Request):
 
 def _extra(notes: dict[str, object]) -> str:
     parts = []
+    if notes.get("cache"):
+        parts.append(f" cache={notes['cache']}")
     if notes.get("redirects"):
         parts.append(f" redirects={notes['redirects']}")
     if notes.get("upstream_error"):

@@ -111,6 +111,25 @@ class Options(usage.Options):
             f"[default: {_DEFAULTS.idle_timeout:g}]",
         ],
         [
+            "cache-dir",
+            None,
+            None,
+            "Keep blobs in this directory (pull-through cache; off when unset).",
+        ],
+        [
+            "cache-max-size",
+            None,
+            None,
+            "Largest total size of cached blobs, e.g. 500G. [default: 10G]",
+        ],
+        [
+            "cache-auth-ttl",
+            None,
+            None,
+            "Seconds an upstream's yes to 'may this client have this blob' is "
+            "remembered. [default: 300]",
+        ],
+        [
             "max-connections",
             None,
             None,

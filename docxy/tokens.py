@@ -54,11 +54,18 @@ class TokenResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, forwarder: Forwarder, router: Router, mirror: Mirror) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        router: Router,
+        mirror: Mirror,
+        by_alias: bool = False,
+    ) -> None:
         super().__init__()
         self.forwarder = forwarder
         self.router = router
         self.mirror = mirror
+        self.by_alias = by_alias
 
     def render(self, request: Request) -> int:
         if request.postpath not in ([], [b""]):
@@ -106,7 +113,9 @@ class TokenResource(Resource):
         self, params: list[tuple[str, str]]
     ) -> tuple[Mirror, list[tuple[str, str]]]:
         scopes = [value for key, value in params if key == "scope"]
-        mirror, translated = self.router.token_scopes(self.mirror, scopes)
+        mirror, translated = self.router.token_scopes(
+            self.mirror, scopes, self.by_alias
+        )
         it = iter(translated)
         return mirror, [(k, next(it) if k == "scope" else v) for k, v in params]
 

@@ -75,7 +75,11 @@ def normalize_host(host: str) -> str:
     """
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
+        end = host.find("]")
+        rest = host[end + 1 :] if end > 0 else ""
+        if end < 0 or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return host  # not [v6] or [v6]:port: matches nothing configured
+        return host[1:end]
     if host.count(":") == 1:
         host = host.split(":", 1)[0]
     return host.rstrip(".")

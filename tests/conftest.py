@@ -122,7 +122,7 @@ def docxy_factory(tmp_path: Path) -> Iterator[DocxyFactory]:
         )
 
     yield factory
-    crashed = [d for d in started if not d.alive()]
+    crashed = [d for d in started if not d.alive() and not d.stopped]
     reports = [
         f"docxy pid {d.pid} exited with {d.popen.returncode}:\n{d.log_text()[-3000:]}"
         for d in crashed

@@ -19,7 +19,8 @@ from .harness import FakeUpstream, Harness, listen, never_answers, start
 
 DIGEST = "sha256:" + "ab" * 32
 BLOB = bytes(range(256)) * 64
-PUBLIC_REALM = "https://mirror.example/auth/token"
+PING_REALM = "https://mirror.example/auth/token"
+PUBLIC_REALM = "https://mirror.example/auth/docker.io/token"
 
 
 def bearer(realm: str, **params: str) -> bytes:
@@ -58,7 +59,7 @@ async def test_ping_challenge_points_at_configured_realm(docxy: Harness) -> None
     reply = await docxy.request(b"GET", "/v2/", {b"host": [b"evil.example"]})
     assert reply.code == 401
     assert reply.headers.getRawHeaders(b"www-authenticate") == [
-        f'Bearer realm="{PUBLIC_REALM}",service="test-svc"'.encode()
+        f'Bearer realm="{PING_REALM}",service="test-svc"'.encode()
     ]
     assert reply.headers.getRawHeaders(b"docker-distribution-api-version") == [
         b"registry/2.0"
@@ -499,4 +500,45 @@ async def test_https_redirect_keeps_health_and_acme_on_http(
         assert upstream.seen == []
     finally:
         HTTP01.remove("tok-1")
+        await docxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_redirect_is_never_an_open_redirect(upstream: FakeUpstream) -> None:
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.protocol import connectionDone
+    from twisted.python.failure import Failure
+
+    docxy = await start(
+        upstream, {"public-url": "https://mirror.example", "https-redirect": True}
+    )
+
+    class Raw(Protocol):
+        def __init__(self, line: bytes) -> None:
+            self.line, self.data = line, b""
+            self.closed: defer.Deferred[bytes] = defer.Deferred()
+
+        def connectionMade(self) -> None:
+            assert self.transport is not None
+            self.transport.write(
+                self.line + b"\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data += data
+
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
+            self.closed.callback(self.data)
+
+    try:
+        for line in (
+            b"GET @evil.example/v2/ HTTP/1.1",
+            b"GET //evil.example/ HTTP/1.1",
+        ):
+            raw = Raw(line)
+            port = docxy.docxy_port.getHost().port
+            await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(_Once(raw))
+            answer = await raw.closed.addTimeout(30, reactor)
+            assert b"evil.example" not in answer.split(b"\r\n\r\n")[0], answer
+    finally:
         await docxy.stop()

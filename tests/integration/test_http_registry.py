@@ -97,6 +97,10 @@ def sha256(data: bytes) -> str:
 # challenges and tokens
 # --------------------------------------------------------------------------
 
+# /v2/ names the mirror-wide realm; repository paths name the upstream's own
+# (the test upstream stands in for Docker Hub, so it is named docker.io).
+REPOSITORY_REALM = "/auth/docker.io/token"
+
 
 def test_v2_challenge_points_at_docxy(docxy: Docxy, upstream: Upstream) -> None:
     """/v2/ answers the upstream's 401 with the realm rewritten to Docxy."""
@@ -130,7 +134,7 @@ def test_repository_401_is_rewritten_and_keeps_scope(
     """A 401 on any repository path points at Docxy and keeps scope (containerd)."""
     blob = upstream.images["library/alpine:3.20"].blobs[0]
     params = challenge(fetch(docxy.url + path.format(blob=blob), method="HEAD"))
-    assert params["realm"] == f"{docxy.url}/auth/token"
+    assert params["realm"] == f"{docxy.url}{REPOSITORY_REALM}"
     assert params["service"] == upstream.service
     assert params["scope"] == "repository:library/alpine:pull"
 
@@ -143,7 +147,7 @@ def test_insufficient_scope_error_is_kept(docxy: Docxy) -> None:
         headers=bearer(token, Accept=MANIFEST_ACCEPT),
     )
     params = challenge(resp)
-    assert params["realm"] == f"{docxy.url}/auth/token"
+    assert params["realm"] == f"{docxy.url}{REPOSITORY_REALM}"
     assert params["scope"] == "repository:library/doesnotexist:pull"
     assert params.get("error") == "insufficient_scope"
 
@@ -152,7 +156,7 @@ def test_short_name_challenge_and_token_flow(docxy: Docxy, upstream: Upstream) -
     """``/v2/alpine/...``: challenge, token with its scope, then the manifest."""
     image = upstream.images["library/alpine:3.20"]
     params = challenge(fetch(docxy.url + "/v2/alpine/manifests/3.20", method="HEAD"))
-    assert params["realm"] == f"{docxy.url}/auth/token"
+    assert params["realm"] == f"{docxy.url}{REPOSITORY_REALM}"
     assert params["scope"] in (
         "repository:alpine:pull",
         "repository:library/alpine:pull",

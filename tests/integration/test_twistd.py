@@ -27,6 +27,11 @@ OPTIONS = [
     "--max-connections",
     "--config",
     "--https-redirect",
+    "--preset",
+    "--default-upstream",
+    "--cache-dir",
+    "--cache-max-size",
+    "--cache-auth-ttl",
 ]
 
 

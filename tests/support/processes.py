@@ -88,12 +88,14 @@ class ManagedProcess:
             start_new_session=True,
         )
         self.pid = self.popen.pid
+        self.stopped = False
 
     def alive(self) -> bool:
         return self.popen.poll() is None
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
@@ -105,7 +107,13 @@ class ManagedProcess:
                 )
             return port_open(port)
 
-        wait_until(ready, timeout, f"{self.argv[0]} to listen on {port}")
+        try:
+            wait_until(ready, timeout, f"{self.argv[0]} to listen on {port}")
+        except BaseException:
+            # The caller never gets the object to stop: do it here, or a
+            # half-started daemon outlives the test run.
+            self.stop()
+            raise
 
     def wait_for_log(self, needle: str, timeout: float = 30.0) -> None:
         wait_until(lambda: needle in self.log_text(), timeout, repr(needle))
@@ -118,6 +126,7 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds."""
+        self.stopped = True  # deliberately: not a crash
         if self.alive():
             self.kill(signal.SIGTERM)
             try:

@@ -18,7 +18,10 @@ def test_defaults_are_docker_hub_on_port_5000() -> None:
     assert config.ports == ("tcp:5000",)
     assert config.public_url == "http://127.0.0.1:5000"
     assert config.public_url_given is False
-    assert config.token_realm(config.default) == "http://127.0.0.1:5000/auth/token"
+    assert config.ping_realm(config.default) == "http://127.0.0.1:5000/auth/token"
+    assert config.token_realm(config.default) == (
+        "http://127.0.0.1:5000/auth/docker.io/token"
+    )
 
 
 def test_library_prefix_auto_is_off_for_other_registries() -> None:
@@ -140,3 +143,24 @@ def test_presets_and_tables() -> None:
 def test_invalid_upstreams(settings: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config(settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("1024", 1024),
+        ("500M", 500 * 1024**2),
+        ("2G", 2 * 1024**3),
+        ("1.5T", int(1.5 * 1024**4)),
+        ("20GiB", 20 * 1024**3),
+    ],
+)
+def test_cache_sizes(tmp_path: Path, value: str, size: int) -> None:
+    config = build_config({"cache-dir": str(tmp_path), "cache-max-size": value})
+    assert (config.cache_dir, config.cache_max_size) == (tmp_path, size)
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5G"])
+def test_bad_cache_sizes(value: str) -> None:
+    with pytest.raises(ConfigError, match="cache-max-size"):
+        build_config({"cache-max-size": value})

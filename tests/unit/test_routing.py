@@ -34,7 +34,12 @@ SETTINGS: dict[str, Any] = {
 def router() -> Router:
     config = build_config(SETTINGS)
     mirrors = {
-        u.name: Mirror(u, config.token_realm(u), None)  # type: ignore[arg-type]
+        u.name: Mirror(
+            u,
+            config.token_realm(u),
+            config.ping_realm(u),
+            None,  # type: ignore[arg-type]
+        )
         for u in config.upstreams
     }
     return Router(UpstreamSet(config.upstreams, config.default), mirrors)
@@ -158,22 +163,46 @@ def test_challenge_scope_back_into_client_naming(router: Router) -> None:
     )
 
 
-def test_token_scopes_follow_aliases(router: Router) -> None:
+def test_mirror_wide_realm_follows_aliases(router: Router) -> None:
     default = router.default
-    mirror, scopes = router.token_scopes(default, ["repository:ghcr/owner/img:pull"])
+    mirror, scopes = router.token_scopes(
+        default, ["repository:ghcr/owner/img:pull"], by_alias=True
+    )
     assert (mirror.upstream.name, scopes) == ("ghcr.io", ["repository:owner/img:pull"])
-    mirror, scopes = router.token_scopes(default, ["repository:alpine:pull"])
+    mirror, scopes = router.token_scopes(default, ["repository:alpine:pull"], True)
     assert (mirror, scopes) == (default, ["repository:alpine:pull"])
     with pytest.raises(RegistryError):
         router.token_scopes(
-            default, ["repository:ghcr/a/b:pull", "repository:quay/c/d:pull"]
+            default, ["repository:ghcr/a/b:pull", "repository:quay/c/d:pull"], True
         )
 
 
+def test_upstream_realm_strips_only_its_own_aliases(router: Router) -> None:
+    """containerd pulling docker.io/quay/x (ns=docker.io) must stay on Docker Hub."""
+    default, ghcr = router.default, router.mirrors["ghcr.io"]
+    assert router.token_scopes(default, ["repository:quay/x:pull"]) == (
+        default,
+        ["repository:quay/x:pull"],
+    )
+    assert router.token_scopes(ghcr, ["repository:ghcr/owner/img:pull"]) == (
+        ghcr,
+        ["repository:owner/img:pull"],
+    )
+
+
+def test_token_scope_names_are_checked(router: Router) -> None:
+    with pytest.raises(RegistryError):
+        router.token_scopes(router.default, ["repository:ghcr/../quay/x:pull"], True)
+
+
 def test_realms(router: Router) -> None:
-    assert router.default.public_realm == "https://mirror.example/auth/token"
-    assert router.mirrors["ghcr.io"].public_realm == (
-        "https://mirror.example/auth/ghcr.io/token"
+    assert router.default.ping_realm == "https://mirror.example/auth/token"
+    assert router.default.public_realm == "https://mirror.example/auth/docker.io/token"
+    ghcr = router.mirrors["ghcr.io"]
+    assert (
+        ghcr.public_realm
+        == ghcr.ping_realm
+        == ("https://mirror.example/auth/ghcr.io/token")
     )
 
 

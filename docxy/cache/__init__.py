@@ -1,0 +1,1 @@
+"""The pull-through blob cache: content-addressed files on local disk."""

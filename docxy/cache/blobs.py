@@ -1,0 +1,309 @@
+"""The blob cache's request path: hit, join an in-flight fill, or start one.
+
+Every blob crosses the upstream link once: the first request for a digest
+starts a :class:`~docxy.cache.fill.Fill`; requests for the same digest that
+arrive while it runs read from that same transfer; later ones read the
+verified file. Shared content is only served after the upstream confirmed
+the client may have it (:mod:`docxy.cache.access`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.server import Request
+
+from ..errors import API_VERSION, API_VERSION_HEADER
+from ..forward import Exchange, Forwarder, record
+from ..names import upstream_name
+from ..routing import Target
+from ..streaming import DigestCheck
+from ..upstream import UpstreamClient
+from .access import AccessChecker
+from .counters import Counters
+from .fill import Fill, FillState
+from .sender import FileSender
+from .store import BlobStore, Entry
+
+log = Logger()
+
+_RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)
+_CONDITIONAL = (b"range", b"if-range", b"if-match", b"if-none-match")
+
+
+def parse_range(header: bytes | None, size: int) -> tuple[int, int] | str | None:
+    """``(start, end_exclusive)``, None for the whole blob, or "unsatisfiable".
+
+    Only single ranges are honoured; anything else gets the whole blob,
+    which HTTP allows.
+    """
+    if header is None:
+        return None
+    match = _RANGE.match(header)
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last N bytes
+        length = int(last)
+        if length == 0:
+            return "unsatisfiable"
+        return (max(0, size - length), size)
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or end <= start:
+        return "unsatisfiable"
+    return (start, end)
+
+
+def _hash_file(path: str, digest: str) -> bool:
+    algorithm, _, expected = digest.partition(":")
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest() == expected
+
+
+class BlobCache:
+    def __init__(
+        self,
+        store: BlobStore,
+        forwarder: Forwarder,
+        client: UpstreamClient,
+        access: AccessChecker,
+        reactor: Any,
+        idle_timeout: float,
+        counters: Counters | None = None,
+    ) -> None:
+        self.store = store
+        self.forwarder = forwarder
+        self.client = client
+        self.access = access
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
+        self.counters = counters or Counters()
+        self.fills: dict[str, Fill] = {}
+        self._starting: dict[str, list[defer.Deferred[Fill | None]]] = {}
+        self.verified: set[str] = set()
+        self.pool = ThreadPool(minthreads=1, maxthreads=4, name="docxy-disk")
+
+    def _pool(self) -> ThreadPool:
+        if not self.pool.started:
+            self.pool.start()
+            self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+        return self.pool
+
+    async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
+        digest = exchange.digest
+        assert digest is not None
+        upstream = target.mirror.upstream
+        repo = upstream_name(target.route.name, upstream.library_prefix)
+        authorization = request.getHeader(b"authorization")
+        shared = (
+            digest in self.store.entries
+            or digest in self.fills
+            or digest in self._starting
+        )
+        if shared and not await self.access.allowed(
+            upstream.url, upstream.name, repo, digest, authorization
+        ):
+            # Not ours to give: the client gets the upstream's own answer.
+            self.counters.denied += 1
+            await self.forwarder.relay(request, exchange)
+            return
+        entry = self.store.get(digest)
+        if request.method == b"HEAD":
+            if entry is None:
+                await self.forwarder.relay(request, exchange)
+            else:
+                self.counters.hits += 1
+                self._headers(request, digest, 200, entry.size)
+                request.finish()
+            return
+        if entry is not None:
+            self.counters.hits += 1
+            record(request, cache="hit")
+            await self._serve_entry(request, exchange, entry)
+            return
+        if request.getHeader(b"range") is not None:
+            # A ranged miss is a resumed download: pass it through as it is.
+            self.counters.misses += 1
+            await self.forwarder.relay(request, exchange)
+            return
+        fill = self.fills.get(digest)
+        if fill is not None:
+            self.counters.joined_fills += 1
+            record(request, cache="joined")
+        else:
+            fill = await self._join_or_start(request, exchange, target, repo)
+            if fill is None:
+                return
+        self._serve_fill(request, exchange, fill)
+
+    async def _join_or_start(
+        self, request: Request, exchange: Exchange, target: Target, repo: str
+    ) -> Fill | None:
+        digest = exchange.digest
+        assert digest is not None
+        waiting = self._starting.get(digest)
+        if waiting is not None:
+            waiter: defer.Deferred[Fill | None] = defer.Deferred()
+            waiting.append(waiter)
+            fill = await waiter
+            if fill is None:
+                await self.forwarder.relay(request, exchange)
+            else:
+                self.counters.joined_fills += 1
+                record(request, cache="joined")
+            return fill
+        self._starting[digest] = []
+        fill = None
+        try:
+            headers = exchange.headers.copy()
+            for name in _CONDITIONAL:
+                headers.removeHeader(name)
+            answer = await self.client.request(b"GET", exchange.url, headers)
+            response = answer.response
+            if response.code != 200:
+                await self.forwarder.answer(request, exchange, answer)
+                return None
+            length = None if response.length is UNKNOWN_LENGTH else int(response.length)
+            fill = Fill(
+                self.store,
+                digest,
+                length,
+                self.reactor,
+                self.idle_timeout,
+                self.counters,
+            )
+            self.fills[digest] = fill
+            fill.finished.addBoth(lambda _: self._filled(digest))
+            response.deliverBody(fill)
+            self.access.remember(
+                target.mirror.upstream.name,
+                repo,
+                digest,
+                request.getHeader(b"authorization"),
+            )
+            self.counters.misses += 1
+            record(request, cache="miss", upstream_status=200)
+            return fill
+        finally:
+            for waiter in self._starting.pop(digest, []):
+                if not waiter.called:
+                    waiter.callback(fill)
+
+    def _filled(self, digest: str) -> None:
+        fill = self.fills.pop(digest, None)
+        if fill is not None and fill.state is FillState.DONE:
+            self.verified.add(digest)
+
+    def _headers(
+        self, request: Request, digest: str, code: int, length: int | None
+    ) -> None:
+        request.setResponseCode(code)
+        headers = request.responseHeaders
+        headers.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
+        headers.setRawHeaders(b"content-type", [b"application/octet-stream"])
+        headers.setRawHeaders(b"docker-content-digest", [digest.encode("ascii")])
+        headers.setRawHeaders(b"etag", [b'"%s"' % digest.encode("ascii")])
+        headers.setRawHeaders(b"accept-ranges", [b"bytes"])
+        if length is not None:
+            headers.setRawHeaders(b"content-length", [b"%d" % length])
+
+    def _serve_fill(self, request: Request, exchange: Exchange, fill: Fill) -> None:
+        digest = fill.digest
+        if fill.state is FillState.DONE and fill.entry is not None:
+            entry = self.store.get(digest)
+            if entry is not None:
+                defer.ensureDeferred(self._serve_entry(request, exchange, entry))
+                return
+        if fill.state is FillState.FAILED:
+            self.forwarder.forward(request, exchange)
+            return
+        self._headers(request, digest, 200, fill.length)
+        FileSender(
+            request,
+            str(fill.temp),
+            0,
+            fill.length,
+            self.reactor,
+            self._pool(),
+            fill=fill,
+            on_end=lambda outcome, sent: self._sent(request, outcome, sent),
+        ).start()
+
+    async def _serve_entry(
+        self, request: Request, exchange: Exchange, entry: Entry
+    ) -> None:
+        digest = entry.digest
+        wanted = parse_range(request.getHeader(b"range"), entry.size)
+        if wanted == "unsatisfiable":
+            request.setResponseCode(416)
+            request.setHeader(b"content-range", b"bytes */%d" % entry.size)
+            request.setHeader(b"content-length", b"0")
+            request.finish()
+            return
+        path = str(self.store.path(digest))
+        if wanted is not None and digest not in self.verified:
+            # A range cannot be checked on its own: check the file first.
+            self.store.pin(entry)
+            try:
+                good = await deferToThreadPool(
+                    self.reactor, self._pool(), _hash_file, path, digest
+                )
+            finally:
+                self.store.unpin(entry)
+            if not good:
+                self._damaged(digest)
+                await self.forwarder.relay(request, exchange)
+                return
+            self.verified.add(digest)
+        self.store.pin(entry)
+        if wanted is None or isinstance(wanted, str):
+            start, end, verify = 0, entry.size, DigestCheck(digest)
+            self._headers(request, digest, 200, entry.size)
+        else:
+            (start, end), verify = wanted, None
+            self._headers(request, digest, 206, end - start)
+            request.setHeader(
+                b"content-range", b"bytes %d-%d/%d" % (start, end - 1, entry.size)
+            )
+
+        def ended(outcome: str, sent: int) -> None:
+            self.store.unpin(entry)
+            if outcome == "digest-mismatch":
+                self._damaged(digest)
+            elif outcome == "done" and verify is not None:
+                self.verified.add(digest)
+            self._sent(request, outcome, sent)
+
+        FileSender(
+            request,
+            path,
+            start,
+            end,
+            self.reactor,
+            self._pool(),
+            verify=verify,
+            on_end=ended,
+        ).start()
+
+    def _damaged(self, digest: str) -> None:
+        self.counters.digest_mismatches += 1
+        self.verified.discard(digest)
+        self.store.discard(digest)
+        log.error("cached {digest} is damaged on disk; discarded", digest=digest)
+
+    def _sent(self, request: Request, outcome: str, sent: int) -> None:
+        self.counters.bytes_served += sent
+        record(request, outcome=outcome)

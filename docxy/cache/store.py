@@ -1,0 +1,135 @@
+"""Content-addressed blob files on disk, bounded in size, least recently used out.
+
+The filesystem is the index: ``blobs/<algorithm>/<hh>/<hex>`` exists only
+once its bytes were verified against the digest (written under ``tmp/`` and
+renamed), so a crash or ``kill -9`` mid-fill leaves nothing that is ever
+served, and a restart rebuilds the index by scanning. Last use is the
+file's mtime, bumped on hits, so LRU order survives restarts too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from ..names import is_valid_digest
+
+log = Logger()
+
+# Bump a hit file's mtime at most this often: one utime per hit is waste.
+TOUCH_INTERVAL = 60.0
+
+
+@dataclass
+class Entry:
+    digest: str
+    size: int
+    last_used: float
+    readers: int = 0
+
+
+class BlobStore:
+    def __init__(self, root: Path, max_size: int) -> None:
+        self.root = root
+        self.max_size = max_size
+        self.blobs = root / "blobs"
+        self.tmp = root / "tmp"
+        self.entries: dict[str, Entry] = {}
+        self.total = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():  # fills cut short by a crash
+            leftover.unlink(missing_ok=True)
+        for path in self._files():
+            digest = f"{path.parent.parent.name}:{path.name}"
+            if not is_valid_digest(digest):
+                continue
+            stat = path.stat()
+            self.entries[digest] = Entry(digest, stat.st_size, stat.st_mtime)
+            self.total += stat.st_size
+        self.evict()
+
+    def _files(self) -> Iterator[Path]:
+        for algorithm in self.blobs.iterdir():
+            for prefix in algorithm.iterdir():
+                yield from prefix.iterdir()
+
+    def path(self, digest: str) -> Path:
+        algorithm, _, hexpart = digest.partition(":")
+        return self.blobs / algorithm / hexpart[:2] / hexpart
+
+    def temp_path(self, digest: str) -> Path:
+        return self.tmp / f"{digest.replace(':', '-')}.{os.getpid()}.{time.time_ns()}"
+
+    def get(self, digest: str) -> Entry | None:
+        """The entry for ``digest``, marked used now; None on a miss."""
+        entry = self.entries.get(digest)
+        if entry is None:
+            return None
+        if not self.path(digest).exists():  # removed behind our back
+            self._forget(entry)
+            return None
+        now = time.time()
+        if now - entry.last_used > TOUCH_INTERVAL:
+            with contextlib.suppress(OSError):
+                os.utime(self.path(digest), (now, now))
+        entry.last_used = now
+        return entry
+
+    def add(self, digest: str, temp: Path) -> Entry:
+        """Make a verified temp file visible under its digest (atomic rename)."""
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        size = temp.stat().st_size
+        os.replace(temp, final)
+        old = self.entries.pop(digest, None)
+        if old is not None:
+            self.total -= old.size
+        entry = Entry(digest, size, time.time(), old.readers if old else 0)
+        self.entries[digest] = entry
+        self.total += size
+        self.evict()
+        return entry
+
+    def discard(self, digest: str) -> None:
+        """Remove a damaged entry (it is never served again)."""
+        entry = self.entries.get(digest)
+        if entry is not None:
+            self._forget(entry)
+        self.path(digest).unlink(missing_ok=True)
+
+    def pin(self, entry: Entry) -> None:
+        entry.readers += 1
+
+    def unpin(self, entry: Entry) -> None:
+        entry.readers -= 1
+        if entry.readers == 0 and self.total > self.max_size:
+            self.evict()
+
+    def evict(self) -> None:
+        """Least recently used first, never an entry being read."""
+        if self.total <= self.max_size:
+            return
+        for entry in sorted(self.entries.values(), key=lambda e: e.last_used):
+            if self.total <= self.max_size:
+                break
+            if entry.readers:
+                continue
+            self.path(entry.digest).unlink(missing_ok=True)
+            self._forget(entry)
+            log.info(
+                "evicted {digest} ({size} bytes)", digest=entry.digest, size=entry.size
+            )
+
+    def _forget(self, entry: Entry) -> None:
+        if self.entries.pop(entry.digest, None) is not None:
+            self.total -= entry.size

@@ -1,0 +1,217 @@
+"""The blob cache against a scripted upstream: single-flight, integrity, access."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.web.server import NOT_DONE_YET, Request
+
+from docxy.cache.blobs import BlobCache
+
+from .harness import FakeUpstream, Harness, Reply, start
+
+BLOB = os.urandom(3 * 1024 * 1024 + 17)
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+PATH = f"/v2/library/alpine/blobs/{DIGEST}".encode()
+CLIENT_PATH = f"/v2/alpine/blobs/{DIGEST}"
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` on the reactor (never a fixed sleep)."""
+    for _ in range(3000):
+        if condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Blob:
+    """Serves a blob; ``hold`` keeps the second half back until ``release``."""
+
+    def __init__(self, data: bytes = BLOB, hold: bool = False) -> None:
+        self.data = data
+        self.hold = hold
+        self.gets = 0
+        self.released: defer.Deferred[None] = defer.Deferred()
+        self.allowed: Callable[[Request], bool] = lambda request: True
+
+    def __call__(self, request: Request) -> bytes | int:
+        if not self.allowed(request):
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", b'Bearer realm="http://x/t"')
+            return b""
+        request.setHeader(b"content-length", b"%d" % len(self.data))
+        if request.method == b"HEAD":
+            return b""
+        self.gets += 1
+        if not self.hold:
+            return self.data
+        half = len(self.data) // 2
+        request.write(self.data[:half])
+
+        def rest(_: object) -> None:
+            request.write(self.data[half:])
+            request.finish()
+
+        self.released.addCallback(rest)
+        return NOT_DONE_YET
+
+
+@pytest.fixture
+def upstream() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest_twisted.async_yield_fixture
+async def docxy(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = await start(upstream, {"cache-dir": str(tmp_path / "cache")})
+    yield harness
+    await harness.stop()
+
+
+def cache_of(docxy: Harness) -> BlobCache:
+    cache = docxy.docxy_port.factory.resource.children[b"v2"].cache
+    assert isinstance(cache, BlobCache)
+    return cache
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_get_is_served_from_disk(
+    docxy: Harness, upstream: FakeUpstream
+) -> None:
+    blob = upstream.routes[PATH] = Blob()
+    first = await docxy.request(b"GET", CLIENT_PATH)
+    assert (first.code, first.body, first.length) == (200, BLOB, len(BLOB))
+    cache = cache_of(docxy)
+    await until(lambda: DIGEST in cache.store.entries, "the fill to be committed")
+    second = await docxy.request(b"GET", CLIENT_PATH)
+    assert (second.code, second.body, second.length) == (200, BLOB, len(BLOB))
+    assert second.headers.getRawHeaders(b"docker-content-digest") == [DIGEST.encode()]
+    assert blob.gets == 1
+    assert (cache.counters.misses, cache.counters.hits) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_gets_share_one_upstream_transfer(
+    docxy: Harness, upstream: FakeUpstream
+) -> None:
+    blob = upstream.routes[PATH] = Blob(hold=True)
+    cache = cache_of(docxy)
+    first = defer.ensureDeferred(docxy.request(b"GET", CLIENT_PATH))
+    await until(lambda: DIGEST in cache.fills, "the fill to start")
+    others = [
+        defer.ensureDeferred(docxy.request(b"GET", CLIENT_PATH)) for _ in range(4)
+    ]
+    await until(lambda: cache.counters.joined_fills == 4, "four clients to join")
+    blob.released.callback(None)
+    replies: list[Reply] = await defer.gatherResults([first, *others])
+    assert [(r.code, r.body == BLOB) for r in replies] == [(200, True)] * 5
+    assert blob.gets == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_fill_survives_the_client_that_started_it(
+    docxy: Harness, upstream: FakeUpstream
+) -> None:
+    from twisted.internet.protocol import Protocol
+    from twisted.web.client import Agent
+
+    class Leave(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.stopProducing()  # type: ignore[union-attr]
+
+    blob = upstream.routes[PATH] = Blob(hold=True)
+    cache = cache_of(docxy)
+    d = Agent(reactor).request(b"GET", (docxy.url + CLIENT_PATH).encode())
+    (await d).deliverBody(Leave())  # the client goes away mid-body
+    await until(lambda: cache.fills.get(DIGEST) is not None, "the fill")
+    blob.released.callback(None)
+    await until(lambda: DIGEST in cache.store.entries, "the fill to finish anyway")
+    again = await docxy.request(b"GET", CLIENT_PATH)
+    assert again.body == BLOB
+    assert blob.gets == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_bytes_that_do_not_match_are_never_cached(
+    docxy: Harness, upstream: FakeUpstream
+) -> None:
+    wrong = bytearray(BLOB)
+    wrong[1000] ^= 0xFF
+    blob = upstream.routes[PATH] = Blob(bytes(wrong))
+    cache = cache_of(docxy)
+    with pytest.raises(Exception):  # noqa: B017 (a short read, whatever its type)
+        await docxy.request(b"GET", CLIENT_PATH)
+    await until(lambda: DIGEST not in cache.fills, "the fill to end")
+    assert DIGEST not in cache.store.entries
+    assert cache.counters.digest_mismatches == 1
+    assert list((cache.store.root / "tmp").iterdir()) == []
+    blob.data = BLOB  # upstream fixed: the next pull heals
+    assert (await docxy.request(b"GET", CLIENT_PATH)).body == BLOB
+
+
+@pytest_twisted.ensureDeferred
+async def test_damaged_file_is_never_served_as_good(
+    docxy: Harness, upstream: FakeUpstream
+) -> None:
+    blob = upstream.routes[PATH] = Blob()
+    cache = cache_of(docxy)
+    await docxy.request(b"GET", CLIENT_PATH)
+    await until(lambda: DIGEST in cache.store.entries, "the blob to be cached")
+    path = cache.store.path(DIGEST)
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(Exception):  # noqa: B017 (a short read)
+        await docxy.request(b"GET", CLIENT_PATH)
+    await until(lambda: DIGEST not in cache.store.entries, "the entry to be dropped")
+    assert cache.counters.digest_mismatches == 1
+    healed = await docxy.request(b"GET", CLIENT_PATH)
+    assert healed.body == BLOB
+    assert blob.gets == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_range_from_cache(docxy: Harness, upstream: FakeUpstream) -> None:
+    upstream.routes[PATH] = Blob()
+    cache = cache_of(docxy)
+    await docxy.request(b"GET", CLIENT_PATH)
+    await until(lambda: DIGEST in cache.store.entries, "the blob to be cached")
+    part = await docxy.request(b"GET", CLIENT_PATH, {b"range": [b"bytes=100-199"]})
+    assert (part.code, part.body) == (206, BLOB[100:200])
+    assert part.headers.getRawHeaders(b"content-range") == [
+        b"bytes 100-199/%d" % len(BLOB)
+    ]
+    tail = await docxy.request(b"GET", CLIENT_PATH, {b"range": [b"bytes=-10"]})
+    assert (tail.code, tail.body) == (206, BLOB[-10:])
+    bad = await docxy.request(b"GET", CLIENT_PATH, {b"range": [b"bytes=99999999-"]})
+    assert bad.code == 416
+    head = await docxy.request(b"HEAD", CLIENT_PATH)
+    assert head.headers.getRawHeaders(b"content-length") == [b"%d" % len(BLOB)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cached_blob_is_not_given_to_a_client_upstream_refuses(
+    docxy: Harness, upstream: FakeUpstream
+) -> None:
+    blob = upstream.routes[PATH] = Blob()
+    blob.allowed = lambda request: request.getHeader(b"authorization") == b"Bearer ok"
+    cache = cache_of(docxy)
+    ok = await docxy.request(b"GET", CLIENT_PATH, {b"authorization": [b"Bearer ok"]})
+    assert ok.body == BLOB
+    await until(lambda: DIGEST in cache.store.entries, "the blob to be cached")
+    for credentials in ({}, {b"authorization": [b"Bearer other"]}):
+        denied = await docxy.request(b"GET", CLIENT_PATH, credentials)
+        assert denied.code == 401
+        assert BLOB[:64] not in denied.body
+    assert cache.counters.denied == 2
+    again = await docxy.request(b"GET", CLIENT_PATH, {b"authorization": [b"Bearer ok"]})
+    assert again.body == BLOB
+    assert blob.gets == 1
