@@ -50,6 +50,7 @@ class Config:
     cache_dir: Path | None = None
     cache_max_size: int = 10 * 1024**3
     cache_auth_ttl: float = 300.0
+    cache_freshness: float = 300.0
 
     @property
     def default(self) -> Upstream:
@@ -254,6 +255,7 @@ SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "cache-dir": _directory,
     "cache-max-size": _size,
     "cache-auth-ttl": _positive,
+    "cache-freshness": _positive,
 }
 _PLAIN_FIELDS = {
     "port": "ports",
@@ -267,6 +269,7 @@ _PLAIN_FIELDS = {
     "cache-dir": "cache_dir",
     "cache-max-size": "cache_max_size",
     "cache-auth-ttl": "cache_auth_ttl",
+    "cache-freshness": "cache_freshness",
 }
 
 # Keys of one [upstreams.<name>] table -> parser.

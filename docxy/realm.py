@@ -60,6 +60,11 @@ class RealmDirectory:
                 realm, self._service_override or challenge.get("service")
             )
 
+    @property
+    def known(self) -> TokenRealm | None:
+        """The realm as last seen, without asking the upstream."""
+        return self._current
+
     async def get(self) -> TokenRealm:
         if self._current is not None:
             return self._current

@@ -22,7 +22,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from . import __version__
-from .cache.blobs import BlobCache
+from .cache.pullthrough import PullThroughCache
 from .errors import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -79,19 +79,25 @@ class RootResource(Resource):
         forwarder: Forwarder,
         router: Router,
         https_redirect: str | None = None,
-        cache: BlobCache | None = None,
+        cache: PullThroughCache | None = None,
     ) -> None:
         super().__init__()
         self.router = router
         self.putChild(b"v2", RegistryResource(forwarder, router, cache=cache))
         auth = NotFoundResource()
         # The mirror-wide realm (named by /v2/ pings): routes by alias too.
+        offline = cache is not None
         auth.putChild(
-            b"token", TokenResource(forwarder, router, router.default, by_alias=True)
+            b"token",
+            TokenResource(
+                forwarder, router, router.default, by_alias=True, offline=offline
+            ),
         )
         for name, mirror in router.mirrors.items():
             per_upstream = NotFoundResource()
-            per_upstream.putChild(b"token", TokenResource(forwarder, router, mirror))
+            per_upstream.putChild(
+                b"token", TokenResource(forwarder, router, mirror, offline=offline)
+            )
             auth.putChild(name.encode("ascii"), per_upstream)
         self.putChild(b"auth", auth)
         # /<alias>/v2/...: single-component aliases only (a path segment).
@@ -188,7 +194,7 @@ class RegistryResource(Resource):
         forwarder: Forwarder,
         router: Router,
         fixed: Mirror | None = None,
-        cache: BlobCache | None = None,
+        cache: PullThroughCache | None = None,
     ) -> None:
         super().__init__()
         self.forwarder = forwarder
@@ -223,7 +229,7 @@ class RegistryResource(Resource):
             ping=route.kind is Kind.BASE,
             scope_map=target.scope_to_client if target.prefix else None,
         )
-        if self.cache is not None and exchange.blob:
+        if self.cache is not None and self.cache.handles(target):
             self.forwarder.run(request, self.cache.serve(request, exchange, target))
         else:
             self.forwarder.forward(request, exchange)
@@ -234,6 +240,6 @@ def build_tree(
     forwarder: Forwarder,
     router: Router,
     https_redirect: str | None = None,
-    cache: BlobCache | None = None,
+    cache: PullThroughCache | None = None,
 ) -> RootResource:
     return RootResource(forwarder, router, https_redirect, cache)

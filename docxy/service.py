@@ -11,9 +11,7 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from . import __version__
-from .cache.access import AccessChecker
-from .cache.blobs import BlobCache
-from .cache.store import BlobStore
+from .cache.pullthrough import build_cache
 from .config import Config
 from .forward import Forwarder
 from .realm import RealmDirectory
@@ -88,11 +86,13 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
     forwarder = Forwarder(client, reactor, config.idle_timeout)
     cache = None
     if config.cache_dir is not None:
-        cache = BlobCache(
-            BlobStore(config.cache_dir, config.cache_max_size),
+        cache = build_cache(
+            config.cache_dir,
+            config.cache_max_size,
+            config.cache_auth_ttl,
+            config.cache_freshness,
             forwarder,
             client,
-            AccessChecker(client, reactor, config.cache_auth_ttl),
             reactor,
             config.idle_timeout,
         )

@@ -130,6 +130,13 @@ class Options(usage.Options):
             "remembered. [default: 300]",
         ],
         [
+            "cache-freshness",
+            None,
+            None,
+            "Seconds a cached tag is served without asking the upstream; after "
+            "that a HEAD revalidates it. [default: 300]",
+        ],
+        [
             "max-connections",
             None,
             None,

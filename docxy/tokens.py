@@ -15,12 +15,14 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from .cache.offline import answer_token
 from .challenge import rewrite_scope
 from .errors import RegistryError, not_found, unsupported_method, write_error
 from .forward import Exchange, Forwarder
 from .headers import upstream_request_headers
 from .realm import NoTokenServiceError
 from .routing import Mirror, Router
+from .upstream import UpstreamError
 
 TOKEN_METHODS = (b"GET", b"POST")
 MAX_TOKEN_FORM = 64 * 1024
@@ -60,12 +62,15 @@ class TokenResource(Resource):
         router: Router,
         mirror: Mirror,
         by_alias: bool = False,
+        offline: bool = False,
     ) -> None:
         super().__init__()
         self.forwarder = forwarder
         self.router = router
         self.mirror = mirror
         self.by_alias = by_alias
+        # With a cache: an offline token when the realm is unreachable.
+        self.offline = offline
 
     def render(self, request: Request) -> int:
         if request.postpath not in ([], [b""]):
@@ -76,8 +81,16 @@ class TokenResource(Resource):
                 unsupported_method(request.method.decode("latin-1"), TOKEN_METHODS),
             )
         else:
-            self.forwarder.run(request, self._token(request))
+            self.forwarder.run(request, self._token_or_offline(request))
         return NOT_DONE_YET
+
+    async def _token_or_offline(self, request: Request) -> None:
+        try:
+            await self._token(request)
+        except UpstreamError:
+            if not self.offline or request.startedWriting:
+                raise
+            answer_token(request)
 
     async def _token(self, request: Request) -> None:
         if request.method == b"POST":

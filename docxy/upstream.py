@@ -11,21 +11,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import urljoin, urlsplit
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet._sslverify import IOpenSSLTrustRoot
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
+    ResponseDone,
     ResponseNeverReceived,
     _HTTP11ClientFactory,
 )
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
@@ -106,6 +109,44 @@ class _Discard(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.done.callback(None)
+
+
+class BodyTooLargeError(UpstreamError):
+    """A body that should be small (a manifest, a token) was not."""
+
+
+class _Collect(Protocol):
+    """Reads a small body into memory, refusing more than ``cap`` bytes."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.cap:
+            if self.transport is not None and not self.done.called:
+                cast(IPushProducer, self.transport).stopProducing()
+                self.done.errback(BodyTooLargeError(f"body over {self.cap} bytes"))
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(UpstreamError("connection lost in the body"))
+
+
+def read_small_body(response: IResponse, cap: int) -> defer.Deferred[bytes]:
+    """The whole body of a response known to be small (manifests, tokens)."""
+    collector = _Collect(cap)
+    response.deliverBody(collector)
+    return collector.done
 
 
 def discard_body(response: IResponse) -> defer.Deferred[None]:

@@ -25,7 +25,7 @@ from ..forward import Exchange, Forwarder, record
 from ..names import upstream_name
 from ..routing import Target
 from ..streaming import DigestCheck
-from ..upstream import UpstreamClient
+from ..upstream import UpstreamClient, UpstreamError
 from .access import AccessChecker
 from .counters import Counters
 from .fill import Fill, FillState
@@ -113,9 +113,7 @@ class BlobCache:
             or digest in self.fills
             or digest in self._starting
         )
-        if shared and not await self.access.allowed(
-            upstream.url, upstream.name, repo, digest, authorization
-        ):
+        if shared and not await self._may(target, repo, digest, authorization):
             # Not ours to give: the client gets the upstream's own answer.
             self.counters.denied += 1
             await self.forwarder.relay(request, exchange)
@@ -148,6 +146,19 @@ class BlobCache:
             if fill is None:
                 return
         self._serve_fill(request, exchange, fill)
+
+    async def _may(
+        self, target: Target, repo: str, digest: str, authorization: bytes | None
+    ) -> bool:
+        try:
+            return await self.access.allowed(target.mirror, repo, digest, authorization)
+        except UpstreamError:
+            # Cannot ask: an earlier yes is the best evidence there is.
+            upstream = target.mirror.upstream.name
+            if self.access.remembered(upstream, repo, digest, authorization):
+                self.counters.stale_serves += 1
+                return True
+            raise
 
     async def _join_or_start(
         self, request: Request, exchange: Exchange, target: Target, repo: str
@@ -194,6 +205,7 @@ class BlobCache:
                 digest,
                 request.getHeader(b"authorization"),
             )
+            self.access.probe_public(target.mirror, repo, digest, "blobs")
             self.counters.misses += 1
             record(request, cache="miss", upstream_status=200)
             return fill

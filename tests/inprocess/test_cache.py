@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.web.server import NOT_DONE_YET, Request
 
 from docxy.cache.blobs import BlobCache
+from docxy.cache.pullthrough import PullThroughCache
 
 from .harness import FakeUpstream, Harness, Reply, start
 
@@ -45,7 +46,8 @@ class Blob:
     def __call__(self, request: Request) -> bytes | int:
         if not self.allowed(request):
             request.setResponseCode(401)
-            request.setHeader(b"www-authenticate", b'Bearer realm="http://x/t"')
+            realm = f"http://{(request.getHeader(b'host') or b'').decode()}/token"
+            request.setHeader(b"www-authenticate", f'Bearer realm="{realm}"'.encode())
             return b""
         request.setHeader(b"content-length", b"%d" % len(self.data))
         if request.method == b"HEAD":
@@ -78,8 +80,8 @@ async def docxy(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[Harness
 
 def cache_of(docxy: Harness) -> BlobCache:
     cache = docxy.docxy_port.factory.resource.children[b"v2"].cache
-    assert isinstance(cache, BlobCache)
-    return cache
+    assert isinstance(cache, PullThroughCache)
+    return cache.blobs
 
 
 @pytest_twisted.ensureDeferred

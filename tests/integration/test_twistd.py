@@ -32,6 +32,7 @@ OPTIONS = [
     "--cache-dir",
     "--cache-max-size",
     "--cache-auth-ttl",
+    "--cache-freshness",
 ]
 
 

@@ -1,0 +1,246 @@
+"""The manifest cache's request path: fresh tags, revalidation, stale-if-error.
+
+- By digest: immutable; served from disk once stored (after the access
+  check), fetched once otherwise.
+- By tag: within the freshness window the stored digest is served with no
+  upstream request (when the repository is known public, or this client was
+  allowed recently). After it, a ``HEAD`` revalidates the tag (Docker Hub
+  does not count it as a pull) and the manifest is only fetched when the
+  digest is new.
+- If the upstream is down, times out, answers 5xx or 429, the last known
+  manifest is served (stale-if-error) to clients that were allowed before,
+  and that is logged and counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.server import Request
+
+from ..errors import API_VERSION, API_VERSION_HEADER, RegistryError
+from ..forward import Exchange, Forwarder, record
+from ..names import is_valid_digest, upstream_name
+from ..routing import Target
+from ..streaming import DigestCheck
+from ..upstream import (
+    BodyTooLargeError,
+    UpstreamClient,
+    UpstreamError,
+    discard_body,
+    read_small_body,
+)
+from .access import AccessChecker
+from .counters import Counters
+from .manifests import MAX_MANIFEST, ManifestStore, accept_key
+
+log = Logger()
+
+_CONDITIONAL = (b"range", b"if-range", b"if-match", b"if-none-match")
+
+
+class _StaleError(Exception):
+    """The upstream cannot answer now; the last known manifest may do."""
+
+
+class ManifestCache:
+    def __init__(
+        self,
+        store: ManifestStore,
+        forwarder: Forwarder,
+        client: UpstreamClient,
+        access: AccessChecker,
+        clock: Any,
+        freshness: float,
+        counters: Counters,
+    ) -> None:
+        self.store = store
+        self.forwarder = forwarder
+        self.client = client
+        self.access = access
+        self.clock = clock
+        self.freshness = freshness
+        self.counters = counters
+
+    async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
+        upstream = target.mirror.upstream
+        repo = upstream_name(target.route.name, upstream.library_prefix)
+        reference = target.route.reference
+        authorization = request.getHeader(b"authorization")
+        if ":" in reference:
+            stored = self.store.get(reference)
+            if stored is None:
+                await self._fetch(request, exchange, target, repo, reference, None)
+            elif await self._may(target, repo, reference, authorization):
+                self._send(request, reference, *stored, "hit")
+            else:
+                self.counters.denied += 1
+                await self.forwarder.relay(request, exchange)
+            return
+        key = self.store.tag_key(
+            upstream.name,
+            repo,
+            reference,
+            accept_key(list(request.requestHeaders.getRawHeaders(b"accept", []))),
+        )
+        entry = self.store.tag(key)
+        now = self.clock.seconds()
+        if entry is not None and now - entry.checked < self.freshness:
+            stored = self.store.get(entry.digest)
+            if stored is not None and await self._may(
+                target, repo, entry.digest, authorization
+            ):
+                self._send(request, entry.digest, *stored, "hit")
+                return
+        try:
+            await self._revalidate(request, exchange, target, repo, key)
+        except _StaleError as why:
+            stored = self.store.get(entry.digest) if entry is not None else None
+            if (
+                entry is None
+                or stored is None
+                or not self.access.remembered(
+                    upstream.name, repo, entry.digest, authorization
+                )
+            ):
+                if isinstance(why.__cause__, UpstreamError):
+                    raise why.__cause__ from None
+                await self.forwarder.relay(request, exchange)
+                return
+            self.counters.stale_serves += 1
+            log.warn(
+                "upstream {upstream} unavailable ({why}); serving last known "
+                "{repo}:{tag} = {digest}",
+                upstream=upstream.name,
+                why=str(why),
+                repo=repo,
+                tag=reference,
+                digest=entry.digest,
+            )
+            self._send(request, entry.digest, *stored, "stale")
+
+    async def _may(
+        self, target: Target, repo: str, digest: str, authorization: bytes | None
+    ) -> bool:
+        try:
+            return await self.access.allowed(
+                target.mirror, repo, digest, authorization, kind="manifests"
+            )
+        except UpstreamError:
+            # Cannot ask: an earlier yes is the best evidence there is.
+            upstream = target.mirror.upstream.name
+            if self.access.remembered(upstream, repo, digest, authorization):
+                self.counters.stale_serves += 1
+                return True
+            raise
+
+    async def _revalidate(
+        self, request: Request, exchange: Exchange, target: Target, repo: str, key: str
+    ) -> None:
+        headers = exchange.headers.copy()
+        for name in _CONDITIONAL:
+            headers.removeHeader(name)
+        try:
+            answer = await self.client.request(b"HEAD", exchange.url, headers)
+        except UpstreamError as e:
+            raise _StaleError(str(e)) from e
+        response = answer.response
+        await discard_body(response)
+        if response.code == 429 or response.code >= 500:
+            raise _StaleError(f"upstream answered {response.code}")
+        digest = (response.headers.getRawHeaders(b"docker-content-digest") or [b""])[0]
+        digest_text = digest.decode("latin-1")
+        if response.code != 200 or not is_valid_digest(digest_text):
+            # The upstream's own answer (401, 404, ...): for a HEAD, this one.
+            if request.method == b"HEAD":
+                await self.forwarder.answer(request, exchange, answer)
+            else:
+                await self.forwarder.relay(request, exchange)
+            return
+        authorization = request.getHeader(b"authorization")
+        self.access.remember(
+            target.mirror.upstream.name, repo, digest_text, authorization
+        )
+        stored = self.store.get(digest_text)
+        if stored is not None:
+            self.store.set_tag(key, digest_text, self.clock.seconds())
+            self._send(request, digest_text, *stored, "revalidated")
+            return
+        await self._fetch(request, exchange, target, repo, digest_text, key)
+
+    async def _fetch(
+        self,
+        request: Request,
+        exchange: Exchange,
+        target: Target,
+        repo: str,
+        digest: str,
+        key: str | None,
+    ) -> None:
+        """GET the manifest by digest, check it, store it, then answer."""
+        url = f"{target.mirror.upstream.url}/v2/{repo}/manifests/{digest}"
+        headers = exchange.headers.copy()
+        for name in _CONDITIONAL:
+            headers.removeHeader(name)
+        answer = await self.client.request(b"GET", url, headers)
+        response = answer.response
+        too_big = (
+            response.length is not UNKNOWN_LENGTH and response.length > MAX_MANIFEST
+        )
+        if response.code != 200 or too_big:
+            await self.forwarder.answer(request, exchange, answer)
+            return
+        try:
+            body = await read_small_body(response, MAX_MANIFEST)
+        except BodyTooLargeError:
+            raise RegistryError(
+                502, "MANIFEST_INVALID", "upstream manifest over 4 MiB", None
+            ) from None
+        check = DigestCheck(digest)
+        check.update(body)
+        if not check.matches():
+            self.counters.digest_mismatches += 1
+            log.error("upstream manifest does not match {digest}", digest=digest)
+            raise RegistryError(
+                502, "MANIFEST_INVALID", "upstream manifest does not match its digest"
+            )
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        self.store.put(digest, body, content_type)
+        if key is not None:
+            self.store.set_tag(key, digest, self.clock.seconds())
+        self.access.remember(
+            target.mirror.upstream.name,
+            repo,
+            digest,
+            request.getHeader(b"authorization"),
+        )
+        self.access.probe_public(target.mirror, repo, digest, "manifests")
+        record(request, upstream_status=200)
+        self._send(request, digest, body, content_type, "miss")
+
+    def _send(
+        self,
+        request: Request,
+        digest: str,
+        body: bytes,
+        content_type: bytes,
+        outcome: str,
+    ) -> None:
+        if outcome in ("hit", "revalidated", "stale"):
+            self.counters.hits += 1
+        else:
+            self.counters.misses += 1
+        record(request, cache=outcome)
+        request.setResponseCode(200)
+        headers = request.responseHeaders
+        headers.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
+        if content_type:
+            headers.setRawHeaders(b"content-type", [content_type])
+        headers.setRawHeaders(b"docker-content-digest", [digest.encode("ascii")])
+        headers.setRawHeaders(b"etag", [b'"%s"' % digest.encode("ascii")])
+        headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()

@@ -1,0 +1,79 @@
+"""The pull-through cache as the Resource tree sees it: blobs and manifests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.web.server import Request
+
+from ..forward import Exchange, Forwarder
+from ..names import Kind
+from ..routing import Target
+from ..upstream import UpstreamClient, UpstreamError
+from .access import AccessChecker
+from .blobs import BlobCache
+from .counters import Counters
+from .manifest_cache import ManifestCache
+from .manifests import ManifestStore
+from .offline import answer_ping
+from .store import BlobStore
+
+
+@dataclass
+class PullThroughCache:
+    blobs: BlobCache
+    manifests: ManifestCache
+    counters: Counters
+
+    forwarder: Forwarder
+
+    def handles(self, target: Target) -> bool:
+        return True
+
+    async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
+        kind = target.route.kind
+        if kind is Kind.BLOBS:
+            await self.blobs.serve(request, exchange, target)
+        elif kind is Kind.MANIFESTS:
+            await self.manifests.serve(request, exchange, target)
+        else:
+            try:
+                await self.forwarder.relay(request, exchange)
+            except UpstreamError:
+                if kind is not Kind.BASE or not answer_ping(request, target.mirror):
+                    raise
+
+
+def build_cache(
+    directory: Path,
+    max_size: int,
+    auth_ttl: float,
+    freshness: float,
+    forwarder: Forwarder,
+    client: UpstreamClient,
+    reactor: Any,
+    idle_timeout: float,
+) -> PullThroughCache:
+    counters = Counters()
+    access = AccessChecker(client, reactor, auth_ttl)
+    blobs = BlobCache(
+        BlobStore(directory, max_size),
+        forwarder,
+        client,
+        access,
+        reactor,
+        idle_timeout,
+        counters,
+    )
+    manifests = ManifestCache(
+        ManifestStore(directory),
+        forwarder,
+        client,
+        access,
+        reactor,
+        freshness,
+        counters,
+    )
+    return PullThroughCache(blobs, manifests, counters, forwarder)
