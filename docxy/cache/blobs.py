@@ -20,13 +20,13 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Request
 
-from ..errors import API_VERSION, API_VERSION_HEADER
 from ..forward import Exchange, Forwarder, record
 from ..names import upstream_name
 from ..routing import Target
 from ..streaming import DigestCheck
-from ..upstream import UpstreamClient, UpstreamError
+from ..upstream import UpstreamClient
 from .access import AccessChecker
+from .answers import CONDITIONAL, cached_headers, may_have
 from .counters import Counters
 from .fill import Fill, FillState
 from .sender import FileSender
@@ -35,7 +35,6 @@ from .store import BlobStore, Entry
 log = Logger()
 
 _RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)
-_CONDITIONAL = (b"range", b"if-range", b"if-match", b"if-none-match")
 
 
 def parse_range(header: bytes | None, size: int) -> tuple[int, int] | str | None:
@@ -113,7 +112,9 @@ class BlobCache:
             or digest in self.fills
             or digest in self._starting
         )
-        if shared and not await self._may(target, repo, digest, authorization):
+        if shared and not await may_have(
+            self.access, self.counters, target, repo, digest, authorization, "blobs"
+        ):
             # Not ours to give: the client gets the upstream's own answer.
             self.counters.denied += 1
             await self.forwarder.relay(request, exchange)
@@ -147,19 +148,6 @@ class BlobCache:
                 return
         self._serve_fill(request, exchange, fill)
 
-    async def _may(
-        self, target: Target, repo: str, digest: str, authorization: bytes | None
-    ) -> bool:
-        try:
-            return await self.access.allowed(target.mirror, repo, digest, authorization)
-        except UpstreamError:
-            # Cannot ask: an earlier yes is the best evidence there is.
-            upstream = target.mirror.upstream.name
-            if self.access.remembered(upstream, repo, digest, authorization):
-                self.counters.stale_serves += 1
-                return True
-            raise
-
     async def _join_or_start(
         self, request: Request, exchange: Exchange, target: Target, repo: str
     ) -> Fill | None:
@@ -180,7 +168,7 @@ class BlobCache:
         fill = None
         try:
             headers = exchange.headers.copy()
-            for name in _CONDITIONAL:
+            for name in CONDITIONAL:
                 headers.removeHeader(name)
             answer = await self.client.request(b"GET", exchange.url, headers)
             response = answer.response
@@ -222,15 +210,8 @@ class BlobCache:
     def _headers(
         self, request: Request, digest: str, code: int, length: int | None
     ) -> None:
-        request.setResponseCode(code)
-        headers = request.responseHeaders
-        headers.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
-        headers.setRawHeaders(b"content-type", [b"application/octet-stream"])
-        headers.setRawHeaders(b"docker-content-digest", [digest.encode("ascii")])
-        headers.setRawHeaders(b"etag", [b'"%s"' % digest.encode("ascii")])
-        headers.setRawHeaders(b"accept-ranges", [b"bytes"])
-        if length is not None:
-            headers.setRawHeaders(b"content-length", [b"%d" % length])
+        cached_headers(request, digest, code, b"application/octet-stream", length)
+        request.responseHeaders.setRawHeaders(b"accept-ranges", [b"bytes"])
 
     def _serve_fill(self, request: Request, exchange: Exchange, fill: Fill) -> None:
         digest = fill.digest

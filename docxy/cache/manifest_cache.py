@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Request
 
-from ..errors import API_VERSION, API_VERSION_HEADER, RegistryError
+from ..errors import RegistryError
 from ..forward import Exchange, Forwarder, record
 from ..names import is_valid_digest, upstream_name
 from ..routing import Target
@@ -33,12 +33,11 @@ from ..upstream import (
     read_small_body,
 )
 from .access import AccessChecker
+from .answers import CONDITIONAL, cached_headers, may_have
 from .counters import Counters
 from .manifests import MAX_MANIFEST, ManifestStore, accept_key
 
 log = Logger()
-
-_CONDITIONAL = (b"range", b"if-range", b"if-match", b"if-none-match")
 
 
 class _StaleError(Exception):
@@ -124,23 +123,15 @@ class ManifestCache:
     async def _may(
         self, target: Target, repo: str, digest: str, authorization: bytes | None
     ) -> bool:
-        try:
-            return await self.access.allowed(
-                target.mirror, repo, digest, authorization, kind="manifests"
-            )
-        except UpstreamError:
-            # Cannot ask: an earlier yes is the best evidence there is.
-            upstream = target.mirror.upstream.name
-            if self.access.remembered(upstream, repo, digest, authorization):
-                self.counters.stale_serves += 1
-                return True
-            raise
+        return await may_have(
+            self.access, self.counters, target, repo, digest, authorization, "manifests"
+        )
 
     async def _revalidate(
         self, request: Request, exchange: Exchange, target: Target, repo: str, key: str
     ) -> None:
         headers = exchange.headers.copy()
-        for name in _CONDITIONAL:
+        for name in CONDITIONAL:
             headers.removeHeader(name)
         try:
             answer = await self.client.request(b"HEAD", exchange.url, headers)
@@ -182,7 +173,7 @@ class ManifestCache:
         """GET the manifest by digest, check it, store it, then answer."""
         url = f"{target.mirror.upstream.url}/v2/{repo}/manifests/{digest}"
         headers = exchange.headers.copy()
-        for name in _CONDITIONAL:
+        for name in CONDITIONAL:
             headers.removeHeader(name)
         answer = await self.client.request(b"GET", url, headers)
         response = answer.response
@@ -233,14 +224,7 @@ class ManifestCache:
         else:
             self.counters.misses += 1
         record(request, cache=outcome)
-        request.setResponseCode(200)
-        headers = request.responseHeaders
-        headers.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
-        if content_type:
-            headers.setRawHeaders(b"content-type", [content_type])
-        headers.setRawHeaders(b"docker-content-digest", [digest.encode("ascii")])
-        headers.setRawHeaders(b"etag", [b'"%s"' % digest.encode("ascii")])
-        headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        cached_headers(request, digest, 200, content_type, len(body))
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
