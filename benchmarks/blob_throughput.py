@@ -45,6 +45,7 @@ from tests.support.docxy import Docxy  # noqa: E402
 from tests.support.processes import (  # noqa: E402
     LOOPBACK,
     ManagedProcess,
+    ProcessGroup,
     free_port,
 )
 
@@ -150,42 +151,7 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
-class Children:
-    """Every process this script started, so cleanup never misses one."""
-
-    def __init__(self) -> None:
-        self.managed: list[ManagedProcess] = []
-        self.popens: list[subprocess.Popen[bytes]] = []
-
-    def stop_all(self) -> None:
-        for p in self.popens:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.popens:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
-        for m in reversed(self.managed):
-            m.stop()
-
-
-class TrackedDocxy(Docxy):
-    """Docxy that joins ``children`` before waiting for its port.
-
-    Why: ``Docxy()`` waits inside its constructor; if that wait is
-    interrupted (Ctrl-C, timeout) we would never get the object to stop.
-    """
-
-    children: Children
-
-    def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
-        self.children.managed.append(self)
-        super().wait_for_port(port, timeout)
-
-
-def curl_once(url: str, expect_size: int, children: Children, *extra: str) -> float:
+def curl_once(url: str, expect_size: int, children: ProcessGroup, *extra: str) -> float:
     """Seconds curl took for the whole body (checks status and size)."""
     p = subprocess.Popen(
         [
@@ -234,7 +200,7 @@ def fmt_rate(size: int, seconds: float) -> str:
 
 def throughput(
     args: argparse.Namespace,
-    children: Children,
+    children: ProcessGroup,
     reg_url: str,
     docxy: Docxy,
     digest: str,
@@ -260,7 +226,7 @@ def throughput(
 
 def slow_clients(
     args: argparse.Namespace,
-    children: Children,
+    children: ProcessGroup,
     docxy: Docxy,
     digest: str,
     size: int,
@@ -373,7 +339,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, on_term)
 
     workdir = Path(tempfile.mkdtemp(prefix="docxy-bench-"))
-    children = Children()
+    children = ProcessGroup()
     try:
         reg_port = free_port()
         cfg = workdir / "registry.yml"
@@ -394,9 +360,8 @@ def main() -> int:
             f"registry {reg_url}: pushed {args.size_mib} MiB {digest} and "
             f"{args.slow_size_mib} MiB {slow_digest} in {time.monotonic() - t0:.1f} s"
         )
-
-        TrackedDocxy.children = children
-        docxy = TrackedDocxy(reg_url, workdir / "docxy.log", extra_args=args.docxy_arg)
+        docxy = Docxy(reg_url, workdir / "docxy.log", extra_args=args.docxy_arg)
+        children.managed.append(docxy)
         # One small request so idle RSS includes the code paths a request loads.
         conn = http.client.HTTPConnection(LOOPBACK, docxy.port, timeout=30)
         conn.request("GET", "/v2/")

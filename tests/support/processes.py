@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -136,3 +137,27 @@ class ManagedProcess:
                 self.popen.wait(timeout)
         self._log.close()
         return self.popen.returncode
+
+
+class ProcessGroup:
+    """Every process a script started, so its cleanup never misses one."""
+
+    def __init__(self) -> None:
+        self.managed: list[ManagedProcess] = []
+        self.popens: list[subprocess.Popen[bytes]] = []
+
+    def stop_all(self) -> None:
+        for p in self.popens:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.popens:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        for m in reversed(self.managed):
+            try:
+                m.stop()
+            except Exception as exc:  # stop the others all the same
+                print(f"WARNING: stopping {m.argv[:4]}: {exc!r}", file=sys.stderr)
