@@ -78,12 +78,8 @@ class ManifestCache:
                 self.counters.denied += 1
                 await self.forwarder.relay(request, exchange)
             return
-        key = self.store.tag_key(
-            upstream.name,
-            repo,
-            reference,
-            accept_key(list(request.requestHeaders.getRawHeaders(b"accept", []))),
-        )
+        accept = accept_key(list(request.requestHeaders.getRawHeaders(b"accept", [])))
+        key = self.store.tag_key(upstream.name, repo, reference, accept)
         entry = self.store.tag(key)
         now = self.clock.seconds()
         if entry is not None and now - entry.checked < self.freshness:
@@ -96,6 +92,10 @@ class ManifestCache:
         try:
             await self._revalidate(request, exchange, target, repo, key)
         except _StaleError as why:
+            if entry is None:
+                # Another client's Accept set (say, prefetch's) may have seen
+                # this tag: its manifest will do if this client accepts it.
+                entry = self.store.fallback_tag(upstream.name, repo, reference, accept)
             stored = self.store.get(entry.digest) if entry is not None else None
             if (
                 entry is None
@@ -138,8 +138,8 @@ class ManifestCache:
         except UpstreamError as e:
             raise _StaleError(str(e)) from e
         response = answer.response
-        await discard_body(response)
         if response.code == 429 or response.code >= 500:
+            await discard_body(response)
             raise _StaleError(f"upstream answered {response.code}")
         digest = (response.headers.getRawHeaders(b"docker-content-digest") or [b""])[0]
         digest_text = digest.decode("latin-1")
@@ -148,8 +148,10 @@ class ManifestCache:
             if request.method == b"HEAD":
                 await self.forwarder.answer(request, exchange, answer)
             else:
+                await discard_body(response)
                 await self.forwarder.relay(request, exchange)
             return
+        await discard_body(response)
         authorization = request.getHeader(b"authorization")
         self.access.remember(
             target.mirror.upstream.name, repo, digest_text, authorization

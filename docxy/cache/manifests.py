@@ -110,6 +110,25 @@ class ManifestStore:
     def tag(self, key: str) -> TagEntry | None:
         return self.tags.get(key)
 
+    def fallback_tag(
+        self, upstream: str, repo: str, tag: str, accept: str
+    ) -> TagEntry | None:
+        """The latest entry of this tag under any Accept set, if acceptable."""
+        prefix = self.tag_key(upstream, repo, tag, "")
+        accepted = set(accept.split(",")) if accept else set()
+        best: TagEntry | None = None
+        for key, entry in self.tags.items():
+            if not key.startswith(prefix) or (best and best.checked >= entry.checked):
+                continue
+            type_file = self._path(entry.digest).with_suffix(".type")
+            try:
+                media = type_file.read_bytes().decode("latin-1").lower()
+            except FileNotFoundError:
+                continue
+            if not accepted or "*/*" in accepted or media in accepted:
+                best = entry
+        return best
+
     def set_tag(self, key: str, digest: str, checked: float) -> None:
         old = self.tags.get(key)
         self.tags[key] = TagEntry(digest, checked)
