@@ -25,6 +25,7 @@ setup(
         "twisted.plugins",
     ],
     package_data={"docxy": ["py.typed"]},
+    entry_points={"console_scripts": ["docxy-prefetch = docxy.prefetch:main"]},
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=24.7",

@@ -1,0 +1,267 @@
+"""``docxy-prefetch`` against a real Docxy and registry: afterwards pulls are warm.
+
+The command runs as users run it (``python -m docxy.prefetch``, a separate
+process speaking HTTP to Docxy). A warm cache is proven the way the cache
+tests prove it: a skopeo pull afterwards makes no upstream blob GET
+(counted in the registry's own log), and skopeo verifies every digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.docxy import REPO, AccessLog, Docxy, twistd_env
+from tests.support.images import ImageInfo, ImageSpec, populate, run_skopeo
+from tests.support.processes import NO_INTERNET_ENV
+from tests.support.registry import Upstream, start_upstream
+
+Factory = Callable[..., Docxy]
+
+
+def prefetch(
+    docxy: Docxy, *args: str, mirror: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m docxy.prefetch --mirror <docxy> ARGS``, as a user runs it."""
+    mirror = mirror or docxy.url
+    clean = {k: v for k, v in os.environ.items() if k != "DOCXY_PREFETCH_USER"}
+    return subprocess.run(
+        [sys.executable, "-m", "docxy.prefetch", "--mirror", mirror, *args],
+        env={**clean, **twistd_env(), **NO_INTERNET_ENV, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def blob_gets(upstream: Upstream, since: int, blobs: list[str] | None = None) -> int:
+    """Upstream GETs of ``blobs`` (of any blob with None) since ``since``."""
+    return sum(
+        1
+        for method, path in upstream.requests()[since:]
+        if method == "GET"
+        and "/blobs/" in path
+        and (blobs is None or any(path.split("?")[0].endswith(b) for b in blobs))
+    )
+
+
+def skopeo_pull(
+    docxy: Docxy, name: str, out: Path, *flags: str, arch: str = "amd64"
+) -> None:
+    """skopeo copy (verifying every digest) of ``name`` for ``arch``."""
+    run_skopeo(
+        [
+            "--override-arch",
+            arch,
+            "copy",
+            "--src-tls-verify=false",
+            *flags,
+            f"docker://{docxy.hostport}/{name}",
+            f"dir:{out}",
+        ],
+        out.parent,
+    )
+
+
+def cached(docxy_factory: Factory, upstream: Upstream, tmp_path: Path) -> Docxy:
+    return docxy_factory(upstream.url, "--cache-dir", str(tmp_path / "cache"))
+
+
+def test_one_platform_of_an_index_then_a_pull_makes_no_upstream_blob_gets(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    image = upstream.images["library/multi:1.0"]
+    arm64 = [image.configs["linux/arm64"], *image.layers["linux/arm64"]]
+    amd64 = [image.configs["linux/amd64"], *image.layers["linux/amd64"]]
+    docxy = cached(docxy_factory, upstream, tmp_path)
+    before = len(upstream.requests())
+
+    result = prefetch(docxy, "--platform", "linux/arm64", "multi:1.0")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"multi:1.0: {image.digest} linux/arm64 "), lines
+    assert f" blobs={len(arm64)} " in lines[0], lines
+    assert blob_gets(upstream, before, arm64) == len(arm64)
+    assert blob_gets(upstream, before, amd64) == 0  # only the chosen platform
+
+    warm = len(upstream.requests())
+    skopeo_pull(docxy, "multi:1.0", tmp_path / "pull" / "out", arch="arm64")
+    assert blob_gets(upstream, warm) == 0
+
+
+def test_all_platforms_then_a_pull_of_all_makes_no_upstream_blob_gets(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    image = upstream.images["library/multi:list"]  # a Docker manifest list
+    docxy = cached(docxy_factory, upstream, tmp_path)
+    before = len(upstream.requests())
+
+    result = prefetch(docxy, "--all-platforms", "library/multi:list")
+
+    assert result.returncode == 0, result.stderr
+    assert "linux/amd64,linux/arm64" in result.stdout, result.stdout
+    assert f" blobs={len(image.blobs)} " in result.stdout, result.stdout
+    assert blob_gets(upstream, before, image.blobs) == len(image.blobs)
+
+    warm = len(upstream.requests())
+    skopeo_pull(docxy, "multi:list", tmp_path / "pull" / "out", "--all")
+    assert blob_gets(upstream, warm) == 0
+
+
+def test_registry_host_and_digest_go_through_the_path_alias(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    image = upstream.images["library/alpine:3.20"]
+    docxy = cached(docxy_factory, upstream, tmp_path)
+    log = AccessLog(docxy)
+
+    result = prefetch(docxy, f"docker.io/library/alpine@{image.digest}")
+
+    assert result.returncode == 0, result.stderr
+    assert "single-platform" in result.stdout, result.stdout
+    registry_paths = [
+        e.bare_path
+        for e in log.entries()
+        if e.bare_path.startswith("/v2/") and e.bare_path != "/v2/"
+    ]
+    assert registry_paths, log.dump()
+    assert all(p.startswith("/v2/docker.io/library/alpine/") for p in registry_paths), (
+        registry_paths
+    )
+    warm = len(upstream.requests())
+    skopeo_pull(docxy, "alpine:3.20", tmp_path / "pull" / "out")
+    assert blob_gets(upstream, warm) == 0
+
+
+def test_unknown_images_fail_with_one_line_each(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    docxy = cached(docxy_factory, upstream, tmp_path)
+
+    result = prefetch(docxy, "alpine:9.9", "someuser/tool:latest", "nosuch/image:1")
+
+    assert result.returncode == 1
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2, result.stderr
+    assert errors[0].startswith("docxy-prefetch: alpine:9.9: manifest 9.9: 404 "), (
+        errors
+    )
+    assert "MANIFEST_UNKNOWN" in errors[0], errors
+    assert errors[1].startswith("docxy-prefetch: nosuch/image:1: "), errors
+    # The good one in between was still prefetched.
+    assert result.stdout.startswith("someuser/tool:latest: sha256:"), result.stdout
+
+
+def test_private_image_needs_and_works_with_user(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    image = upstream.images["private/secret:1"]
+    docxy = cached(docxy_factory, upstream, tmp_path)
+
+    anonymous = prefetch(docxy, "private/secret:1")
+    assert anonymous.returncode == 1
+    assert anonymous.stderr.startswith("docxy-prefetch: private/secret:1: "), (
+        anonymous.stderr
+    )
+    assert "401" in anonymous.stderr or "unauthorized" in anonymous.stderr.lower()
+
+    before = len(upstream.requests())
+    alice = prefetch(docxy, "--user", "alice:secret", "private/secret:1")
+    assert alice.returncode == 0, alice.stderr
+    assert blob_gets(upstream, before, image.blobs) == len(image.blobs)
+    from_env = prefetch(docxy, "private/secret:1", DOCXY_PREFETCH_USER="alice:secret")
+    assert from_env.returncode == 0, from_env.stderr
+
+    warm = len(upstream.requests())
+    skopeo_pull(
+        docxy,
+        "private/secret:1",
+        tmp_path / "pull" / "out",
+        "--src-creds",
+        "alice:secret",
+    )
+    assert blob_gets(upstream, warm) == 0
+
+
+def test_mirror_url_with_an_alias_path(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    """``--mirror http://docxy/<alias>``: requests go to ``/<alias>/v2/...``."""
+    docxy = cached(docxy_factory, upstream, tmp_path)
+    log = AccessLog(docxy)
+
+    result = prefetch(docxy, "alpine:3.20", mirror=f"{docxy.url}/docker.io")
+
+    assert result.returncode == 0, result.stderr
+    paths = [e.bare_path for e in log.entries() if "/blobs/" in e.bare_path]
+    assert paths, log.dump()
+    assert all(p.startswith("/docker.io/v2/alpine/blobs/") for p in paths)
+    warm = len(upstream.requests())
+    skopeo_pull(docxy, "alpine:3.20", tmp_path / "pull" / "out")
+    assert blob_gets(upstream, warm) == 0
+
+
+# --- the point of it: pulls while the upstream is down ------------------------
+
+OUTAGE = ImageSpec(
+    "library/outage", "1", platforms=("linux/amd64", "linux/arm64"), seed="outage"
+)
+
+
+@pytest.fixture(scope="module")
+def prefetched_then_down(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Docxy, ImageInfo]]:
+    """A Docxy that prefetched ``outage:1``, then lost its whole upstream."""
+    workdir = tmp_path_factory.mktemp("outage")
+    up = start_upstream(workdir, [OUTAGE.repo])
+    docxy = None
+    try:
+        image = populate(up, workdir / "images", [OUTAGE])[OUTAGE.ref]
+        docxy = Docxy(
+            up.url, workdir / "docxy.log", ["--cache-dir", str(workdir / "cache")]
+        )
+        result = prefetch(docxy, "outage:1")
+        assert result.returncode == 0, result.stderr
+        up.stop()  # registry and token service
+        yield docxy, image
+        assert docxy.alive(), docxy.log_text()[-3000:]
+    finally:
+        if docxy is not None:
+            docxy.stop()
+        up.stop()
+
+
+def pulled_amd64(out: Path, image: ImageInfo) -> None:
+    for blob in [image.configs["linux/amd64"], *image.layers["linux/amd64"]]:
+        data = (out / blob.split(":", 1)[1]).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == blob
+
+
+def test_prefetched_image_pulls_by_digest_with_the_upstream_down(
+    prefetched_then_down: tuple[Docxy, ImageInfo], tmp_path: Path
+) -> None:
+    docxy, image = prefetched_then_down
+    out = tmp_path / "pull" / "out"
+    skopeo_pull(docxy, f"outage@{image.digest}", out)
+    pulled_amd64(out, image)
+
+
+def test_prefetched_image_pulls_by_tag_with_the_upstream_down(
+    prefetched_then_down: tuple[Docxy, ImageInfo], tmp_path: Path
+) -> None:
+    docxy, image = prefetched_then_down
+    out = tmp_path / "pull" / "out"
+    skopeo_pull(docxy, "outage:1", out)
+    pulled_amd64(out, image)
