@@ -404,8 +404,22 @@ def _upstream_from_table(name: str, table: object, base: Upstream | None) -> Ups
 
 
 def default_public_url(ports: tuple[str, ...]) -> str:
-    """A loopback URL for the first TCP/SSL port: right for a same-host client only."""
+    """The URL clients most likely use, from the first port.
+
+    An ``acme:`` port names its domains: https on the first one. A plain
+    TCP/SSL port only gives a loopback URL, right for same-host clients.
+    """
     kind, _, rest = ports[0].partition(":")
+    if kind == "acme":
+        parts = rest.split(":")
+        domains = [
+            p.removeprefix("domains=") for p in parts if p.startswith("domains=")
+        ]
+        numbers = [p for p in parts[2:] if p.isdigit()]
+        if domains and domains[0]:
+            host = domains[0].split(",")[0]
+            port = f":{numbers[0]}" if numbers and numbers[0] != "443" else ""
+            return f"https://{host}{port}"
     number = rest.split(":")[0].removeprefix("port=")
     if kind in ("tcp", "ssl") and number.isdigit():
         scheme = "https" if kind == "ssl" else "http"

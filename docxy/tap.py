@@ -45,7 +45,8 @@ class Options(usage.Options):
             None,
             "URL clients use to reach Docxy (scheme and host[:port], no path); "
             "the token realm is built from it, never from the Host header. "
-            "[default: http://127.0.0.1:<first tcp port>]",
+            "[default: http://127.0.0.1:<first tcp port>, or https://<first "
+            "domain> for an acme: port]",
         ],
         [
             "upstream",

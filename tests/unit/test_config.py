@@ -164,3 +164,22 @@ def test_cache_sizes(tmp_path: Path, value: str, size: int) -> None:
 def test_bad_cache_sizes(value: str) -> None:
     with pytest.raises(ConfigError, match="cache-max-size"):
         build_config({"cache-max-size": value})
+
+
+@pytest.mark.parametrize(
+    ("port", "url"),
+    [
+        (
+            "acme:/var/lib/docxy:tcp:443:domains=a.example,b.example",
+            "https://a.example",
+        ),
+        (
+            "acme:/d:tcp:8443:interface=0.0.0.0:domains=m.example",
+            "https://m.example:8443",
+        ),
+    ],
+)
+def test_default_public_url_of_an_acme_port(port: str, url: str) -> None:
+    from docxy.config import default_public_url
+
+    assert default_public_url((port,)) == url
