@@ -61,24 +61,35 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
         up.stop()
 
 
-@pytest.fixture(scope="session")
-def cdn_upstream(
-    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+def _variant(
+    upstream: Upstream,
+    factory: pytest.TempPathFactory,
+    name: str,
+    cdn: bool = False,
+    tls: bool = False,
 ) -> Iterator[Upstream]:
-    """Variant (b): blobs redirect (307) to a static CDN; shares (a)'s storage."""
-    workdir = tmp_path_factory.mktemp("cdn-upstream")
+    """Another registry over (a)'s storage, read-only: same images, one push."""
     up = start_upstream(
-        workdir,
+        factory.mktemp(name),
         STANDARD_REPOSITORIES,
         storage=upstream.registry.storage,
         readonly=True,
-        cdn=True,
+        cdn=cdn,
+        tls=tls,
     )
     up.images = upstream.images
     try:
         yield up
     finally:
         up.stop()
+
+
+@pytest.fixture(scope="session")
+def cdn_upstream(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Upstream]:
+    """Variant (b): blobs redirect (307) to a static CDN."""
+    yield from _variant(upstream, tmp_path_factory, "cdn-upstream", cdn=True)
 
 
 @pytest.fixture(scope="session")
@@ -86,19 +97,7 @@ def tls_upstream(
     upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Upstream]:
     """Variant (c): https registry and token service with a test CA."""
-    workdir = tmp_path_factory.mktemp("tls-upstream")
-    up = start_upstream(
-        workdir,
-        STANDARD_REPOSITORIES,
-        storage=upstream.registry.storage,
-        readonly=True,
-        tls=True,
-    )
-    up.images = upstream.images
-    try:
-        yield up
-    finally:
-        up.stop()
+    yield from _variant(upstream, tmp_path_factory, "tls-upstream", tls=True)
 
 
 @pytest.fixture
