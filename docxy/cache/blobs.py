@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Request
@@ -24,7 +25,7 @@ from ..forward import Exchange, Forwarder, record
 from ..names import upstream_name
 from ..routing import Target
 from ..streaming import DigestCheck
-from ..upstream import UpstreamClient
+from ..upstream import UpstreamClient, UpstreamResponse, discard_body
 from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
 from .counters import Counters
@@ -91,7 +92,7 @@ class BlobCache:
         self.idle_timeout = idle_timeout
         self.counters = counters or Counters()
         self.fills: dict[str, Fill] = {}
-        self._starting: dict[str, list[defer.Deferred[Fill | None]]] = {}
+        self._starting: dict[str, _Pending] = {}
         self.verified: set[str] = set()
         self.pool = ThreadPool(minthreads=1, maxthreads=4, name="docxy-disk")
 
@@ -151,56 +152,68 @@ class BlobCache:
     async def _join_or_start(
         self, request: Request, exchange: Exchange, target: Target, repo: str
     ) -> Fill | None:
+        """Start the fill, or wait for the one being started.
+
+        The upstream request runs on its own: a client that leaves while
+        it waits for the upstream's headers does not cancel it, so the
+        other clients (and the cache) still get the blob.
+        """
         digest = exchange.digest
         assert digest is not None
-        waiting = self._starting.get(digest)
-        if waiting is not None:
-            waiter: defer.Deferred[Fill | None] = defer.Deferred()
-            waiting.append(waiter)
-            fill = await waiter
-            if fill is None:
-                await self.forwarder.relay(request, exchange)
+        pending = self._starting.get(digest)
+        starter = pending is None
+        if pending is None:
+            opening = defer.Deferred.fromCoroutine(self._open(exchange, target, repo))
+            pending = self._starting[digest] = _Pending(opening)
+            opening.addBoth(self._started, digest)
+        outcome = await pending.wait(starter)
+        if outcome is None:  # nothing to share: ask for ourselves
+            await self.forwarder.relay(request, exchange)
+            return None
+        if isinstance(outcome, Fill):
+            if starter:
+                self.access.remember(
+                    target.mirror.upstream.name,
+                    repo,
+                    digest,
+                    request.getHeader(b"authorization"),
+                )
+                self.counters.misses += 1
+                record(request, cache="miss", upstream_status=200)
             else:
                 self.counters.joined_fills += 1
                 record(request, cache="joined")
-            return fill
-        self._starting[digest] = []
-        fill = None
-        try:
-            headers = exchange.headers.copy()
-            for name in CONDITIONAL:
-                headers.removeHeader(name)
-            answer = await self.client.request(b"GET", exchange.url, headers)
-            response = answer.response
-            if response.code != 200:
-                await self.forwarder.answer(request, exchange, answer)
-                return None
-            length = None if response.length is UNKNOWN_LENGTH else int(response.length)
-            fill = Fill(
-                self.store,
-                digest,
-                length,
-                self.reactor,
-                self.idle_timeout,
-                self.counters,
-            )
-            self.fills[digest] = fill
-            fill.finished.addBoth(lambda _: self._filled(digest))
-            response.deliverBody(fill)
-            self.access.remember(
-                target.mirror.upstream.name,
-                repo,
-                digest,
-                request.getHeader(b"authorization"),
-            )
-            self.access.probe_public(target.mirror, repo, digest, "blobs")
-            self.counters.misses += 1
-            record(request, cache="miss", upstream_status=200)
-            return fill
-        finally:
-            for waiter in self._starting.pop(digest, []):
-                if not waiter.called:
-                    waiter.callback(fill)
+            return outcome
+        # The upstream's own answer (401, 404, ...) to the starter's request.
+        await self.forwarder.answer(request, exchange, outcome)
+        return None
+
+    def _started(self, result: object, digest: str) -> object:
+        self._starting.pop(digest, None)
+        return result
+
+    async def _open(
+        self, exchange: Exchange, target: Target, repo: str
+    ) -> Fill | UpstreamResponse:
+        """The upstream GET of a fill; a non-200 answer is returned as is."""
+        digest = exchange.digest
+        assert digest is not None
+        headers = exchange.headers.copy()
+        for name in CONDITIONAL:
+            headers.removeHeader(name)
+        answer = await self.client.request(b"GET", exchange.url, headers)
+        response = answer.response
+        if response.code != 200:
+            return answer
+        length = None if response.length is UNKNOWN_LENGTH else int(response.length)
+        fill = Fill(
+            self.store, digest, length, self.reactor, self.idle_timeout, self.counters
+        )
+        self.fills[digest] = fill
+        fill.finished.addBoth(lambda _: self._filled(digest))
+        response.deliverBody(fill)
+        self.access.probe_public(target.mirror, repo, digest, "blobs")
+        return fill
 
     def _filled(self, digest: str) -> None:
         fill = self.fills.pop(digest, None)
@@ -300,3 +313,44 @@ class BlobCache:
     def _sent(self, request: Request, outcome: str, sent: int) -> None:
         self.counters.bytes_served += sent
         record(request, outcome=outcome)
+
+
+Outcome = Fill | UpstreamResponse | None  # None: no fill to share
+
+
+class _Pending:
+    """A fill being opened, awaited by its starter and by joiners.
+
+    Each waiter gets its own Deferred, so cancelling one (its client left)
+    never cancels the upstream request. A non-200 answer or a failure
+    belongs to the starter; joiners only learn there is no fill to share.
+    If the starter is gone, a non-200 body is discarded so the connection
+    is not left half-read.
+    """
+
+    def __init__(self, opening: defer.Deferred[Fill | UpstreamResponse]) -> None:
+        self._joiners: list[defer.Deferred[Outcome]] = []
+        self._starter: defer.Deferred[Outcome] | None = None
+        opening.addBoth(self._deliver)
+
+    def wait(self, starter: bool) -> defer.Deferred[Outcome]:
+        waiter: defer.Deferred[Outcome] = defer.Deferred()
+        if starter:
+            self._starter = waiter
+        else:
+            self._joiners.append(waiter)
+        return waiter
+
+    def _deliver(self, result: Fill | UpstreamResponse | Failure) -> None:
+        starter = self._starter
+        shared = result if isinstance(result, Fill) else None
+        for joiner in self._joiners:
+            if not joiner.called:
+                joiner.callback(shared)
+        if starter is not None and not starter.called:
+            if isinstance(result, Failure):
+                starter.errback(result)
+            else:
+                starter.callback(result)
+        elif isinstance(result, UpstreamResponse):
+            discard_body(result.response)

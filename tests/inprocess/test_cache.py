@@ -11,6 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from twisted.web.server import NOT_DONE_YET, Request
 
 from docxy.cache.blobs import BlobCache
@@ -36,9 +37,12 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 class Blob:
     """Serves a blob; ``hold`` keeps the second half back until ``release``."""
 
-    def __init__(self, data: bytes = BLOB, hold: bool = False) -> None:
+    def __init__(
+        self, data: bytes = BLOB, hold: bool = False, hold_headers: bool = False
+    ) -> None:
         self.data = data
         self.hold = hold
+        self.hold_headers = hold_headers
         self.gets = 0
         self.released: defer.Deferred[None] = defer.Deferred()
         self.allowed: Callable[[Request], bool] = lambda request: True
@@ -53,6 +57,14 @@ class Blob:
         if request.method == b"HEAD":
             return b""
         self.gets += 1
+        if self.hold_headers:
+
+            def answer(_: object) -> None:
+                request.write(self.data)
+                request.finish()
+
+            self.released.addCallback(answer)
+            return NOT_DONE_YET
         if not self.hold:
             return self.data
         half = len(self.data) // 2
@@ -216,4 +228,36 @@ async def test_cached_blob_is_not_given_to_a_client_upstream_refuses(
     assert cache.counters.denied == 2
     again = await docxy.request(b"GET", CLIENT_PATH, {b"authorization": [b"Bearer ok"]})
     assert again.body == BLOB
+    assert blob.gets == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_fill_survives_a_starter_that_leaves_before_upstream_answers(
+    docxy: Harness, upstream: FakeUpstream
+) -> None:
+    blob = upstream.routes[PATH] = Blob(hold_headers=True)
+    cache = cache_of(docxy)
+    starter = defer.ensureDeferred(docxy.request(b"GET", CLIENT_PATH))
+    await until(lambda: DIGEST in cache._starting, "the fill to be opening")
+    joiner = defer.ensureDeferred(docxy.request(b"GET", CLIENT_PATH))
+    await until(lambda: blob.gets == 1, "the upstream GET")
+    gone: list[dict[str, object]] = []
+
+    def observe(event: dict[str, object]) -> None:
+        if event.get("log_namespace") == "docxy.access" and event.get("status") == 200:
+            gone.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        starter.cancel()  # the first client leaves before any header arrived
+        with pytest.raises(Exception):  # noqa: B017 (cancelled, as Agent reports it)
+            await starter
+        # Docxy has seen it go (its access line) before upstream answers.
+        await until(lambda: bool(gone), "Docxy to notice the client left")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    blob.released.callback(None)
+    reply = await joiner
+    assert (reply.code, reply.body) == (200, BLOB)
+    await until(lambda: DIGEST in cache.store.entries, "the blob to be cached")
     assert blob.gets == 1
