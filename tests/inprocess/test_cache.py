@@ -11,8 +11,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from docxy.cache.blobs import BlobCache
 from docxy.cache.pullthrough import PullThroughCache
@@ -243,6 +244,7 @@ async def test_fill_survives_a_starter_that_leaves_before_upstream_answers(
     await until(lambda: blob.gets == 1, "the upstream GET")
     gone: list[dict[str, object]] = []
 
+    @implementer(ILogObserver)
     def observe(event: dict[str, object]) -> None:
         if event.get("log_namespace") == "docxy.access" and event.get("status") == 200:
             gone.append(event)
