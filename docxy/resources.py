@@ -229,7 +229,7 @@ class RegistryResource(Resource):
             ping=route.kind is Kind.BASE,
             scope_map=target.scope_to_client if target.prefix else None,
         )
-        if self.cache is not None and self.cache.handles(target):
+        if self.cache is not None:
             self.forwarder.run(request, self.cache.serve(request, exchange, target))
         else:
             self.forwarder.forward(request, exchange)

@@ -91,13 +91,11 @@ class UpstreamSet:
 
     upstreams: tuple[Upstream, ...]
     default: Upstream
-    by_name: dict[str, Upstream] = field(init=False)
     by_namespace: dict[str, Upstream] = field(init=False)
     by_alias: dict[str, Upstream] = field(init=False)
     by_host: dict[str, Upstream] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.by_name = {u.name: u for u in self.upstreams}
         self.by_namespace = _index(self.upstreams, "namespace", normalize_host)
         self.by_alias = _index(self.upstreams, "alias", lambda a: a)
         self.by_host = _index(self.upstreams, "host", normalize_host)

@@ -29,9 +29,6 @@ class PullThroughCache:
 
     forwarder: Forwarder
 
-    def handles(self, target: Target) -> bool:
-        return True
-
     async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
         kind = target.route.kind
         if kind is Kind.BLOBS:
