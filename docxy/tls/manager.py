@@ -72,16 +72,21 @@ class CertificateManager:
                     directory=self.spec.directory,
                 )
                 continue
-            self.current[name] = stored
-            self.contexts.install(name, stored)
-            log.info(
-                "serving the stored certificate for {name} (serial {serial:x}, "
-                "valid until {until})",
-                name=name,
-                serial=stored.serial,
-                until=stored.leaf.not_valid_after_utc.isoformat(),
-            )
+            self._serve(name, stored, "serving the stored certificate")
         return self.contexts
+
+    def _serve(self, name: str, cert: KeyAndChain, what: str) -> None:
+        """Put ``cert`` in service for ``name`` on the running listeners."""
+        self.current[name] = cert
+        assert self.contexts is not None
+        self.contexts.install(name, cert)
+        log.info(
+            "{what} for {name} (serial {serial:x}, valid until {until})",
+            what=what,
+            name=name,
+            serial=cert.serial,
+            until=cert.leaf.not_valid_after_utc.isoformat(),
+        )
 
     def start(self) -> None:
         if self._loops:
@@ -229,16 +234,7 @@ class CertificateManager:
                 f"the CA returned a certificate that is not ours for {name}"
             )
         self.store.save(name, issued)
-        self.current[name] = issued
-        assert self.contexts is not None
-        self.contexts.install(name, issued)
-        log.info(
-            "ACME: new certificate for {name} in service (serial {serial:x}, "
-            "valid until {until})",
-            name=name,
-            serial=issued.serial,
-            until=issued.leaf.not_valid_after_utc.isoformat(),
-        )
+        self._serve(name, issued, "ACME: new certificate in service")
 
     async def _authorize(self, client: AcmeClient, name: str, url: str) -> None:
         authz = await client.get(url)

@@ -381,7 +381,7 @@ def test_renewal_hot_swaps_without_dropping_a_transfer(
     finally:
         conn.close()
     assert d.alive()
-    assert d.log_text().count("new certificate for localhost in service") >= 2
+    assert d.log_text().count("new certificate in service for localhost") >= 2
     assert pebble.new_orders() >= 2
 
 
