@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .cache.directory import default_cache_dir
 from .upstreams import (
     ALIAS_RE,
     DOCKER_HUB_NAMESPACES,
@@ -47,8 +48,10 @@ class Config:
     idle_timeout: float = 120.0
     max_connections: int = 32
     https_redirect: bool = False
+    # None: no cache (--no-cache); build_config fills in the default dir.
     cache_dir: Path | None = None
-    cache_max_size: int = 10 * 1024**3
+    # None: min(10 GiB, half the free space), decided at start.
+    cache_max_size: int | None = None
     cache_auth_ttl: float = 300.0
     cache_freshness: float = 300.0
 
@@ -253,6 +256,7 @@ SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "max-connections": _count,
     "https-redirect": _flag,
     "cache-dir": _directory,
+    "no-cache": _flag,
     "cache-max-size": _size,
     "cache-auth-ttl": _positive,
     "cache-freshness": _positive,
@@ -317,6 +321,10 @@ def build_config(
     fields["public_url_given"] = "public_url" in fields
     if "public_url" not in fields:
         fields["public_url"] = default_public_url(fields.get("ports", Config.ports))
+    if values.get("no-cache"):  # wins over a cache-dir (e.g. from the file)
+        fields["cache_dir"] = None
+    elif "cache_dir" not in fields:
+        fields["cache_dir"] = default_cache_dir()
     if fields.get("https_redirect") and not fields["public_url"].startswith("https:"):
         raise ConfigError("https-redirect: needs an https:// public-url to redirect to")
     return Config(**fields)

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from . import __version__
+from .cache.directory import CacheLock
 from .cache.pullthrough import build_cache
 from .config import Config
 from .forward import Forwarder
@@ -106,8 +107,18 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
     return site, pool
 
 
-def make_service(config: Config, reactor: Any) -> MultiService:
-    top = MultiService()
+class DocxyService(MultiService):
+    """Docxy's services, and the lock on its cache directory (held to the end)."""
+
+    cache_lock: CacheLock | None = None
+
+
+def make_service(config: Config, reactor: Any) -> DocxyService:
+    """Raises :class:`CacheDirError` if the cache directory is not Docxy's."""
+    top = DocxyService()
+    if config.cache_dir is not None:
+        # Before the store scans it (and clears its tmp/): one owner only.
+        top.cache_lock = CacheLock.acquire(config.cache_dir)
     site, pool = build_site(config, reactor)
     _Announce(config).setServiceParent(top)
     for port in config.ports:

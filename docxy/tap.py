@@ -17,7 +17,7 @@ from . import __version__
 from .config import Config, ConfigError, build_config, load_file
 
 _DEFAULTS = Config()
-_FLAGS = frozenset({"https-redirect"})
+_FLAGS = frozenset({"https-redirect", "no-cache"})
 
 
 class Options(usage.Options):
@@ -35,6 +35,11 @@ class Options(usage.Options):
             None,
             "On plain-HTTP listeners, answer everything except /health and ACME "
             "HTTP-01 challenges with a 301 to the https public-url.",
+        ],
+        [
+            "no-cache",
+            None,
+            "Cache nothing: a pure proxy (wins over --cache-dir).",
         ],
     ]
     optParameters: list[list[Any]] = [
@@ -115,13 +120,17 @@ class Options(usage.Options):
             "cache-dir",
             None,
             None,
-            "Keep blobs in this directory (pull-through cache; off when unset).",
+            "Keep blobs and manifests in this directory (pull-through cache). "
+            "[default: /var/cache/docxy for root, else $XDG_CACHE_HOME/docxy "
+            "or ~/.cache/docxy]",
         ],
         [
             "cache-max-size",
             None,
             None,
-            "Largest total size of cached blobs, e.g. 500G. [default: 10G]",
+            "Largest total size of cached blobs, e.g. 500G. [default: the "
+            "smaller of 10G and half of the free space (plus what is already "
+            "cached) at start]",
         ],
         [
             "cache-auth-ttl",
@@ -189,7 +198,13 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from .cache.directory import CacheDirError
     from .service import make_service
 
     assert options.config is not None
-    return make_service(options.config, reactor)
+    try:
+        return make_service(options.config, reactor)
+    except CacheDirError as e:
+        sys.stderr.write(f"docxy: configuration error: cache-dir: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None

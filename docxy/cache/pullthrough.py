@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..forward import Exchange, Forwarder
@@ -19,6 +20,8 @@ from .manifest_cache import ManifestCache
 from .manifests import ManifestStore
 from .offline import answer_ping
 from .store import BlobStore
+
+log = Logger()
 
 
 @dataclass
@@ -45,7 +48,7 @@ class PullThroughCache:
 
 def build_cache(
     directory: Path,
-    max_size: int,
+    max_size: int | None,
     auth_ttl: float,
     freshness: float,
     forwarder: Forwarder,
@@ -54,9 +57,17 @@ def build_cache(
     idle_timeout: float,
 ) -> PullThroughCache:
     counters = Counters()
+    store = BlobStore(directory, max_size)
+    log.info(
+        "cache {directory}: {entries} blobs, {total} of at most {max_size} bytes",
+        directory=str(directory),
+        entries=len(store.entries),
+        total=store.total,
+        max_size=store.max_size,
+    )
     access = AccessChecker(client, reactor, auth_ttl)
     blobs = BlobCache(
-        BlobStore(directory, max_size),
+        store,
         forwarder,
         client,
         access,

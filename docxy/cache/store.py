@@ -19,6 +19,7 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from ..names import is_valid_digest
+from .directory import default_max_size
 
 log = Logger()
 
@@ -35,16 +36,17 @@ class Entry:
 
 
 class BlobStore:
-    def __init__(self, root: Path, max_size: int) -> None:
+    def __init__(self, root: Path, max_size: int | None) -> None:
+        """``max_size`` None: the default bound for this disk (see directory)."""
         self.root = root
-        self.max_size = max_size
+        self.max_size = max_size or 0
         self.blobs = root / "blobs"
         self.tmp = root / "tmp"
         self.entries: dict[str, Entry] = {}
         self.total = 0
-        self._open()
+        self._open(max_size)
 
-    def _open(self) -> None:
+    def _open(self, max_size: int | None) -> None:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():  # fills cut short by a crash
@@ -56,6 +58,8 @@ class BlobStore:
             stat = path.stat()
             self.entries[digest] = Entry(digest, stat.st_size, stat.st_mtime)
             self.total += stat.st_size
+        if max_size is None:
+            self.max_size = default_max_size(self.root, self.total)
         self.evict()
 
     def _files(self) -> Iterator[Path]:

@@ -108,13 +108,16 @@ async def listen(resource: Resource) -> Any:
 async def start(
     upstream: FakeUpstream, settings: dict[str, object] | None = None
 ) -> Harness:
+    """Docxy in front of ``upstream``; a plain proxy unless a cache-dir is set."""
     upstream.port = await listen(upstream)
+    settings = settings or {}
     config = build_config(
         {
             "upstream": upstream.url,
             "public-url": "https://mirror.example",
             "library-prefix": "on",
-            **(settings or {}),
+            "no-cache": "cache-dir" not in settings,
+            **settings,
         }
     )
     site, pool = build_site(config, reactor)

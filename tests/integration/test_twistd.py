@@ -33,6 +33,7 @@ OPTIONS = [
     "--cache-max-size",
     "--cache-auth-ttl",
     "--cache-freshness",
+    "--no-cache",
 ]
 
 
@@ -93,6 +94,7 @@ def test_settings_from_toml_file(tmp_path: Path) -> None:
         f'port = ["tcp:{port}:interface={LOOPBACK}"]\n'
         'public-url = "https://mirror.example"\n'
         f'upstream = "http://{LOOPBACK}:{free_port()}"\n'
+        "no-cache = true\n"
     )
     process = ManagedProcess(
         [TWISTD, "-n", "--pidfile=", "docxy", "--config", str(config)],
@@ -108,3 +110,44 @@ def test_settings_from_toml_file(tmp_path: Path) -> None:
         assert "token realm https://mirror.example/auth/token" in process.log_text()
     finally:
         assert process.stop() is not None
+
+
+def test_a_second_docxy_on_the_same_cache_dir_stops_at_start(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    port = free_port()
+    first = ManagedProcess(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "docxy",
+            "--port",
+            f"tcp:{port}:interface={LOOPBACK}",
+            "--upstream",
+            f"http://{LOOPBACK}:{free_port()}",
+            "--cache-dir",
+            str(cache),
+        ],
+        tmp_path / "first.log",
+        env=twistd_env(),
+        cwd=tmp_path,
+    )
+    try:
+        first.wait_for_port(port)
+        second_port = free_port()
+        result = twistd(
+            "--port",
+            f"tcp:{second_port}:interface={LOOPBACK}",
+            "--cache-dir",
+            str(cache),
+            cwd=tmp_path,
+        )
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert lines == [
+            f"docxy: configuration error: cache-dir: {str(cache)!r} is in use by "
+            f"another Docxy (pid {first.pid}); give each its own --cache-dir"
+        ]
+        assert not port_open(second_port)
+    finally:
+        assert first.stop() is not None

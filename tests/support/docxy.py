@@ -23,7 +23,12 @@ def twistd_env() -> dict[str, str]:
 
 
 class Docxy(ManagedProcess):
-    """``twistd -n docxy`` on a free loopback port."""
+    """``twistd -n docxy`` on a free loopback port.
+
+    A plain proxy (``--no-cache``) unless ``extra_args`` name a
+    ``--cache-dir``: the default cache directory is shared by the whole
+    machine, and only one Docxy may hold it.
+    """
 
     def __init__(
         self,
@@ -51,6 +56,8 @@ class Docxy(ManagedProcess):
             library_prefix,
             *extra_args,
         ]
+        if "--cache-dir" not in extra_args:
+            argv.append("--no-cache")
         super().__init__(argv, log_path, env=twistd_env(), cwd=log_path.parent)
         self.wait_for_port(self.port)
 
