@@ -7,7 +7,9 @@ raises :class:`ConfigError` with a one-line reason before anything listens.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -151,6 +153,11 @@ def _check_endpoint(name: str, endpoint: str) -> None:
         endpoints.serverFromString(reactor, endpoint)
     except Exception as e:
         reason = str(e) or type(e).__name__
+        if "systemd:" in endpoint and isinstance(e, (IndexError, KeyError)):
+            reason = (
+                "no such socket inherited from systemd: a systemd: port needs "
+                "socket activation (a .socket unit, see deploy/systemd/)"
+            )
         raise ConfigError(f"{name}: invalid endpoint {endpoint!r}: {reason}") from None
 
 
@@ -184,19 +191,15 @@ def _flag(name: str, value: object) -> bool:
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE_RE = re.compile(r"([0-9]*\.?[0-9]+)\s*(?:([KMGT])I?B?|B)?")
 
 
 def _size(name: str, value: object) -> int:
-    """Bytes, or a number with a binary unit: 500M, 20G, 1.5T."""
-    text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
-    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
-    try:
-        number = float(text[: len(text) - len(unit)])
-    except ValueError:
-        raise ConfigError(
-            f"{name}: expected a size such as 20G, got {value!r}"
-        ) from None
-    size = int(number * _SIZE_UNITS[unit])
+    """Bytes, or a number with a binary unit: 500M, 20G, 20Gi, 20GiB, 1.5T."""
+    match = _SIZE_RE.fullmatch(str(value).strip().upper())
+    if match is None:
+        raise ConfigError(f"{name}: expected a size such as 20G, got {value!r}")
+    size = int(float(match[1]) * _SIZE_UNITS[match[2] or ""])
     if size < 1:
         raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
     return size
@@ -296,10 +299,21 @@ def load_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config: cannot read {path!r}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config: {path!r} is not valid TOML: {e}") from None
+    if "listen" in data:  # the alias --listen has on the command line
+        if "port" in data:
+            raise ConfigError(f"listen: an alias of port; set one of them in {path!r}")
+        data["port"] = data.pop("listen")
     unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
-        raise ConfigError(f"config: unknown setting {unknown[0]!r} in {path!r}")
+        hint = _nearest(unknown[0], [*SETTINGS, "listen"])
+        raise ConfigError(f"config: unknown setting {unknown[0]!r} in {path!r}{hint}")
     return data
+
+
+def _nearest(name: str, known: list[str]) -> str:
+    """`` (did you mean 'public-url'?)`` for ``public_url``, or nothing."""
+    close = difflib.get_close_matches(name.replace("_", "-"), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def build_config(
@@ -369,11 +383,25 @@ def build_upstreams(values: Mapping[str, Any]) -> tuple[tuple[Upstream, ...], st
         base = replace(base, library_prefix=values["library-prefix"])
     entries[default] = base
     upstreams = tuple(entries.values())
+    for upstream in upstreams:
+        _check_realm(upstream, upstream is base)
     try:
         UpstreamSet(upstreams, base)
     except DuplicateError as e:
         raise ConfigError(f"upstreams: {e}") from None
     return upstreams, default
+
+
+def _check_realm(upstream: Upstream, default: bool) -> None:
+    """A configured realm is used as is: plain http would send credentials
+    and tokens of an https upstream in clear text, so it is refused."""
+    realm = upstream.realm or ""
+    if upstream.url.startswith("https:") and realm.startswith("http:"):
+        where = "upstream-realm" if default else f"upstreams.{upstream.name}.realm"
+        raise ConfigError(
+            f"{where}: {realm!r} is plain http for the https upstream "
+            f"{upstream.url!r}; credentials would travel in clear text: use https"
+        )
 
 
 def _default_name(values: Mapping[str, Any]) -> str:
@@ -393,7 +421,8 @@ def _upstream_from_table(name: str, table: object, base: Upstream | None) -> Ups
         raise ConfigError(f"{where}: a name is lower-case letters, digits, . and -")
     unknown = sorted(set(table) - set(UPSTREAM_KEYS))
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+        hint = _nearest(unknown[0], list(UPSTREAM_KEYS))
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{hint}")
     parsed = {k: UPSTREAM_KEYS[k](f"{where}.{k}", v) for k, v in table.items()}
     base = base or PRESETS.get(name)
     if base is None:

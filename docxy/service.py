@@ -19,6 +19,7 @@ from .realm import RealmDirectory
 from .resources import build_tree
 from .routing import Mirror, Router
 from .site import DocxySite
+from .start_warnings import start_warnings
 from .upstream import UpstreamClient, make_agent
 from .upstreams import UpstreamSet
 
@@ -58,12 +59,8 @@ class _Announce(Service):
                 hosts=",".join(upstream.hosts) or "-",
                 realm=c.ping_realm(upstream),
             )
-        if not c.public_url_given:
-            log.warn(
-                "public-url not set: using {url}, which only clients on this host "
-                "can reach; set --public-url for others",
-                url=c.public_url,
-            )
+        for warning in start_warnings(c):
+            log.warn("{warning}", warning=warning)
 
 
 def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionPool]:

@@ -64,6 +64,8 @@ def test_help_documents_every_option(tmp_path: Path) -> None:
         (["--idle-timeout", "0"], "greater than 0"),
         (["--upstream-ca", "/nonexistent/ca.pem"], "not a readable file"),
         (["--config", "/nonexistent/docxy.toml"], "cannot read"),
+        (["--port", "systemd:domain=INET:index=0"], "needs socket activation"),
+        (["--upstream-realm", "http://127.0.0.1:1/token"], "clear text"),
     ],
 )
 def test_bad_configuration_is_one_line_and_nothing_listens(
