@@ -32,7 +32,7 @@ from .errors import (
     unsupported_method,
     write_error,
 )
-from .forward import Exchange, Forwarder
+from .forward import Exchange, Forwarder, record
 from .headers import upstream_request_headers
 from .names import Kind
 from .routing import Mirror, Router
@@ -211,6 +211,7 @@ class RegistryResource(Resource):
         except RegistryError as error:
             write_error(request, error)
             return NOT_DONE_YET
+        record(request, upstream=target.mirror.upstream.name)
         if target.namespace is not None:
             # OCI distribution spec, "Registry Proxying".
             request.setHeader(b"oci-namespace", target.namespace.encode("ascii"))

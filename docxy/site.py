@@ -60,12 +60,32 @@ class DocxyRequest(Request):
             duration=time.monotonic() - self._started,
             upstream_status=self.notes.get("upstream_status", "-"),
             outcome=outcome,
-            extra=_extra(self.notes),
+            extra=_extra(self.notes) + _client_facts(self),
         )
+
+
+def _client_facts(request: Request) -> str:
+    """The ``ns`` the client gave and its User-Agent (never credentials)."""
+    parts = []
+    ns = (request.args or {}).get(b"ns")
+    if ns:
+        parts.append(f' ns="{_printable(ns[0])}"')
+    agent = request.getHeader(b"user-agent")
+    if agent:
+        parts.append(f' ua="{_printable(agent)}"')
+    return "".join(parts)
+
+
+def _printable(value: bytes, limit: int = 200) -> str:
+    """A client-sent value made safe for one log line: no quotes, no controls."""
+    text = value[:limit].decode("latin-1")
+    return "".join(c if c.isprintable() and c not in '"\\' else "?" for c in text)
 
 
 def _extra(notes: dict[str, object]) -> str:
     parts = []
+    if notes.get("upstream"):
+        parts.append(f" upstream={notes['upstream']}")
     if notes.get("cache"):
         parts.append(f" cache={notes['cache']}")
     if notes.get("redirects"):

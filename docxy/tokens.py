@@ -18,7 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .cache.offline import answer_token
 from .challenge import rewrite_scope
 from .errors import RegistryError, not_found, unsupported_method, write_error
-from .forward import Exchange, Forwarder
+from .forward import Exchange, Forwarder, record
 from .headers import upstream_request_headers
 from .realm import NoTokenServiceError
 from .routing import Mirror, Router
@@ -99,6 +99,7 @@ class TokenResource(Resource):
             _, _, query = request.uri.partition(b"?")
             params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
         mirror, params = self._route(params)
+        record(request, upstream=mirror.upstream.name)
         try:
             realm = await mirror.realms.get()
         except NoTokenServiceError:

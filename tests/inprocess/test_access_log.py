@@ -1,0 +1,112 @@
+"""The access log line: which upstream, the client's ns and user agent, and
+never a credential (issue 14, item 5)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from .harness import FakeUpstream, Harness, start
+
+SECRET = b"Bearer s3cret-t0ken"
+BASIC = b"Basic dXNlcjpodW50ZXIy"  # user:hunter2
+
+
+@pytest.fixture
+def upstream() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest_twisted.async_yield_fixture
+async def docxy(upstream: FakeUpstream) -> AsyncIterator[Harness]:
+    harness = await start(upstream)
+    yield harness
+    await harness.stop()
+
+
+@pytest.fixture
+def access_lines() -> Iterator[list[str]]:
+    lines: list[str] = []
+
+    @implementer(ILogObserver)
+    def observe(event: dict[str, object]) -> None:
+        if event.get("log_namespace") == "docxy.access":
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+def tags(request: Request) -> bytes:
+    return b'{"name":"library/alpine","tags":["3.20"]}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_line_names_upstream_ns_and_user_agent(
+    docxy: Harness, upstream: FakeUpstream, access_lines: list[str]
+) -> None:
+    upstream.routes[b"/v2/library/alpine/tags/list"] = tags
+    reply = await docxy.request(
+        b"GET",
+        "/v2/alpine/tags/list?ns=docker.io",
+        {b"user-agent": [b"containerd/v1.7.24"], b"authorization": [SECRET]},
+    )
+    assert reply.code == 200
+    (line,) = access_lines
+    assert "status=200" in line
+    assert " upstream=docker.io" in line
+    assert ' ns="docker.io"' in line
+    assert ' ua="containerd/v1.7.24"' in line
+    assert "s3cret" not in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_line_names_upstream_never_credentials(
+    docxy: Harness, upstream: FakeUpstream, access_lines: list[str]
+) -> None:
+    upstream.routes[b"/token"] = lambda request: b'{"token":"t0k3n-value"}'
+    docxy.upstream.routes[b"/v2/"] = _challenge(upstream)
+    reply = await docxy.request(
+        b"GET",
+        "/auth/token?scope=repository:alpine:pull&service=x",
+        {b"user-agent": [b"docker/27.5.1 go/go1.22"], b"authorization": [BASIC]},
+    )
+    assert reply.code == 200
+    line = access_lines[-1]
+    assert "path=/auth/token" in line and " upstream=docker.io" in line
+    assert ' ua="docker/27.5.1 go/go1.22"' in line
+    for secret in ("dXNlcjpodW50ZXIy", "hunter2", "t0k3n", "scope="):
+        assert secret not in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_user_agent_cannot_forge_fields_or_lines(
+    docxy: Harness, upstream: FakeUpstream, access_lines: list[str]
+) -> None:
+    upstream.routes[b"/v2/library/alpine/tags/list"] = tags
+    agent = b'x" status=500 \\ ' + b"a" * 500
+    reply = await docxy.request(
+        b"GET", '/v2/alpine/tags/list?ns=docker.io"x', {b"user-agent": [agent]}
+    )
+    assert reply.code == 404  # no such registry; still one honest line
+    (line,) = access_lines
+    assert "\n" not in line and "status=404" in line
+    assert line.count('"') == 4, line  # ns="..." and ua="...", nothing more
+    assert ' ua="x? status=500 ? aaa' in line
+    assert "a" * 201 not in line
+
+
+def _challenge(upstream: FakeUpstream) -> Callable[[Request], bytes]:
+    def challenge(request: Request) -> bytes:
+        request.setResponseCode(401)
+        realm = f"{upstream.url}/token"
+        request.setHeader(b"www-authenticate", f'Bearer realm="{realm}"'.encode())
+        return b"{}"
+
+    return challenge
