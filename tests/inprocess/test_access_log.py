@@ -17,14 +17,14 @@ SECRET = b"Bearer s3cret-t0ken"
 BASIC = b"Basic dXNlcjpodW50ZXIy"  # user:hunter2
 
 
-@pytest.fixture
-def upstream() -> FakeUpstream:
-    return FakeUpstream()
+def tags(request: Request) -> bytes:
+    return b'{"name":"library/alpine","tags":["3.20"]}'
 
 
 @pytest_twisted.async_yield_fixture
-async def docxy(upstream: FakeUpstream) -> AsyncIterator[Harness]:
-    harness = await start(upstream)
+async def docxy() -> AsyncIterator[Harness]:
+    harness = await start(FakeUpstream())
+    harness.upstream.routes[b"/v2/library/alpine/tags/list"] = tags
     yield harness
     await harness.stop()
 
@@ -43,15 +43,10 @@ def access_lines() -> Iterator[list[str]]:
     globalLogPublisher.removeObserver(observe)
 
 
-def tags(request: Request) -> bytes:
-    return b'{"name":"library/alpine","tags":["3.20"]}'
-
-
 @pytest_twisted.ensureDeferred
 async def test_access_line_names_upstream_ns_and_user_agent(
-    docxy: Harness, upstream: FakeUpstream, access_lines: list[str]
+    docxy: Harness, access_lines: list[str]
 ) -> None:
-    upstream.routes[b"/v2/library/alpine/tags/list"] = tags
     reply = await docxy.request(
         b"GET",
         "/v2/alpine/tags/list?ns=docker.io",
@@ -68,10 +63,11 @@ async def test_access_line_names_upstream_ns_and_user_agent(
 
 @pytest_twisted.ensureDeferred
 async def test_token_line_names_upstream_never_credentials(
-    docxy: Harness, upstream: FakeUpstream, access_lines: list[str]
+    docxy: Harness, access_lines: list[str]
 ) -> None:
+    upstream = docxy.upstream
     upstream.routes[b"/token"] = lambda request: b'{"token":"t0k3n-value"}'
-    docxy.upstream.routes[b"/v2/"] = _challenge(upstream)
+    upstream.routes[b"/v2/"] = _challenge(upstream)
     reply = await docxy.request(
         b"GET",
         "/auth/token?scope=repository:alpine:pull&service=x",
@@ -87,9 +83,8 @@ async def test_token_line_names_upstream_never_credentials(
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_user_agent_cannot_forge_fields_or_lines(
-    docxy: Harness, upstream: FakeUpstream, access_lines: list[str]
+    docxy: Harness, access_lines: list[str]
 ) -> None:
-    upstream.routes[b"/v2/library/alpine/tags/list"] = tags
     agent = b'x" status=500 \\ ' + b"a" * 500
     reply = await docxy.request(
         b"GET", '/v2/alpine/tags/list?ns=docker.io"x', {b"user-agent": [agent]}
