@@ -20,14 +20,12 @@ from urllib.parse import urlsplit
 from .cache.directory import default_cache_dir
 from .upstreams import (
     ALIAS_RE,
-    DOCKER_HUB_NAMESPACES,
     DOCKER_HUB_URL,
     NAME_RE,
     PRESETS,
     DuplicateError,
     Upstream,
     UpstreamSet,
-    normalize_host,
 )
 
 DOCKER_HUB = DOCKER_HUB_URL
@@ -359,7 +357,10 @@ def build_upstreams(values: Mapping[str, Any]) -> tuple[tuple[Upstream, ...], st
         entries[preset] = PRESETS[preset]
     for name, table in values.get("upstreams", {}).items():
         entries[name] = _upstream_from_table(name, table, entries.get(name))
-    default = values.get("default-upstream") or _default_name(values)
+    # ``upstream`` changes only the URL of the default upstream: its name
+    # (and so containerd's ?ns=docker.io) stays docker.io unless
+    # default-upstream names another.
+    default = values.get("default-upstream") or "docker.io"
     base = entries.get(default) or PRESETS.get(default)
     if base is None:
         url = values.get("upstream")
@@ -402,15 +403,6 @@ def _check_realm(upstream: Upstream, default: bool) -> None:
             f"{where}: {realm!r} is plain http for the https upstream "
             f"{upstream.url!r}; credentials would travel in clear text: use https"
         )
-
-
-def _default_name(values: Mapping[str, Any]) -> str:
-    """Docker Hub, unless a single non-Hub ``upstream`` URL says otherwise."""
-    url = values.get("upstream")
-    if url is None or values.get("library-prefix"):
-        return "docker.io"
-    host = normalize_host(urlsplit(url).hostname or "")
-    return "docker.io" if host in DOCKER_HUB_NAMESPACES else host
 
 
 def _upstream_from_table(name: str, table: object, base: Upstream | None) -> Upstream:

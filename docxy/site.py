@@ -16,6 +16,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from .errors import internal_error, write_error
+from .own_tokens import is_own_token
 
 log = Logger(namespace="docxy.access")
 _errors = Logger(namespace="docxy")
@@ -32,6 +33,11 @@ class DocxyRequest(Request):
 
     def process(self) -> None:
         self._started = time.monotonic()
+        # Docxy's own tokens grant nothing: from here on the request is
+        # anonymous, and they never reach an upstream.
+        values = self.requestHeaders.getRawHeaders(b"authorization", [])
+        if any(is_own_token(value) for value in values):
+            self.requestHeaders.removeHeader(b"authorization")
         self.notifyFinish().addBoth(self._log_access)
         super().process()
 

@@ -20,12 +20,14 @@ from .challenge import rewrite_scope
 from .errors import RegistryError, not_found, unsupported_method, write_error
 from .forward import Exchange, Forwarder, record
 from .headers import upstream_request_headers
+from .own_tokens import ANONYMOUS_TOKEN, write_token
 from .realm import NoTokenServiceError
 from .routing import Mirror, Router
 from .upstream import UpstreamError
 
 TOKEN_METHODS = (b"GET", b"POST")
 MAX_TOKEN_FORM = 64 * 1024
+ANONYMOUS_TOKEN_LIFETIME = 300
 
 
 def token_params(
@@ -103,9 +105,9 @@ class TokenResource(Resource):
         try:
             realm = await mirror.realms.get()
         except NoTokenServiceError:
-            raise RegistryError(
-                404, "UNSUPPORTED", "the upstream registry does not issue tokens"
-            ) from None
+            # An open upstream: the client still wants a token to send.
+            write_token(request, ANONYMOUS_TOKEN, ANONYMOUS_TOKEN_LIFETIME)
+            return
         params = token_params(params, realm.service, mirror.upstream.library_prefix)
         headers = upstream_request_headers(request.requestHeaders)
         headers.removeHeader(b"range")

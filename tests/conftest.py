@@ -113,7 +113,7 @@ def docxy_factory(tmp_path: Path) -> Iterator[DocxyFactory]:
             super().wait_for_port(port, timeout)
 
     def factory(
-        upstream_url: str, *extra_args: str, library_prefix: str = "on"
+        upstream_url: str, *extra_args: str, library_prefix: str | None = "on"
     ) -> Docxy:
         log = tmp_path / f"docxy-{len(started)}.log"
         return TrackedDocxy(

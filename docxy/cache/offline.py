@@ -10,17 +10,13 @@ credential, before the upstream went away (see :mod:`docxy.cache.access`).
 
 from __future__ import annotations
 
-import json
-import time
-
 from twisted.web.server import Request
 
 from ..challenge import Challenge
 from ..errors import API_VERSION, API_VERSION_HEADER, RegistryError
 from ..forward import record
+from ..own_tokens import OFFLINE_TOKEN, write_token
 from ..routing import Mirror
-
-OFFLINE_TOKEN = "docxy-offline"
 
 
 def answer_ping(request: Request, mirror: Mirror) -> bool:
@@ -44,17 +40,5 @@ def answer_ping(request: Request, mirror: Mirror) -> bool:
 
 
 def answer_token(request: Request) -> None:
-    body = json.dumps(
-        {
-            "token": OFFLINE_TOKEN,
-            "access_token": OFFLINE_TOKEN,
-            "expires_in": 60,
-            "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-    ).encode()
-    request.setResponseCode(200)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", b"%d" % len(body))
     record(request, cache="offline")
-    request.write(body)
-    request.finish()
+    write_token(request, OFFLINE_TOKEN, 60)

@@ -36,7 +36,7 @@ class Docxy(ManagedProcess):
         log_path: Path,
         extra_args: Sequence[str] = (),
         port: int | None = None,
-        library_prefix: str = "on",
+        library_prefix: str | None = "on",  # None: not given (auto)
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -52,8 +52,7 @@ class Docxy(ManagedProcess):
             self.url,
             "--upstream",
             upstream,
-            "--library-prefix",
-            library_prefix,
+            *(["--library-prefix", library_prefix] if library_prefix else []),
             *extra_args,
         ]
         if "--cache-dir" not in extra_args:

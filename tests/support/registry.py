@@ -346,13 +346,17 @@ class StaticCDN(_LoggedServer):
 
 
 class Registry(_LoggedServer):
-    """``docker-registry serve`` with token auth on a free loopback port."""
+    """``docker-registry serve`` on a free loopback port.
+
+    With token auth like Docker Hub, or none (``token=None``): a plain
+    internal registry whose ``/v2/`` is open.
+    """
 
     def __init__(
         self,
         workdir: Path,
         storage: Path,
-        token: TokenService,
+        token: TokenService | None,
         *,
         readonly: bool = False,
         redirect_base: str | None = None,
@@ -392,16 +396,17 @@ class Registry(_LoggedServer):
                 "secret": secrets.token_hex(16),
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
-            "auth": {
+            "health": {"storagedriver": {"enabled": False}},
+        }
+        if token is not None:
+            config["auth"] = {
                 "token": {
                     "realm": token.realm,
                     "service": token.service,
                     "issuer": token.issuer,
                     "rootcertbundle": str(token.cert_path),
                 }
-            },
-            "health": {"storagedriver": {"enabled": False}},
-        }
+            }
         if redirect_base:
             config["middleware"] = {
                 "storage": [{"name": "redirect", "options": {"baseurl": redirect_base}}]
@@ -427,7 +432,7 @@ class Upstream:
     The attribute names are the fixture contract of ``tests/conftest.py``.
     """
 
-    token: TokenService
+    token: TokenService | None  # None: a registry without auth
     registry: Registry
     cdn: StaticCDN | None = None
     ca_path: Path | None = None
@@ -443,11 +448,16 @@ class Upstream:
 
     @property
     def token_url(self) -> str:
-        return self.token.realm
+        return self._token_service.realm
 
     @property
     def service(self) -> str:
-        return self.token.service
+        return self._token_service.service
+
+    @property
+    def _token_service(self) -> TokenService:
+        assert self.token is not None, "this upstream has no token service"
+        return self.token
 
     @property
     def registry_log(self) -> Path:
@@ -462,7 +472,7 @@ class Upstream:
 
     def token_requests(self) -> list[dict[str, Any]]:
         """The token service's JSON log entries, in order."""
-        return self.token.requests()
+        return self._token_service.requests()
 
     def cdn_requests(self) -> list[tuple[str, str]]:
         """(method, path) the CDN saw; only for the CDN variant."""
@@ -477,9 +487,7 @@ class Upstream:
         self, scopes: Sequence[str], creds: tuple[str, str] | None = None
     ) -> str:
         """A token straight from the token service (bypassing Docxy)."""
-        return get_token(
-            self.token.realm, self.token.service, scopes, creds, self.ca_path
-        )
+        return get_token(self.token_url, self.service, scopes, creds, self.ca_path)
 
     def blob_bytes(self, repo: str, digest: str) -> bytes:
         """A blob's bytes straight from the storage directory."""
@@ -498,10 +506,13 @@ class Upstream:
         self, repo: str, reference: str, accept: str = MANIFEST_ACCEPT
     ) -> Response:
         """A manifest straight from the registry, with the pusher's token."""
-        token = self.token_for([f"repository:{repo}:pull"], ("pusher", "pushpass"))
+        headers = {"Accept": accept}
+        if self.token is not None:
+            token = self.token_for([f"repository:{repo}:pull"], ("pusher", "pushpass"))
+            headers["Authorization"] = f"Bearer {token}"
         resp = fetch(
             f"{self.url}/v2/{repo}/manifests/{reference}",
-            headers={"Accept": accept, "Authorization": f"Bearer {token}"},
+            headers=headers,
             ca_path=self.ca_path,
         )
         assert resp.status == 200, f"{repo}:{reference}: {resp.status} {resp.body!r}"
@@ -560,3 +571,10 @@ def start_upstream(
                 proc.stop()
         raise
     return Upstream(token=token, registry=registry, cdn=cdn_server, ca_path=ca_path)
+
+
+def start_plain_registry(workdir: Path) -> Upstream:
+    """A registry without auth (no token service): a plain internal registry."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(workdir / "registry", workdir / "storage", None)
+    return Upstream(token=None, registry=registry)

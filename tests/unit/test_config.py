@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from docxy.config import DOCKER_HUB, ConfigError, build_config, load_file
+from docxy.upstreams import PRESETS
 
 
 def test_defaults_are_docker_hub_on_port_5000() -> None:
@@ -24,12 +25,30 @@ def test_defaults_are_docker_hub_on_port_5000() -> None:
     )
 
 
-def test_library_prefix_auto_is_off_for_other_registries() -> None:
-    config = build_config({"upstream": "https://ghcr.io"})
-    assert (config.default.name, config.default.library_prefix) == ("ghcr.io", False)
-    config = build_config({"upstream": "https://ghcr.io", "library-prefix": "on"})
-    assert (config.default.name, config.default.library_prefix) == ("docker.io", True)
-    assert config.default.url == "https://ghcr.io"
+def test_upstream_changes_only_the_url_of_the_default_upstream() -> None:
+    """``--upstream`` of a Hub mirror keeps the name (containerd's ?ns=docker.io)."""
+    config = build_config({"upstream": "https://hub-mirror.example"})
+    default = config.default
+    assert (default.name, default.url) == ("docker.io", "https://hub-mirror.example")
+    assert default.namespaces == PRESETS["docker.io"].namespaces
+    assert default.library_prefix is True  # Docker Hub's naming, whatever the URL
+    off = build_config(
+        {"upstream": "https://hub-mirror.example", "library-prefix": "off"}
+    )
+    assert (off.default.name, off.default.library_prefix) == ("docker.io", False)
+
+
+def test_default_upstream_names_another_for_upstream() -> None:
+    config = build_config(
+        {"upstream": "https://ghcr.mirror", "default-upstream": "ghcr.io"}
+    )
+    assert [u.name for u in config.upstreams] == ["ghcr.io"]
+    assert (config.default.url, config.default.library_prefix) == (
+        "https://ghcr.mirror",
+        False,
+    )
+    internal = build_config({"upstream": "https://r.internal", "default-upstream": "r"})
+    assert (internal.default.name, internal.default.namespaces) == ("r", ("r",))
 
 
 def test_public_url_is_normalised() -> None:
