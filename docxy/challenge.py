@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .names import is_valid_name, upstream_name
+from .names import upstream_name
+from .oci import Scope, is_valid_name, map_scopes
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
@@ -134,11 +135,11 @@ def rewrite_scope(scope: str, library_prefix: bool) -> str:
     A scope parameter may hold several space-separated scopes. Anything that
     is not exactly ``repository:<valid name>:<actions>`` is left alone.
     """
-    return " ".join(_rewrite_one(part, library_prefix) for part in scope.split(" "))
 
+    def one(text: str) -> str:
+        parsed = Scope.parse(text)
+        if not parsed.repository or not is_valid_name(parsed.name):
+            return text
+        return parsed.renamed(upstream_name(parsed.name, library_prefix))
 
-def _rewrite_one(scope: str, library_prefix: bool) -> str:
-    parts = scope.split(":")
-    if len(parts) != 3 or parts[0] != "repository" or not is_valid_name(parts[1]):
-        return scope
-    return f"repository:{upstream_name(parts[1], library_prefix)}:{parts[2]}"
+    return map_scopes(scope, one)

@@ -21,8 +21,8 @@ from .cache.directory import default_cache_dir
 from .upstreams import (
     ALIAS_RE,
     DOCKER_HUB_URL,
-    NAME_RE,
     PRESETS,
+    UPSTREAM_NAME_RE,
     DuplicateError,
     Upstream,
     UpstreamSet,
@@ -409,7 +409,7 @@ def _upstream_from_table(name: str, table: object, base: Upstream | None) -> Ups
     where = f"upstreams.{name}"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
-    if NAME_RE.fullmatch(name) is None:
+    if UPSTREAM_NAME_RE.fullmatch(name) is None:
         raise ConfigError(f"{where}: a name is lower-case letters, digits, . and -")
     unknown = sorted(set(table) - set(UPSTREAM_KEYS))
     if unknown:

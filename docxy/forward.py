@@ -31,7 +31,8 @@ from .errors import (
     write_error,
 )
 from .headers import relayed_response_headers
-from .streaming import BodyPump, DigestCheck, abort_client, client_gone
+from .oci import Digest
+from .streaming import BodyPump, abort_client, client_gone
 from .upstream import (
     UpstreamClient,
     UpstreamError,
@@ -163,7 +164,7 @@ class Forwarder:
             return
         verify = None
         if length is None and exchange.digest is not None and response.code == 200:
-            verify = DigestCheck(exchange.digest)
+            verify = Digest.parse(exchange.digest).hasher()
         pump = BodyPump(
             request,
             self.clock,

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from twisted.web.http_headers import Headers
 
-from . import __version__
-
-USER_AGENT = f"docxy/{__version__}".encode("ascii")
+from .oci import USER_AGENT
 
 HOP_BY_HOP = frozenset(
     {

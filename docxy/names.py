@@ -7,19 +7,11 @@ answered 400 here and never forwarded.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 
 from .errors import RegistryError, digest_invalid, name_invalid, not_found, tag_invalid
-
-_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
-_HEX_RE = re.compile(r"[a-f0-9]+")
-MAX_NAME_LENGTH = 255
+from .oci import TAG_RE, is_valid_digest, is_valid_name
 
 
 class Kind(Enum):
@@ -54,22 +46,6 @@ def upstream_name(name: str, library_prefix: bool) -> str:
     if library_prefix and "/" not in name:
         return f"library/{name}"
     return name
-
-
-def is_valid_name(name: str) -> bool:
-    return len(name) <= MAX_NAME_LENGTH and NAME_RE.fullmatch(name) is not None
-
-
-def is_valid_digest(digest: str) -> bool:
-    if DIGEST_RE.fullmatch(digest) is None:
-        return False
-    algorithm, _, hexpart = digest.partition(":")
-    expected = _HEX_LENGTHS.get(algorithm)
-    return (
-        expected is not None
-        and len(hexpart) == expected
-        and _HEX_RE.fullmatch(hexpart) is not None
-    )
 
 
 def _decode(segment: bytes) -> str | None:
@@ -119,6 +95,7 @@ def _check_reference(kind: Kind, reference: str) -> None:
 
 
 __all__ = [
+    "TAG_RE",
     "Kind",
     "RegistryError",
     "Route",

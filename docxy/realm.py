@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from .challenge import Challenge, find_bearer
-from .headers import USER_AGENT
+from .oci import USER_AGENT
 from .upstream import UpstreamClient, UpstreamError, discard_body
 
 log = Logger()

@@ -15,7 +15,8 @@ from urllib.parse import parse_qsl
 from twisted.web.server import Request
 
 from .errors import RegistryError, name_invalid
-from .names import Route, is_valid_name, parse_v2_path, upstream_name
+from .names import Route, parse_v2_path, upstream_name
+from .oci import Scope, is_valid_name, map_scopes
 from .realm import RealmDirectory
 from .upstreams import Upstream, UpstreamSet, normalize_host
 
@@ -48,14 +49,14 @@ class Target:
         if not self.prefix:
             return scope
         ours = upstream_name(self.route.name, self.mirror.upstream.library_prefix)
-        parts = []
-        for one in scope.split(" "):
-            kind, _, rest = one.partition(":")
-            name, _, actions = rest.rpartition(":")
-            if kind == "repository" and name == ours:
-                one = f"repository:{self.prefix}/{self.route.name}:{actions}"
-            parts.append(one)
-        return " ".join(parts)
+
+        def one(text: str) -> str:
+            parsed = Scope.parse(text)
+            if parsed.repository and parsed.name == ours:
+                return parsed.renamed(f"{self.prefix}/{self.route.name}")
+            return text
+
+        return map_scopes(scope, one)
 
 
 def unknown_registry(ns: str) -> RegistryError:
@@ -127,35 +128,32 @@ class Router:
         ping named; the alias says where the token must come from.
         """
         chosen: Mirror | None = None
-        out: list[str] = []
-        for value in scopes:
-            parts = []
-            for one in value.split(" "):
-                kind, _, rest = one.partition(":")
-                name, _, actions = rest.rpartition(":")
+
+        def one(text: str) -> str:
+            nonlocal chosen
+            scope = Scope.parse(text)
+            if not scope.repository:
+                return text
+            found = self.upstreams.alias_at_start(scope.name)
+            if found is not None and not (by_alias or found[1] is mirror.upstream):
                 found = None
-                if kind == "repository":
-                    found = self.upstreams.alias_at_start(name)
-                    if found is not None and not (
-                        by_alias or found[1] is mirror.upstream
-                    ):
-                        found = None
-                    bare = name[len(found[0]) + 1 :] if found is not None else name
-                    if not is_valid_name(bare):
-                        raise name_invalid(bare)
-                if found is not None:
-                    target = self.mirrors[found[1].name]
-                    if chosen is not None and chosen is not target:
-                        raise RegistryError(
-                            400,
-                            "DENIED",
-                            "one token request cannot cover several registries",
-                            None,
-                        )
-                    chosen = target
-                    one = f"repository:{name[len(found[0]) + 1 :]}:{actions}"
-                parts.append(one)
-            out.append(" ".join(parts))
+            bare = scope.name[len(found[0]) + 1 :] if found is not None else scope.name
+            if not is_valid_name(bare):
+                raise name_invalid(bare)
+            if found is None:
+                return text
+            target = self.mirrors[found[1].name]
+            if chosen is not None and chosen is not target:
+                raise RegistryError(
+                    400,
+                    "DENIED",
+                    "one token request cannot cover several registries",
+                    None,
+                )
+            chosen = target
+            return scope.renamed(bare)
+
+        out = [map_scopes(value, one) for value in scopes]
         return chosen or mirror, out
 
 

@@ -10,7 +10,6 @@ stalled client keeps us paused) the transfer is aborted.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import cast
 
@@ -22,6 +21,8 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.server import Request
 from zope.interface import implementer
+
+from .oci import DigestHasher
 
 log = Logger()
 
@@ -66,20 +67,6 @@ def abort_client(request: Request) -> None:
         transport.abortConnection()
 
 
-class DigestCheck:
-    """Incremental hash of a body against the digest the request named."""
-
-    def __init__(self, digest: str) -> None:
-        algorithm, _, self.expected = digest.partition(":")
-        self.hash = hashlib.new(algorithm)
-
-    def update(self, data: bytes) -> None:
-        self.hash.update(data)
-
-    def matches(self) -> bool:
-        return self.hash.hexdigest() == self.expected
-
-
 @implementer(IPushProducer)
 class BodyPump(Protocol):
     """Relays an upstream body into ``request`` and ends the answer correctly.
@@ -95,7 +82,7 @@ class BodyPump(Protocol):
         clock: IReactorTime,
         idle_timeout: float,
         on_end: Callable[[str], None] = lambda outcome: None,
-        verify: DigestCheck | None = None,
+        verify: DigestHasher | None = None,
     ) -> None:
         self.request = request
         # Only for bodies whose end is the connection closing (no length, not

@@ -33,8 +33,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from .oci import MAX_REDIRECTS
+
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-MAX_REDIRECTS = 5
 # Dropped when a redirect leaves the origin the client's credentials were for.
 _CREDENTIAL_HEADERS = (b"authorization", b"cookie")
 

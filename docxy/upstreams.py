@@ -18,7 +18,7 @@ DOCKER_HUB_URL = "https://registry-1.docker.io"
 DOCKER_HUB_NAMESPACES = ("docker.io", "registry-1.docker.io", "index.docker.io")
 
 # An upstream's name is used as a path segment (/auth/<name>/token).
-NAME_RE = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*")
+UPSTREAM_NAME_RE = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*")
 # A path alias is the first component(s) of a repository path.
 ALIAS_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 

@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from ..headers import USER_AGENT
+from ..oci import USER_AGENT
 from ..realm import NoTokenServiceError
 from ..upstream import UpstreamClient, UpstreamError, discard_body, read_small_body
 from .manifests import ALL_MANIFEST_TYPES

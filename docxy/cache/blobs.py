@@ -9,7 +9,6 @@ the client may have it (:mod:`docxy.cache.access`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
@@ -23,8 +22,8 @@ from twisted.web.server import Request
 
 from ..forward import Exchange, Forwarder, record
 from ..names import upstream_name
+from ..oci import Digest
 from ..routing import Target
-from ..streaming import DigestCheck
 from ..upstream import UpstreamClient, UpstreamResponse, discard_body
 from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
@@ -62,15 +61,6 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | str | None
     if start >= size or end <= start:
         return "unsatisfiable"
     return (start, end)
-
-
-def _hash_file(path: str, digest: str) -> bool:
-    algorithm, _, expected = digest.partition(":")
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest() == expected
 
 
 class BlobCache:
@@ -265,7 +255,7 @@ class BlobCache:
             self.store.pin(entry)
             try:
                 good = await deferToThreadPool(
-                    self.reactor, self._pool(), _hash_file, path, digest
+                    self.reactor, self._pool(), Digest.parse(digest).matches_file, path
                 )
             finally:
                 self.store.unpin(entry)
@@ -276,7 +266,7 @@ class BlobCache:
             self.verified.add(digest)
         self.store.pin(entry)
         if wanted is None or isinstance(wanted, str):
-            start, end, verify = 0, entry.size, DigestCheck(digest)
+            start, end, verify = 0, entry.size, Digest.parse(digest).hasher()
             self._headers(request, digest, 200, entry.size)
         else:
             (start, end), verify = wanted, None

@@ -10,7 +10,6 @@ become visible under their digest only after the digest matched.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from enum import Enum
 from typing import cast
@@ -23,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from ..oci import Digest
 from ..streaming import IdleWatchdog
 from .counters import Counters
 from .store import BlobStore, Entry
@@ -54,8 +54,7 @@ class Fill(Protocol):
         # Unbuffered: readers have their own descriptors and must see each
         # byte as soon as it is written.
         self._file = open(self.temp, "wb", buffering=0)  # noqa: SIM115
-        algorithm, _, self._expected = digest.partition(":")
-        self._hash = hashlib.new(algorithm)
+        self._hash = Digest.parse(digest).hasher()
         self.written = 0
         self.state = FillState.FILLING
         self.entry: Entry | None = None
@@ -93,7 +92,7 @@ class Fill(Protocol):
         complete = bool(reason.check(ResponseDone, PotentialDataLoss))
         if complete and self.length is not None and self.written != self.length:
             complete = False
-        if complete and self._hash.hexdigest() != self._expected:
+        if complete and not self._hash.matches():
             self.counters.digest_mismatches += 1
             log.error(
                 "upstream sent bytes that do not match {digest}; discarded",

@@ -22,9 +22,9 @@ from twisted.web.server import Request
 
 from ..errors import RegistryError
 from ..forward import Exchange, Forwarder, record
-from ..names import is_valid_digest, upstream_name
+from ..names import upstream_name
+from ..oci import MAX_MANIFEST, Digest, is_valid_digest
 from ..routing import Target
-from ..streaming import DigestCheck
 from ..upstream import (
     BodyTooLargeError,
     UpstreamClient,
@@ -35,7 +35,7 @@ from ..upstream import (
 from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
 from .counters import Counters
-from .manifests import MAX_MANIFEST, ManifestStore, accept_key
+from .manifests import ManifestStore, accept_key
 
 log = Logger()
 
@@ -191,9 +191,7 @@ class ManifestCache:
             raise RegistryError(
                 502, "MANIFEST_INVALID", "upstream manifest over 4 MiB", None
             ) from None
-        check = DigestCheck(digest)
-        check.update(body)
-        if not check.matches():
+        if not Digest.parse(digest).matches(body):
             self.counters.digest_mismatches += 1
             log.error("upstream manifest does not match {digest}", digest=digest)
             raise RegistryError(

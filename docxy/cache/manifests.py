@@ -17,10 +17,9 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-log = Logger()
+from ..oci import Digest
 
-# The distribution spec's limit; anything bigger is not cached.
-MAX_MANIFEST = 4 * 1024 * 1024
+log = Logger()
 
 # Every manifest type: registries answer 404 for a manifest whose type the
 # request does not accept (distribution does so for OCI without an OCI Accept).
@@ -78,8 +77,7 @@ class ManifestStore:
         os.replace(temp, self.index_path)
 
     def _path(self, digest: str) -> Path:
-        algorithm, _, hexpart = digest.partition(":")
-        return self.root / algorithm / hexpart[:2] / hexpart
+        return Digest.parse(digest).path(self.root)
 
     def get(self, digest: str) -> tuple[bytes, bytes] | None:
         """(bytes, content type) of a stored manifest, verified, or None."""
@@ -89,11 +87,7 @@ class ManifestStore:
             content_type = path.with_suffix(".type").read_bytes()
         except FileNotFoundError:
             return None
-        from ..streaming import DigestCheck
-
-        check = DigestCheck(digest)
-        check.update(body)
-        if not check.matches():
+        if not Digest.parse(digest).matches(body):
             log.error("cached manifest {digest} is damaged; discarded", digest=digest)
             path.unlink(missing_ok=True)
             return None

@@ -21,7 +21,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ..streaming import DigestCheck, abort_client, client_gone
+from ..oci import DigestHasher
+from ..streaming import abort_client, client_gone
 from .fill import Fill, FillState
 
 log = Logger()
@@ -42,7 +43,7 @@ class FileSender:
         reactor: IReactorThreads,
         pool: ThreadPool,
         fill: Fill | None = None,
-        verify: DigestCheck | None = None,
+        verify: DigestHasher | None = None,
         on_end: Callable[[str, int], None] = lambda outcome, sent: None,
     ) -> None:
         self.request = request

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from ..names import is_valid_digest
+from ..oci import Digest, is_valid_digest
 from .directory import default_max_size
 
 log = Logger()
@@ -68,8 +68,7 @@ class BlobStore:
                 yield from prefix.iterdir()
 
     def path(self, digest: str) -> Path:
-        algorithm, _, hexpart = digest.partition(":")
-        return self.blobs / algorithm / hexpart[:2] / hexpart
+        return Digest.parse(digest).path(self.blobs)
 
     def temp_path(self, digest: str) -> Path:
         return self.tmp / f"{digest.replace(':', '-')}.{os.getpid()}.{time.time_ns()}"

@@ -9,7 +9,6 @@ and ``acme`` 5 no longer knows TLS-ALPN-01 anyway.
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import json
 import time
@@ -29,11 +28,10 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from .. import __version__
+from ..oci import USER_AGENT, b64url
 from .certs import PrivateKey
 from .renewal import Window, ari_cert_id, parse_window
 
-USER_AGENT = f"docxy/{__version__}".encode()
 JOSE = b"application/jose+json"
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
 POLL_TIMEOUT = 180.0
@@ -57,10 +55,6 @@ class AcmeServerError(AcmeError):
         self.retry_after = retry_after
         short = kind.removeprefix("urn:ietf:params:acme:error:")
         super().__init__(f"{status} {short}: {detail}")
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def retry_after(response: IResponse, now: float | None = None) -> float | None:
@@ -168,11 +162,11 @@ class AcmeClient:
             protected["jwk"] = self.jwk.public_key().to_partial_json()
         else:
             protected["kid"] = self.kid
-        head = b64(json.dumps(protected).encode())
-        body = "" if payload is None else b64(json.dumps(payload).encode())
+        head = b64url(json.dumps(protected).encode())
+        body = "" if payload is None else b64url(json.dumps(payload).encode())
         signature = ES256.sign(self.jwk.key, f"{head}.{body}".encode("ascii"))
         return json.dumps(
-            {"protected": head, "payload": body, "signature": b64(signature)}
+            {"protected": head, "payload": body, "signature": b64url(signature)}
         ).encode()
 
     async def _post(
@@ -197,7 +191,7 @@ class AcmeClient:
     # --- RFC 8555 -----------------------------------------------------------
 
     def key_authorization(self, token: str) -> str:
-        return f"{token}.{b64(self.jwk.thumbprint())}"
+        return f"{token}.{b64url(self.jwk.thumbprint())}"
 
     async def register(self, email: str | None) -> str:
         """Find or create the account for our key (newAccount is idempotent)."""
@@ -246,7 +240,7 @@ class AcmeClient:
             )
 
     async def finalize(self, order: dict[str, Any], csr_der: bytes) -> None:
-        await self._post(order["finalize"], {"csr": b64(csr_der)})
+        await self._post(order["finalize"], {"csr": b64url(csr_der)})
 
     async def certificate(self, url: str) -> list[x509.Certificate]:
         _, content = await self._post(

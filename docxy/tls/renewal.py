@@ -8,12 +8,13 @@ retries before expiry.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import random
 from dataclasses import dataclass
 
 from cryptography import x509
+
+from ..oci import b64url
 
 # Re-check at least this often, so ARI changes and clock jumps are noticed.
 CHECK_INTERVAL = 6 * 3600.0
@@ -75,11 +76,7 @@ def ari_cert_id(cert: x509.Certificate) -> str:
         raise ValueError("certificate has no authority key identifier")
     serial = cert.serial_number
     length = serial.bit_length() // 8 + 1  # DER INTEGER: leading 0 when high bit set
-    return f"{_b64(key_id)}.{_b64(serial.to_bytes(length, 'big'))}"
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return f"{b64url(key_id)}.{b64url(serial.to_bytes(length, 'big'))}"
 
 
 def next_check(

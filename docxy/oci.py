@@ -1,0 +1,143 @@
+"""The registry vocabulary, written once: digests, names, scopes and limits.
+
+Everything that speaks about content addresses (a blob file's path, a body
+checked against the digest it was asked for), repository names and tags,
+token scopes (``repository:<name>:<actions>``) and the limits Docxy shares
+with the distribution spec is defined here, so every module means the same
+thing by the same word.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+
+USER_AGENT = f"docxy/{__version__}".encode("ascii")
+# The distribution spec's (and containerd's) manifest size limit.
+MAX_MANIFEST = 4 * 1024 * 1024
+# Redirect hops followed for one upstream request.
+MAX_REDIRECTS = 5
+MAX_NAME_LENGTH = 255
+
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+# A repository name: components separated by ``/`` (distribution grammar).
+REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+_HEX_RE = re.compile(r"[a-f0-9]+")
+
+
+def is_valid_name(name: str) -> bool:
+    """A repository name by the distribution grammar, at most 255 characters."""
+    return len(name) <= MAX_NAME_LENGTH and REPOSITORY_RE.fullmatch(name) is not None
+
+
+def is_valid_digest(digest: str) -> bool:
+    """A digest Docxy can verify: sha256 or sha512 with a hex of the right size."""
+    if DIGEST_RE.fullmatch(digest) is None:
+        return False
+    algorithm, _, hexpart = digest.partition(":")
+    expected = _HEX_LENGTHS.get(algorithm)
+    return (
+        expected is not None
+        and len(hexpart) == expected
+        and _HEX_RE.fullmatch(hexpart) is not None
+    )
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A content address: ``<algorithm>:<hex>``, over exact bytes.
+
+    Parsed once (and validated) so that the path layout on disk and the
+    hash that checks a body cannot disagree with what was asked for.
+    """
+
+    algorithm: str
+    hex: str
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        if not is_valid_digest(text):
+            raise ValueError(f"not a digest Docxy can verify: {text!r}")
+        algorithm, _, hexpart = text.partition(":")
+        return cls(algorithm, hexpart)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+    def path(self, root: Path) -> Path:
+        """``<root>/<algorithm>/<first two hex>/<hex>``: the on-disk layout."""
+        return root / self.algorithm / self.hex[:2] / self.hex
+
+    def hasher(self) -> DigestHasher:
+        return DigestHasher(self)
+
+    def matches(self, data: bytes) -> bool:
+        return hashlib.new(self.algorithm, data).hexdigest() == self.hex
+
+    def matches_file(self, path: str | Path) -> bool:
+        """Hash a whole file (blocking: call it off the reactor thread)."""
+        hasher = self.hasher()
+        with open(path, "rb") as f:
+            while chunk := f.read(1024 * 1024):
+                hasher.update(chunk)
+        return hasher.matches()
+
+
+class DigestHasher:
+    """Incremental hash of a body, to be checked against its digest at the end."""
+
+    def __init__(self, digest: Digest) -> None:
+        self.digest = digest
+        self._hash = hashlib.new(digest.algorithm)
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+
+    def matches(self) -> bool:
+        return self._hash.hexdigest() == self.digest.hex
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One token scope, ``<type>:<name>:<actions>`` (``repository:a/b:pull``).
+
+    A name never contains ``:``, the actions may be empty; text without the
+    second ``:`` parses with an empty name (which no valid name matches).
+    """
+
+    kind: str
+    name: str
+    actions: str
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        kind, _, rest = text.partition(":")
+        name, _, actions = rest.rpartition(":")
+        return cls(kind, name, actions)
+
+    @property
+    def repository(self) -> bool:
+        return self.kind == "repository"
+
+    def renamed(self, name: str) -> str:
+        """This scope for another name, as text."""
+        return f"{self.kind}:{name}:{self.actions}"
+
+
+def map_scopes(value: str, one: Callable[[str], str]) -> str:
+    """Apply ``one`` to each scope of a space-separated scope parameter."""
+    return " ".join(one(part) for part in value.split(" "))
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url (JOSE, ACME renewal-info certificate IDs)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
