@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .cache.directory import default_cache_dir
-from .upstreams import (
+from .upstream_set import (
     ALIAS_RE,
     DOCKER_HUB_URL,
     PRESETS,

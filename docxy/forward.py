@@ -33,7 +33,7 @@ from .errors import (
 from .headers import relayed_response_headers
 from .oci import Digest
 from .streaming import BodyPump, abort_client, client_gone
-from .upstream import (
+from .upstream_client import (
     UpstreamClient,
     UpstreamError,
     UpstreamResponse,

@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 
 from .challenge import Challenge, find_bearer
 from .oci import USER_AGENT
-from .upstream import UpstreamClient, UpstreamError, discard_body
+from .upstream_client import UpstreamClient, UpstreamError, discard_body
 
 log = Logger()
 

@@ -9,7 +9,7 @@
                                 URLs with a path)
     /auth/token                 TokenResource for the default upstream
     /auth/<upstream>/token      TokenResource for each upstream (docxy.tokens)
-    /.well-known/acme-challenge ACME HTTP-01 answers (docxy.tls.challenges)
+    /.well-known/acme-challenge ACME HTTP-01 answers (docxy.tls.http01)
     /health                     HealthResource: liveness, no upstream call
 """
 
@@ -36,7 +36,7 @@ from .forward import Exchange, Forwarder, record
 from .headers import upstream_request_headers
 from .names import Kind
 from .routing import Mirror, Router
-from .tls.challenges import AcmeChallengeResource
+from .tls.http01 import AcmeChallengeResource
 from .tokens import TokenResource
 
 READ_METHODS = (b"GET", b"HEAD")

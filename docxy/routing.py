@@ -18,7 +18,7 @@ from .errors import RegistryError, name_invalid
 from .names import Route, parse_v2_path, upstream_name
 from .oci import Scope, is_valid_name, map_scopes
 from .realm import RealmDirectory
-from .upstreams import Upstream, UpstreamSet, normalize_host
+from .upstream_set import Upstream, UpstreamSet, normalize_host
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from .resources import build_tree
 from .routing import Mirror, Router
 from .site import DocxySite
 from .start_warnings import start_warnings
-from .upstream import UpstreamClient, make_agent
-from .upstreams import UpstreamSet
+from .upstream_client import UpstreamClient, make_agent
+from .upstream_set import UpstreamSet
 
 log = Logger()
 

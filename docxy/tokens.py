@@ -23,7 +23,7 @@ from .headers import upstream_request_headers
 from .own_tokens import ANONYMOUS_TOKEN, write_token
 from .realm import NoTokenServiceError
 from .routing import Mirror, Router
-from .upstream import UpstreamError
+from .upstream_client import UpstreamError
 
 TOKEN_METHODS = (b"GET", b"POST")
 MAX_TOKEN_FORM = 64 * 1024

@@ -32,8 +32,13 @@ from twisted.web.http_headers import Headers
 
 from ..oci import USER_AGENT
 from ..realm import NoTokenServiceError
-from ..upstream import UpstreamClient, UpstreamError, discard_body, read_small_body
-from .manifests import ALL_MANIFEST_TYPES
+from ..upstream_client import (
+    UpstreamClient,
+    UpstreamError,
+    discard_body,
+    read_small_body,
+)
+from .manifest_store import ALL_MANIFEST_TYPES
 
 if TYPE_CHECKING:
     from ..routing import Mirror

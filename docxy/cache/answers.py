@@ -6,7 +6,7 @@ from twisted.web.server import Request
 
 from ..errors import API_VERSION, API_VERSION_HEADER
 from ..routing import Target
-from ..upstream import UpstreamError
+from ..upstream_client import UpstreamError
 from .access import AccessChecker
 from .counters import Counters
 

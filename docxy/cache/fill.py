@@ -24,8 +24,8 @@ from twisted.web.http import PotentialDataLoss
 
 from ..oci import Digest
 from ..streaming import IdleWatchdog
+from .blob_store import BlobStore, Entry
 from .counters import Counters
-from .store import BlobStore, Entry
 
 log = Logger()
 

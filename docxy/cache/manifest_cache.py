@@ -25,7 +25,7 @@ from ..forward import Exchange, Forwarder, record
 from ..names import upstream_name
 from ..oci import MAX_MANIFEST, Digest, is_valid_digest
 from ..routing import Target
-from ..upstream import (
+from ..upstream_client import (
     BodyTooLargeError,
     UpstreamClient,
     UpstreamError,
@@ -35,7 +35,7 @@ from ..upstream import (
 from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
 from .counters import Counters
-from .manifests import ManifestStore, accept_key
+from .manifest_store import ManifestStore, accept_key
 
 log = Logger()
 

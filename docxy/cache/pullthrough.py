@@ -12,14 +12,14 @@ from twisted.web.server import Request
 from ..forward import Exchange, Forwarder
 from ..names import Kind
 from ..routing import Target
-from ..upstream import UpstreamClient, UpstreamError
+from ..upstream_client import UpstreamClient, UpstreamError
 from .access import AccessChecker
-from .blobs import BlobCache
+from .blob_cache import BlobCache
+from .blob_store import BlobStore
 from .counters import Counters
 from .manifest_cache import ManifestCache
-from .manifests import ManifestStore
+from .manifest_store import ManifestStore
 from .offline import answer_ping
-from .store import BlobStore
 
 log = Logger()
 

@@ -22,8 +22,8 @@ from twisted.web.client import HTTPConnectionPool
 
 from .acme import AcmeClient, AcmeError, AcmeServerError, make_http
 from .certs import KeyAndChain, alpn_challenge, make_csr, new_key, placeholder
-from .challenges import HTTP01, Http01Store
 from .contexts import SniContexts
+from .http01 import HTTP01, Http01Store
 from .renewal import ari_cert_id, lifetime_renewal, next_check, retry_delay
 from .spec import AcmeSpec
 from .store import AcmeStore

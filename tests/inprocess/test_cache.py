@@ -15,7 +15,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from docxy.cache.blobs import BlobCache
+from docxy.cache.blob_cache import BlobCache
 from docxy.cache.pullthrough import PullThroughCache
 
 from .harness import FakeUpstream, Harness, Reply, start

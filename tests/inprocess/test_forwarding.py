@@ -480,7 +480,7 @@ class _Once(Factory):
 async def test_https_redirect_keeps_health_and_acme_on_http(
     upstream: FakeUpstream,
 ) -> None:
-    from docxy.tls.challenges import HTTP01
+    from docxy.tls.http01 import HTTP01
 
     docxy = await start(
         upstream, {"public-url": "https://mirror.example", "https-redirect": True}

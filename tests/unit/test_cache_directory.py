@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from docxy.cache.blob_store import BlobStore
 from docxy.cache.directory import (
     DEFAULT_MAX_SIZE,
     CacheDirError,
@@ -17,7 +18,6 @@ from docxy.cache.directory import (
     default_max_size,
     holder,
 )
-from docxy.cache.store import BlobStore
 from docxy.config import build_config
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from docxy.config import DOCKER_HUB, ConfigError, build_config, load_file
-from docxy.upstreams import PRESETS
+from docxy.upstream_set import PRESETS
 
 
 def test_defaults_are_docker_hub_on_port_5000() -> None:

@@ -12,7 +12,7 @@ from docxy.config import build_config
 from docxy.errors import RegistryError
 from docxy.names import Kind
 from docxy.routing import Mirror, Router, Target
-from docxy.upstreams import UpstreamSet, normalize_host
+from docxy.upstream_set import UpstreamSet, normalize_host
 
 SETTINGS: dict[str, Any] = {
     "public-url": "https://mirror.example",

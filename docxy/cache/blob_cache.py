@@ -24,13 +24,13 @@ from ..forward import Exchange, Forwarder, record
 from ..names import upstream_name
 from ..oci import Digest
 from ..routing import Target
-from ..upstream import UpstreamClient, UpstreamResponse, discard_body
+from ..upstream_client import UpstreamClient, UpstreamResponse, discard_body
 from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
+from .blob_store import BlobStore, Entry
 from .counters import Counters
 from .fill import Fill, FillState
 from .sender import FileSender
-from .store import BlobStore, Entry
 
 log = Logger()
 
