@@ -1,19 +1,21 @@
-"""docxy-prefetch: image references, platforms, index selection, the command line."""
+"""docxy-prefetch: image references, platforms, index selection, the command line.
+
+What a scripted mirror does to it (bad bytes, short reads, silence, many
+blobs) is in test_prefetch_mirror.py, in memory on a fake clock.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 
-from docxy.prefetch import (
+from docxy.prefetch import main
+from docxy.prefetch.cli import parse_options, run
+from docxy.prefetch.references import (
     Platform,
     PrefetchError,
     Reference,
-    main,
     parse_platform,
     parse_reference,
     select_manifests,
@@ -166,11 +168,13 @@ def test_select_manifests_names_what_the_index_has() -> None:
     assert "linux/amd64, linux/arm/v7, linux/arm64/v8, unknown/unknown" in message
 
 
-def test_command_line_errors_are_one_line_per_image(
+@pytest_twisted.ensureDeferred
+async def test_command_line_errors_are_one_line_per_image(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Port 9 on loopback: nothing listens, so the mirror is unreachable.
-    status = main(["--mirror", "http://127.0.0.1:9", "Bad:ref", "alpine"])
+    options = parse_options(["--mirror", "http://127.0.0.1:9", "Bad:ref", "alpine"])
+    status = await run(reactor, options)
     assert status == 1
     out, err = capsys.readouterr()
     assert out == ""
@@ -190,6 +194,7 @@ def test_command_line_errors_are_one_line_per_image(
         ["--mirror", "http://127.0.0.1:9", "--platform", "linux", "alpine"],
         ["--mirror", "http://127.0.0.1:9", "--user", "nopassword", "alpine"],
         ["--mirror", "http://127.0.0.1:9", "--concurrency", "0", "alpine"],
+        ["--mirror", "http://127.0.0.1:9", "--timeout", "0", "alpine"],
         [
             "--mirror",
             "http://127.0.0.1:9",
@@ -205,114 +210,3 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(argv)
     assert caught.value.code == 2
-
-
-# --- against a scripted mirror: what a client must never accept ---------------
-
-
-class FakeMirror:
-    """A loopback HTTP server with one single-platform image; blobs scripted."""
-
-    def __init__(self, layer_body: bytes, layer_length: int | None = None) -> None:
-        config = b'{"architecture":"amd64","os":"linux"}'
-        layer = b"the real layer bytes" * 100
-        self.blobs = {sha256(config): config, sha256(layer): layer_body}
-        self.layer = sha256(layer)
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"digest": sha256(config), "size": len(config)},
-                "layers": [{"digest": self.layer, "size": len(layer)}],
-            }
-        ).encode()
-        mirror = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/v2/":
-                    self._send(200, b"{}")
-                elif self.path == "/v2/img/manifests/1":
-                    self._send(200, manifest, OCI_MANIFEST)
-                elif self.path.startswith("/v2/img/blobs/"):
-                    digest = self.path.rsplit("/", 1)[1]
-                    body = mirror.blobs[digest]
-                    length = len(body)
-                    if digest == mirror.layer and layer_length is not None:
-                        length = layer_length
-                    self._send(200, body, length=length)
-                    self.close_connection = True
-                else:
-                    self._send(404, b"{}")
-
-            def _send(
-                self,
-                code: int,
-                body: bytes,
-                kind: str = "application/json",
-                length: int | None = None,
-            ) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(length or len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, args=(0.05,), daemon=True
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.mark.parametrize(
-    ("layer_body", "layer_length", "why"),
-    [
-        (b"X" * 2000, None, "the bytes do not match the digest"),  # whole, wrong
-        (b"the real layer bytes" * 50, 2000, "short read, 1000 of 2000 bytes"),
-    ],
-)
-def test_a_blob_that_is_not_its_digest_fails_the_image(
-    capsys: pytest.CaptureFixture[str],
-    layer_body: bytes,
-    layer_length: int | None,
-    why: str,
-) -> None:
-    mirror = FakeMirror(layer_body, layer_length)
-    try:
-        status = main(["--mirror", mirror.url, "img:1"])
-    finally:
-        mirror.close()
-    out, err = capsys.readouterr()
-    assert status == 1
-    assert out == ""
-    assert err == f"docxy-prefetch: img:1: blob {mirror.layer}: {why}\n"
-
-
-def test_a_good_image_from_the_scripted_mirror(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    mirror = FakeMirror(b"the real layer bytes" * 100)
-    try:
-        status = main(["--mirror", mirror.url, "img:1"])
-    finally:
-        mirror.close()
-    out, err = capsys.readouterr()
-    assert (status, err) == (0, "")
-    assert " single-platform manifests=1 blobs=2 bytes=2037 " in out, out
