@@ -70,6 +70,11 @@ class Digest:
         algorithm, _, hexpart = text.partition(":")
         return cls(algorithm, hexpart)
 
+    @classmethod
+    def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
+        """The digest of exact bytes (a body that came without one)."""
+        return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
 
@@ -81,7 +86,7 @@ class Digest:
         return DigestHasher(self)
 
     def matches(self, data: bytes) -> bool:
-        return hashlib.new(self.algorithm, data).hexdigest() == self.hex
+        return Digest.of(data, self.algorithm) == self
 
     def matches_file(self, path: str | Path) -> bool:
         """Hash a whole file (blocking: call it off the reactor thread)."""
@@ -124,13 +129,16 @@ class Scope:
         name, _, actions = rest.rpartition(":")
         return cls(kind, name, actions)
 
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}:{self.actions}"
+
     @property
     def repository(self) -> bool:
         return self.kind == "repository"
 
     def renamed(self, name: str) -> str:
         """This scope for another name, as text."""
-        return f"{self.kind}:{name}:{self.actions}"
+        return str(Scope(self.kind, name, self.actions))
 
 
 def map_scopes(value: str, one: Callable[[str], str]) -> str:

@@ -9,15 +9,13 @@ left reading for an image that already failed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
 
-from ..names import is_valid_digest
-from ..streaming import DigestCheck
+from ..oci import Digest, Scope, is_valid_digest
 from .mirror import ERROR_BODY, Answer, MirrorClient, RepositoryAuth
 from .references import (
     Platform,
@@ -89,8 +87,8 @@ class ImagePrefetcher:
         raise PrefetchError(f"{self.base}/v2/ answered {await answer.reason()}")
 
     async def image(self, ref: Reference, ping: Answer | None) -> Summary:
-        scope = f"repository:{ref.repository}:pull"
-        auth = RepositoryAuth(self.client, self.user, scope)
+        scope = Scope("repository", ref.repository, "pull")
+        auth = RepositoryAuth(self.client, self.user, str(scope))
         if ping is not None:
             await auth.renew(ping, None)
         summary = Summary()
@@ -199,12 +197,20 @@ class ImagePrefetcher:
         header_digest = answer.header("Docker-Content-Digest")
         content_type = (answer.header("Content-Type") or "").split(";")[0].strip()
         expected = reference if ":" in reference else header_digest
-        digest = _digest_of(body, expected or "sha256:")
-        if expected and digest != expected:
-            raise PrefetchError(f"manifest {reference}: body does not match {expected}")
+        if expected is None:
+            digest = Digest.of(body)
+        else:
+            try:
+                digest = Digest.parse(expected)
+            except ValueError as e:
+                raise PrefetchError(f"manifest {reference}: {e}") from None
+            if not digest.matches(body):
+                raise PrefetchError(
+                    f"manifest {reference}: body does not match {expected}"
+                )
         declared = as_dict(_json(body)).get("mediaType")
         media_type = declared if isinstance(declared, str) else content_type
-        return body, media_type, digest
+        return body, media_type, str(digest)
 
     async def _blob(self, auth: RepositoryAuth, ref: Reference, blob: Blob) -> int:
         """GET one blob to the end, hashing it; returns its size."""
@@ -213,7 +219,7 @@ class ImagePrefetcher:
         if answer.status != 200:
             raise PrefetchError(f"blob {blob.digest}: {await _why(answer)}")
         length = answer.length
-        check = DigestCheck(blob.digest)
+        check = Digest.parse(blob.digest).hasher()
         try:
             body = await answer.read(keep=None, update=check.update)
         except PrefetchError as e:
@@ -250,10 +256,3 @@ def _json(body: bytes) -> object:
         return json.loads(body)
     except ValueError as e:
         raise PrefetchError(f"manifest is not JSON: {e}") from e
-
-
-def _digest_of(body: bytes, like: str) -> str:
-    algorithm = like.partition(":")[0] or "sha256"
-    if algorithm not in ("sha256", "sha512"):
-        algorithm = "sha256"
-    return f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"

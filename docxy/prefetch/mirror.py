@@ -26,12 +26,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from ..challenge import parse_challenges
-from ..headers import USER_AGENT
+from ..oci import MAX_MANIFEST, USER_AGENT
 from ..streaming import IdleWatchdog
 from ..upstream_client import UpstreamClient, UpstreamError
 from .references import PrefetchError
 
-MAX_MANIFEST = 4 * 1024 * 1024  # containerd's limit too
 ERROR_BODY = 64 * 1024
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..names import TAG_RE, is_valid_digest, is_valid_name
+from ..oci import TAG_RE, is_valid_digest, is_valid_name
 
 # Docker Hub's other names; Docxy's alias for it is docker.io.
 _HUB_HOSTS = frozenset({"index.docker.io", "registry-1.docker.io"})
