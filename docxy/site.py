@@ -52,6 +52,7 @@ class DocxyRequest(Request):
         outcome = self.notes.get("outcome")
         if outcome is None:
             outcome = "aborted" if isinstance(result, Failure) else "done"
+        ns, agent = _client_facts(self)
         log.info(
             "{client} method={method} path={path} status={status} bytes={bytes} "
             "duration={duration:.3f} upstream_status={upstream_status} "
@@ -66,20 +67,26 @@ class DocxyRequest(Request):
             duration=time.monotonic() - self._started,
             upstream_status=self.notes.get("upstream_status", "-"),
             outcome=outcome,
-            extra=_extra(self.notes) + _client_facts(self),
+            # Also as fields of their own, for structured (JSON) logs.
+            upstream=self.notes.get("upstream"),
+            ns=ns,
+            user_agent=agent,
+            extra=_extra(self.notes) + _quoted(ns=ns, ua=agent),
         )
 
 
-def _client_facts(request: Request) -> str:
+def _client_facts(request: Request) -> tuple[str | None, str | None]:
     """The ``ns`` the client gave and its User-Agent (never credentials)."""
-    parts = []
     ns = (request.args or {}).get(b"ns")
-    if ns:
-        parts.append(f' ns="{_printable(ns[0])}"')
     agent = request.getHeader(b"user-agent")
-    if agent:
-        parts.append(f' ua="{_printable(agent)}"')
-    return "".join(parts)
+    return (
+        _printable(ns[0]) if ns else None,
+        _printable(agent) if agent else None,
+    )
+
+
+def _quoted(**values: str | None) -> str:
+    return "".join(f' {k}="{v}"' for k, v in values.items() if v is not None)
 
 
 def _printable(value: bytes, limit: int = 200) -> str:

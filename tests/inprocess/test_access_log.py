@@ -30,22 +30,27 @@ async def docxy() -> AsyncIterator[Harness]:
 
 
 @pytest.fixture
-def access_lines() -> Iterator[list[str]]:
-    lines: list[str] = []
+def access_events() -> Iterator[list[dict[str, object]]]:
+    events: list[dict[str, object]] = []
 
     @implementer(ILogObserver)
     def observe(event: dict[str, object]) -> None:
         if event.get("log_namespace") == "docxy.access":
-            lines.append(formatEvent(event))
+            events.append(event)
 
     globalLogPublisher.addObserver(observe)
-    yield lines
+    yield events
     globalLogPublisher.removeObserver(observe)
+
+
+def lines(events: list[dict[str, object]]) -> list[str]:
+    """The access events as the text log shows them."""
+    return [formatEvent(event) for event in events]
 
 
 @pytest_twisted.ensureDeferred
 async def test_access_line_names_upstream_ns_and_user_agent(
-    docxy: Harness, access_lines: list[str]
+    docxy: Harness, access_events: list[dict[str, object]]
 ) -> None:
     reply = await docxy.request(
         b"GET",
@@ -53,17 +58,25 @@ async def test_access_line_names_upstream_ns_and_user_agent(
         {b"user-agent": [b"containerd/v1.7.24"], b"authorization": [SECRET]},
     )
     assert reply.code == 200
-    (line,) = access_lines
+    (line,) = lines(access_events)
     assert "status=200" in line
     assert " upstream=docker.io" in line
     assert ' ns="docker.io"' in line
     assert ' ua="containerd/v1.7.24"' in line
     assert "s3cret" not in line
+    # The same facts as fields of their own, for structured (JSON) logs.
+    (event,) = access_events
+    assert (event["upstream"], event["ns"], event["user_agent"]) == (
+        "docker.io",
+        "docker.io",
+        "containerd/v1.7.24",
+    )
+    assert "s3cret" not in repr(event)
 
 
 @pytest_twisted.ensureDeferred
 async def test_token_line_names_upstream_never_credentials(
-    docxy: Harness, access_lines: list[str]
+    docxy: Harness, access_events: list[dict[str, object]]
 ) -> None:
     upstream = docxy.upstream
     upstream.routes[b"/token"] = lambda request: b'{"token":"t0k3n-value"}'
@@ -74,7 +87,7 @@ async def test_token_line_names_upstream_never_credentials(
         {b"user-agent": [b"docker/27.5.1 go/go1.22"], b"authorization": [BASIC]},
     )
     assert reply.code == 200
-    line = access_lines[-1]
+    line = lines(access_events)[-1]
     assert "path=/auth/token" in line and " upstream=docker.io" in line
     assert ' ua="docker/27.5.1 go/go1.22"' in line
     for secret in ("dXNlcjpodW50ZXIy", "hunter2", "t0k3n", "scope="):
@@ -83,14 +96,14 @@ async def test_token_line_names_upstream_never_credentials(
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_user_agent_cannot_forge_fields_or_lines(
-    docxy: Harness, access_lines: list[str]
+    docxy: Harness, access_events: list[dict[str, object]]
 ) -> None:
     agent = b'x" status=500 \\ ' + b"a" * 500
     reply = await docxy.request(
         b"GET", '/v2/alpine/tags/list?ns=docker.io"x', {b"user-agent": [agent]}
     )
     assert reply.code == 404  # no such registry; still one honest line
-    (line,) = access_lines
+    (line,) = lines(access_events)
     assert "\n" not in line and "status=404" in line
     assert line.count('"') == 4, line  # ns="..." and ua="...", nothing more
     assert ' ua="x? status=500 ? aaa' in line
