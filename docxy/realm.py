@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from .challenge import Challenge, find_bearer
 from .oci import USER_AGENT
+from .singleflight import SingleFlight
 from .upstream_client import UpstreamClient, UpstreamError, discard_body
 
 log = Logger()
@@ -48,7 +47,7 @@ class RealmDirectory:
         self._pinned = realm is not None
         self._current = TokenRealm(realm, service) if realm is not None else None
         self._service_override = service
-        self._waiters: list[defer.Deferred[TokenRealm]] = []
+        self._discovery: SingleFlight[None, TokenRealm] = SingleFlight()
 
     def observe(self, challenge: Challenge) -> None:
         """Remember the realm of a challenge the upstream just sent."""
@@ -69,21 +68,8 @@ class RealmDirectory:
         if self._current is not None:
             return self._current
         # One discovery at a time; concurrent callers wait for its result.
-        waiter: defer.Deferred[TokenRealm] = defer.Deferred()
-        self._waiters.append(waiter)
-        if len(self._waiters) == 1:
-            defer.Deferred.fromCoroutine(self._discover()).addBoth(self._deliver)
+        waiter, _ = self._discovery.wait(None, self._discover)
         return await waiter
-
-    def _deliver(self, result: TokenRealm | Failure) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if waiter.called:  # cancelled: its client went away
-                continue
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
 
     async def _discover(self) -> TokenRealm:
         response = (

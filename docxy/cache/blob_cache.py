@@ -15,7 +15,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Request
@@ -24,6 +23,7 @@ from ..forward import Exchange, Forwarder, record
 from ..names import upstream_name
 from ..oci import Digest
 from ..routing import Target
+from ..singleflight import SingleFlight
 from ..upstream_client import UpstreamClient, UpstreamResponse, discard_body
 from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
@@ -82,7 +82,11 @@ class BlobCache:
         self.idle_timeout = idle_timeout
         self.counters = counters or Counters()
         self.fills: dict[str, Fill] = {}
-        self._starting: dict[str, _Pending] = {}
+        # The upstream GETs that open fills; a non-200 answer nobody takes
+        # is read to its end so its connection is not left half-read.
+        self._opening: SingleFlight[str, Fill | UpstreamResponse] = SingleFlight(
+            _discard_unclaimed
+        )
         self.verified: set[str] = set()
         self.pool = ThreadPool(minthreads=1, maxthreads=4, name="docxy-disk")
 
@@ -101,7 +105,7 @@ class BlobCache:
         shared = (
             digest in self.store.entries
             or digest in self.fills
-            or digest in self._starting
+            or digest in self._opening
         )
         if shared and not await may_have(
             self.access, self.counters, target, repo, digest, authorization, "blobs"
@@ -150,13 +154,12 @@ class BlobCache:
         """
         digest = exchange.digest
         assert digest is not None
-        pending = self._starting.get(digest)
-        starter = pending is None
-        if pending is None:
-            opening = defer.Deferred.fromCoroutine(self._open(exchange, target, repo))
-            pending = self._starting[digest] = _Pending(opening)
-            opening.addBoth(self._started, digest)
-        outcome = await pending.wait(starter)
+        waiter, starter = self._opening.wait(
+            digest, lambda: self._open(exchange, target, repo)
+        )
+        # A non-200 answer or a failure belongs to the starter; joiners only
+        # learn there is no fill to share.
+        outcome = await waiter if starter else await _shared(waiter)
         if outcome is None:  # nothing to share: ask for ourselves
             await self.forwarder.relay(request, exchange)
             return None
@@ -177,10 +180,6 @@ class BlobCache:
         # The upstream's own answer (401, 404, ...) to the starter's request.
         await self.forwarder.answer(request, exchange, outcome)
         return None
-
-    def _started(self, result: object, digest: str) -> object:
-        self._starting.pop(digest, None)
-        return result
 
     async def _open(
         self, exchange: Exchange, target: Target, repo: str
@@ -305,42 +304,17 @@ class BlobCache:
         record(request, outcome=outcome)
 
 
-Outcome = Fill | UpstreamResponse | None  # None: no fill to share
+def _discard_unclaimed(answer: Fill | UpstreamResponse) -> None:
+    if isinstance(answer, UpstreamResponse):
+        discard_body(answer.response)
 
 
-class _Pending:
-    """A fill being opened, awaited by its starter and by joiners.
-
-    Each waiter gets its own Deferred, so cancelling one (its client left)
-    never cancels the upstream request. A non-200 answer or a failure
-    belongs to the starter; joiners only learn there is no fill to share.
-    If the starter is gone, a non-200 body is discarded so the connection
-    is not left half-read.
-    """
-
-    def __init__(self, opening: defer.Deferred[Fill | UpstreamResponse]) -> None:
-        self._joiners: list[defer.Deferred[Outcome]] = []
-        self._starter: defer.Deferred[Outcome] | None = None
-        opening.addBoth(self._deliver)
-
-    def wait(self, starter: bool) -> defer.Deferred[Outcome]:
-        waiter: defer.Deferred[Outcome] = defer.Deferred()
-        if starter:
-            self._starter = waiter
-        else:
-            self._joiners.append(waiter)
-        return waiter
-
-    def _deliver(self, result: Fill | UpstreamResponse | Failure) -> None:
-        starter = self._starter
-        shared = result if isinstance(result, Fill) else None
-        for joiner in self._joiners:
-            if not joiner.called:
-                joiner.callback(shared)
-        if starter is not None and not starter.called:
-            if isinstance(result, Failure):
-                starter.errback(result)
-            else:
-                starter.callback(result)
-        elif isinstance(result, UpstreamResponse):
-            discard_body(result.response)
+async def _shared(waiter: defer.Deferred[Fill | UpstreamResponse]) -> Fill | None:
+    """What a joiner gets of a fill being opened: the fill, or None."""
+    try:
+        outcome = await waiter
+    except defer.CancelledError:
+        raise
+    except Exception:
+        return None
+    return outcome if isinstance(outcome, Fill) else None

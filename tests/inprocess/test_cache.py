@@ -239,7 +239,7 @@ async def test_fill_survives_a_starter_that_leaves_before_upstream_answers(
     blob = upstream.routes[PATH] = Blob(hold_headers=True)
     cache = cache_of(docxy)
     starter = defer.ensureDeferred(docxy.request(b"GET", CLIENT_PATH))
-    await until(lambda: DIGEST in cache._starting, "the fill to be opening")
+    await until(lambda: DIGEST in cache._opening, "the fill to be opening")
     joiner = defer.ensureDeferred(docxy.request(b"GET", CLIENT_PATH))
     await until(lambda: blob.gets == 1, "the upstream GET")
     gone: list[dict[str, object]] = []

@@ -1,0 +1,69 @@
+"""One run of some upstream work per key, however many callers want it.
+
+A token-realm discovery or the upstream request that opens a blob fill
+must run once even when many clients ask at the same moment, and a client
+that leaves must not cancel the work the others wait for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[K, T]):
+    """Concurrent callers for one key share a single run of its coroutine.
+
+    Each caller waits on its own Deferred, so cancelling one (its client
+    went away) never cancels the work or another caller's wait. The result
+    (or failure) goes to every caller still waiting, the one that started
+    the work last. A result whose starter is gone is handed to
+    ``unclaimed`` (say, to discard a response body nobody will read). Once
+    delivered, the next call for the key starts a new run.
+    """
+
+    def __init__(self, unclaimed: Callable[[T], object] | None = None) -> None:
+        self._unclaimed = unclaimed
+        self._flights: dict[K, list[defer.Deferred[T]]] = {}
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._flights
+
+    def wait(
+        self, key: K, start: Callable[[], Coroutine[Any, Any, T]]
+    ) -> tuple[defer.Deferred[T], bool]:
+        """A Deferred for ``key``'s result, and whether this call started the run."""
+        waiter: defer.Deferred[T] = defer.Deferred()
+        waiters = self._flights.get(key)
+        if waiters is not None:
+            waiters.append(waiter)
+            return waiter, False
+        self._flights[key] = [waiter]
+        defer.Deferred.fromCoroutine(start()).addBoth(self._deliver, key)
+        return waiter, True
+
+    def _deliver(self, result: T | Failure, key: K) -> None:
+        starter, *others = self._flights.pop(key)
+        for waiter in others:
+            _give(waiter, result)
+        taken = _give(starter, result)
+        unclaimed = self._unclaimed
+        if not (taken or unclaimed is None or isinstance(result, Failure)):
+            unclaimed(result)
+
+
+def _give(waiter: defer.Deferred[T], result: T | Failure) -> bool:
+    """Fire ``waiter`` unless it was cancelled; whether it took the result."""
+    if waiter.called:
+        return False
+    if isinstance(result, Failure):
+        waiter.errback(result)
+    else:
+        waiter.callback(result)
+    return True
