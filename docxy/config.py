@@ -46,6 +46,7 @@ class Config:
     connect_timeout: float = 10.0
     header_timeout: float = 60.0
     idle_timeout: float = 120.0
+    client_header_timeout: float = 30.0
     max_connections: int = 32
     https_redirect: bool = False
     # None: no cache (--no-cache); build_config fills in the default dir.
@@ -254,6 +255,7 @@ SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "connect-timeout": _positive,
     "header-timeout": _positive,
     "idle-timeout": _positive,
+    "client-header-timeout": _positive,
     "max-connections": _count,
     "https-redirect": _flag,
     "cache-dir": _directory,
@@ -269,6 +271,7 @@ _PLAIN_FIELDS = {
     "connect-timeout": "connect_timeout",
     "header-timeout": "header_timeout",
     "idle-timeout": "idle_timeout",
+    "client-header-timeout": "client_header_timeout",
     "max-connections": "max_connections",
     "https-redirect": "https_redirect",
     "cache-dir": "cache_dir",

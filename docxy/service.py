@@ -101,6 +101,7 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
         cache,
     )
     site = DocxySite(root, timeout=config.idle_timeout, reactor=reactor)
+    site.header_timeout = config.client_header_timeout
     return site, pool
 
 

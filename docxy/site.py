@@ -12,9 +12,9 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from .channel import DocxyChannel
 from .errors import internal_error, write_error
 from .own_tokens import is_own_token
 
@@ -108,33 +108,6 @@ def _extra(notes: dict[str, object]) -> str:
     return "".join(parts)
 
 
-class DocxyChannel(HTTPChannel):
-    """HTTP/1.1 only, and a quick "no" to a TLS handshake on a plain port.
-
-    containers/image clients (podman, skopeo, CRI-O) with an ``insecure``
-    mirror try https first; a ClientHello has no line break, so the stock
-    channel would wait for one until the client's 10 s handshake timeout
-    on every pull. Answering at once lets them fall back to http at once.
-    """
-
-    _first_bytes = True
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._first_bytes and data:
-            self._first_bytes = False
-            if data[:1] == _TLS_HANDSHAKE and self.transport is not None:
-                self.transport.write(
-                    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
-                    b"Content-Length: 0\r\n\r\n"
-                )
-                self.transport.loseConnection()
-                return
-        super().dataReceived(data)
-
-
-_TLS_HANDSHAKE = b"\x16"
-
-
 class DocxySite(Site):
     # Plain HTTPChannel, never the HTTP/2-capable wrapper: h2 measured 3x
     # slower than HTTP/1.1 in twisted.web, and Go clients take it if offered.
@@ -142,6 +115,8 @@ class DocxySite(Site):
     requestFactory = DocxyRequest
     displayTracebacks = False
     noisy = False
+    # Seconds a client has to send a request head (DocxyChannel); None: no limit.
+    header_timeout: float | None = None
 
     def acceptableProtocols(self) -> list[bytes]:
         """ALPN: HTTP/1.1 only (see ``protocol``)."""

@@ -117,6 +117,15 @@ class Options(usage.Options):
             f"[default: {_DEFAULTS.idle_timeout:g}]",
         ],
         [
+            "client-header-timeout",
+            None,
+            None,
+            "Seconds a client has to send a whole request head (request line "
+            "and headers) once it starts one, or after it connects; then 408 "
+            "and the connection closed. "
+            f"[default: {_DEFAULTS.client_header_timeout:g}]",
+        ],
+        [
             "cache-dir",
             None,
             None,

@@ -24,6 +24,7 @@ OPTIONS = [
     "--connect-timeout",
     "--header-timeout",
     "--idle-timeout",
+    "--client-header-timeout",
     "--max-connections",
     "--config",
     "--https-redirect",
