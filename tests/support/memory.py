@@ -1,10 +1,14 @@
-"""HTTP and time in memory: a Resource behind treq's RequestTraversalAgent.
+"""HTTP and time in memory, for logic whose cases are timeouts and stalls.
 
-For the logic whose interesting cases are timeouts, stalls and cut
-connections: the client under test gets ``agent`` (an IAgent whose
-connections are ``iosim`` pumps into a twisted.web Site) and ``clock`` (a
-``task.Clock``), so a 60 s timeout is one ``clock.advance(60)`` and
-nothing waits real seconds.
+Two set-ups, neither waiting real seconds (a 60 s timeout is one
+``advance(60)``):
+
+- :class:`MemoryNet`: a Resource behind treq's ``RequestTraversalAgent``
+  and a ``task.Clock``, for a client under test (``docxy-prefetch``).
+- :class:`InMemoryDocxy`: Docxy's real Site from ``build_site`` on a
+  ``MemoryReactorClock``; clients and the upstream are ``iosim``
+  connections whose :class:`Socket` can stop reading like a full TCP
+  buffer.
 """
 
 from __future__ import annotations
@@ -15,10 +19,20 @@ from typing import TypeVar
 
 from treq.testing import RequestTraversalAgent
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+from twisted.test import iosim
+from twisted.test.iosim import FakeTransport
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from docxy.config import build_config
+from docxy.service import build_site
 
 T = TypeVar("T")
 Handler = Callable[[Request], bytes | int]
@@ -98,3 +112,172 @@ def result(d: defer.Deferred[T]) -> T:
     if isinstance(outcome[0], Failure):
         outcome[0].raiseException()
     return outcome[0]
+
+
+# --------------------------------------------------------------------------
+# Docxy's real Site, in memory: client and upstream connections are iosim
+# pumps, time is the MemoryReactorClock Docxy was built with.
+# --------------------------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class Socket(FakeTransport):
+    """An iosim transport with TCP's manners where the tests need them.
+
+    It tells an abort from a graceful close, records whether its producer
+    side was paused, and can hold its output back (a peer that does not
+    read): then a graceful close waits for the bytes to go, as TCP's
+    does, and only an abort ends the connection.
+    """
+
+    aborted = False
+    paused = False
+    held = False
+    closing = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.disconnecting = True
+
+    def loseConnection(self) -> None:
+        self.closing = True
+        if not (self.held and self.stream):
+            self.disconnecting = True
+
+    def getOutBuffer(self) -> bytes | None:
+        if self.held:
+            return None
+        return super().getOutBuffer()  # type: ignore[no-any-return]
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+
+class RawClient(Protocol):
+    """A client that sends bytes and keeps every byte it is sent."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+
+    @property
+    def head(self) -> bytes:
+        return bytes(self.received).partition(b"\r\n\r\n")[0]
+
+    @property
+    def status(self) -> int:
+        return int(self.head.split(b" ", 2)[1])
+
+    @property
+    def body(self) -> bytes:
+        return bytes(self.received).partition(b"\r\n\r\n")[2]
+
+
+@dataclass
+class Connection:
+    client: RawClient
+    docxy_side: Socket
+    pump: iosim.IOPump
+
+    def stop_reading(self) -> None:
+        """The client reads no more: Docxy's socket buffer fills up, and the
+        transport pauses its producer (twisted.web's channel), as TCP does."""
+        self.docxy_side.held = True
+        producer = self.docxy_side.producer
+        assert producer is not None, "nothing registered as producer"
+        producer.pauseProducing()
+
+    def read_again(self) -> None:
+        self.docxy_side.held = False
+        if self.docxy_side.closing:
+            self.docxy_side.disconnecting = True
+        producer = self.docxy_side.producer
+        if producer is not None:
+            producer.resumeProducing()
+
+
+class InMemoryDocxy:
+    """Docxy's Site from ``build_site`` with an in-memory network and clock.
+
+    The upstream is a twisted.web Resource at ``UPSTREAM``; every connection
+    Docxy opens (``connectTCP`` on the memory reactor) is pumped to it.
+    """
+
+    UPSTREAM = "http://127.0.0.1:5000"
+
+    def __init__(self, upstream: Resource, **settings: object) -> None:
+        self.reactor = MemoryReactorClock()
+        config = build_config(
+            {
+                "upstream": self.UPSTREAM,
+                "public-url": "https://mirror.example",
+                "library-prefix": "on",
+                "no-cache": True,
+                **settings,
+            }
+        )
+        self.site, self.pool = build_site(config, self.reactor)
+        self.upstream_site = Site(upstream, reactor=self.reactor)
+        self.connections: list[Connection] = []
+        self.upstream_sockets: list[Socket] = []
+        self._pumps: list[iosim.IOPump] = []
+        self._connected = 0
+
+    def get(self, path: str, *headers: str) -> Connection:
+        """Open a connection and send ``GET path``; then ``pump``."""
+        client = RawClient()
+        server = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        docxy_side = Socket(server, isServer=True)
+        client_side = Socket(client, isServer=False)
+        pump = iosim.connect(
+            server, docxy_side, client, client_side, greet=False, clock=self.reactor
+        )
+        lines = "".join(f"{h}\r\n" for h in headers)
+        client_side.write(
+            f"GET {path} HTTP/1.1\r\nHost: mirror.example\r\n{lines}\r\n".encode()
+        )
+        self._pumps.append(pump)
+        connection = Connection(client, docxy_side, pump)
+        self.connections.append(connection)
+        self.pump()
+        return connection
+
+    def _connect_upstreams(self) -> None:
+        for _, _, factory, _, _ in self.reactor.tcpClients[self._connected :]:
+            self._connected += 1
+            client = factory.buildProtocol(None)
+            server = self.upstream_site.buildProtocol(None)
+            docxy_side = Socket(client, isServer=False)
+            self.upstream_sockets.append(docxy_side)
+            self._pumps.append(
+                iosim.connect(
+                    server,
+                    Socket(server, isServer=True),
+                    client,
+                    docxy_side,
+                    greet=False,
+                    clock=self.reactor,
+                )
+            )
+
+    def pump(self) -> None:
+        """Connect what Docxy dialled and move bytes until nothing moves."""
+        for _ in range(100):
+            self._connect_upstreams()
+            moved = [p.flush() for p in self._pumps]
+            if not any(moved) and self._connected == len(self.reactor.tcpClients):
+                return
+        raise AssertionError("the in-memory network never settled")
+
+    def advance(self, seconds: float) -> None:
+        self.reactor.advance(seconds)
+        self.pump()
