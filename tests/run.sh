@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(docker-registry skopeo docker.io containerd podman pebble curl ca-certificates)
+debs=(docker-registry skopeo docker.io containerd podman pebble curl ca-certificates systemd)
 need=()
-for bin in docker-registry skopeo dockerd containerd ctr podman pebble curl; do
+for bin in docker-registry skopeo dockerd containerd ctr podman pebble curl systemd-socket-activate systemd-analyze; do
     command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if ((${#need[@]})); then
