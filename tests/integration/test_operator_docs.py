@@ -1,0 +1,196 @@
+"""The operator's manual against the daemon (issue 14): the option table of
+docs/configuration.md against ``twistd docxy --help`` and the TOML keys,
+every documented docxy.toml through the real loader, the shipped systemd
+units through systemd itself."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from twisted.internet import endpoints
+from twisted.python.systemd import ListenFDs
+
+from docxy.config import SETTINGS, build_config, load_file
+from tests.support.docxy import REPO, TWISTD, twistd_env
+from tests.support.processes import LOOPBACK, ManagedProcess, free_port
+
+CONFIGURATION = REPO / "docs" / "configuration.md"
+SYSTEMD = REPO / "deploy" / "systemd"
+# Names the TOML loader accepts besides SETTINGS.
+TOML_ALIASES = {"listen"}
+# twistd adds these to every plugin's options.
+TWISTD_OWN = {"help"}
+
+
+def help_options() -> dict[str, str]:
+    """``--name`` -> its help text, from the real ``twistd docxy --help``."""
+    result = subprocess.run(
+        [TWISTD, "docxy", "--help"],
+        capture_output=True,
+        text=True,
+        env={**twistd_env(), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=True,
+    )
+    options: dict[str, str] = {}
+    name = None
+    for line in result.stdout.splitlines():
+        match = re.match(r"\s+(?:-\w, )?--([a-z0-9-]+)=?\s*(.*)", line)
+        if match:
+            name, text = match[1], match[2]
+            options[name] = text
+        elif name and line.startswith(" " * 10):
+            options[name] += " " + line.strip()
+        else:
+            name = None
+    return {k: v for k, v in options.items() if k not in TWISTD_OWN}
+
+
+def documented_options() -> dict[str, tuple[str, str]]:
+    """name -> (set with, default) from the Options table."""
+    text = CONFIGURATION.read_text()
+    section = text.split("\n## Options\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        name = re.match(r"`([a-z0-9-]+)`", cells[0])
+        assert name, line
+        rows[name[1]] = (cells[1], cells[2])
+    return rows
+
+
+def test_option_table_is_every_option_of_help_and_toml() -> None:
+    documented = documented_options()
+    assert {where for where, _ in documented.values()} <= {
+        "both",
+        "command line",
+        "file",
+    }, documented
+    on_command_line = {
+        name for name, (where, _) in documented.items() if where != "file"
+    }
+    in_file = {
+        name for name, (where, _) in documented.items() if where != "command line"
+    }
+    in_help = set(help_options())
+    assert on_command_line == in_help, (
+        f"documented, not in --help: {sorted(on_command_line - in_help)}; "
+        f"in --help, not documented: {sorted(in_help - on_command_line)}"
+    )
+    toml_keys = set(SETTINGS) | TOML_ALIASES
+    assert in_file == toml_keys, (
+        f"documented, not a TOML key: {sorted(in_file - toml_keys)}; "
+        f"a TOML key, not documented: {sorted(toml_keys - in_file)}"
+    )
+
+
+def test_documented_defaults_agree_with_help() -> None:
+    """Each one-word ``[default: X]`` of --help is the table's default."""
+    documented = documented_options()
+    checked = 0
+    for name, text in help_options().items():
+        match = re.search(r"\[default: ([^\]]+)\]", text)
+        if match is None or " " in match[1]:
+            continue  # none, or prose ("the smaller of ...")
+        assert f"`{match[1]}`" in documented[name][1], (name, match[1])
+        checked += 1
+    assert checked >= 8  # the parse found the defaults at all
+
+
+def documented_files() -> list[tuple[str, str]]:
+    """Every ```toml block of the docs that is a docxy.toml, and the shipped one."""
+    found = []
+    for doc in sorted([*REPO.glob("docs/*.md"), REPO / "README.md"]):
+        for block in re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S):
+            text = "\n".join(line.strip() for line in block.splitlines())
+            if text.startswith("# /etc/docxy/docxy.toml"):
+                found.append((doc.name, text))
+    found.append(("deploy/systemd/docxy.toml", (SYSTEMD / "docxy.toml").read_text()))
+    return found
+
+
+def test_docs_show_docxy_files() -> None:
+    names = [name for name, _ in documented_files()]
+    # configuration.md (2), tls.md (acme: in TOML, the worked example),
+    # running.md (socket activation), the shipped file.
+    assert len(names) >= 6, names
+    assert any("acme:" in text for _, text in documented_files())
+
+
+@pytest.mark.parametrize(
+    ("where", "text"), documented_files(), ids=lambda v: str(v).split("\n")[0][:40]
+)
+def test_documented_file_loads(
+    where: str, text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copied as it is, with only the machine's directories moved to tmp."""
+    for directory in ("/var/lib/docxy", "/var/cache/docxy"):
+        text = text.replace(directory, f"{tmp_path}{directory}")
+    (tmp_path / "var/lib/docxy").mkdir(parents=True)
+    # systemd: ports parse only with an inherited socket, as under systemd.
+    monkeypatch.setattr(endpoints._SystemdParser, "_sddaemon", ListenFDs([3]))
+    path = tmp_path / "docxy.toml"
+    path.write_text(text)
+    config = build_config({}, load_file(str(path)))
+    assert config.ports
+
+
+def test_socket_activation_serves_on_the_inherited_socket(tmp_path: Path) -> None:
+    """The shipped socket unit's way in: systemd passes a listening socket."""
+    port = free_port()
+    argv = [
+        "systemd-socket-activate",
+        "--listen",
+        f"{LOOPBACK}:{port}",
+        "--setenv=PYTHONPATH",  # it passes no other variable on
+        # systemd always names its sockets (LISTEN_FDNAMES), and Twisted
+        # adopts none without names.
+        "--fdname=docxy.socket",
+        TWISTD,
+        "-n",
+        "--pidfile=",
+        "docxy",
+        "--port",
+        "systemd:domain=INET:index=0",
+        "--public-url",
+        f"http://{LOOPBACK}:{port}",
+        "--no-cache",
+    ]
+    docxy = ManagedProcess(argv, tmp_path / "docxy.log", env=twistd_env())
+    try:
+        docxy.wait_for_log("Listening on", timeout=30)  # systemd-socket-activate
+        with urllib.request.urlopen(
+            f"http://{LOOPBACK}:{port}/health", timeout=30
+        ) as r:
+            assert r.status == 200
+        docxy.wait_for_log("path=/health status=200")
+        assert "configuration error" not in docxy.log_text()
+    finally:
+        docxy.stop()
+
+
+def test_shipped_units_are_valid_systemd_units(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` on the units, ExecStart pointed at this
+    tree's twistd (the only line that names this machine's paths)."""
+    unit = (SYSTEMD / "docxy.service").read_text()
+    assert "ExecStart=/opt/docxy/.venv/bin/twistd -n --pidfile= docxy" in unit
+    (tmp_path / "docxy.service").write_text(
+        unit.replace("/opt/docxy/.venv/bin/twistd", TWISTD)
+    )
+    shutil.copy(SYSTEMD / "docxy.socket", tmp_path / "docxy.socket")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "docxy.socket", "docxy.service"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
