@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
@@ -15,6 +13,7 @@ from .cache.directory import CacheLock
 from .cache.pullthrough import build_cache
 from .config import Config
 from .forward import Forwarder
+from .listeners import Listeners
 from .realm import RealmDirectory
 from .resources import build_tree
 from .routing import Mirror, Router
@@ -119,11 +118,6 @@ def make_service(config: Config, reactor: Any) -> DocxyService:
         top.cache_lock = CacheLock.acquire(config.cache_dir)
     site, pool = build_site(config, reactor)
     _Announce(config).setServiceParent(top)
-    for port in config.ports:
-        listener = StreamServerEndpointService(
-            endpoints.serverFromString(reactor, port), site
-        )
-        listener._raiseSynchronously = True
-        listener.setServiceParent(top)
+    Listeners(config.ports, site, reactor).setServiceParent(top)
     _PoolService(pool).setServiceParent(top)
     return top

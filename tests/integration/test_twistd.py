@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -154,3 +156,57 @@ def test_a_second_docxy_on_the_same_cache_dir_stops_at_start(tmp_path: Path) -> 
         assert not port_open(second_port)
     finally:
         assert first.stop() is not None
+
+
+def _one_line_listen_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The daemon stopped with one line naming the port; no traceback."""
+    assert result.returncode == 1, result
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if "docxy: cannot listen" in line]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_a_port_in_use_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        endpoint = f"tcp:{port}:interface={LOOPBACK}"
+        result = twistd("--no-cache", "--port", endpoint, cwd=tmp_path)
+    line = _one_line_listen_error(result)
+    assert f"cannot listen on {endpoint}: Address already in use" in line
+
+
+AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody")
+def test_a_port_without_permission_stops_the_daemon_with_one_line(
+    tmp_path: Path,
+) -> None:
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start < 2:
+        pytest.skip("every port is unprivileged on this host")
+    endpoint = f"tcp:{start - 1}:interface={LOOPBACK}"
+    tmp_path.chmod(0o777)
+    result = subprocess.run(
+        [
+            *AS_NOBODY,
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "docxy",
+            "--no-cache",
+            "--port",
+            endpoint,
+        ],
+        capture_output=True,
+        text=True,
+        env={**twistd_env(), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    line = _one_line_listen_error(result)
+    assert f"cannot listen on {endpoint}: Permission denied" in line
