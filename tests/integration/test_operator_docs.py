@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -194,3 +195,46 @@ def test_shipped_units_are_valid_systemd_units(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+def readme_run_command() -> list[str]:
+    """The arguments the README's run command gives twistd."""
+    readme = (REPO / "README.md").read_text()
+    run = readme.split("\n## Run it\n", 1)[1].split("\n## ", 1)[0]
+    commands: list[str] = re.findall(r"```sh\n(.*?)\n```", run, re.S)
+    assert len(commands) == 1, "the README's rule: one command to run"
+    return commands[0].split(".venv/bin/twistd ", 1)[1].split()
+
+
+def test_readme_run_command_leaves_no_pid_file_and_listens_on_loopback(
+    tmp_path: Path,
+) -> None:
+    """The README's command as it is, on a free port instead of 5000 and
+    with a cache of its own (the default one belongs to the machine)."""
+    args = readme_run_command()
+    assert args[:3] == ["-n", "--pidfile=", "docxy"], args
+    assert "tcp:5000:interface=127.0.0.1" in args, args
+    port = free_port()
+    args = [a.replace("tcp:5000:", f"tcp:{port}:") for a in args]
+    argv = [TWISTD, *args, "--cache-dir", str(tmp_path / "cache")]
+    docxy = ManagedProcess(argv, tmp_path / "docxy.log", twistd_env(), tmp_path)
+    try:
+        docxy.wait_for_port(port)
+        log = docxy.log_text()
+        assert f"http://127.0.0.1:{port}" in log  # the realm it tells clients
+        assert listening_addresses(port) == ["127.0.0.1"]
+    finally:
+        docxy.stop()
+    assert not (tmp_path / "twistd.pid").exists()
+    assert list(tmp_path.glob("*.pid")) == []
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The IPv4 addresses listening on ``port``, from /proc/net/tcp."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.append(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
