@@ -28,6 +28,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from tests.support.certs_d import certs_d_entry
 from tests.support.clients import DOCKER_CLI, DOCKERD, Dockerd
 from tests.support.docxy import Docxy
 from tests.support.images import run_skopeo
@@ -473,21 +474,9 @@ def test_acme_server_down_at_startup(setup: Setup, upstream: Upstream) -> None:
 # --- dockerd ------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def docker_certs_d(hostport: str, ca: Path) -> Iterator[Path]:
+def docker_certs_d(hostport: str, ca: Path) -> contextlib.AbstractContextManager[Path]:
     """dockerd 20.10 has no flag for certs.d: create only our HOST:PORT dir."""
-    base = Path("/etc/docker/certs.d")
-    created_base = not base.exists()
-    target = base / hostport
-    target.mkdir(parents=True)
-    try:
-        shutil.copy(ca, target / "ca.crt")
-        yield target
-    finally:
-        shutil.rmtree(target, ignore_errors=True)
-        if created_base:
-            with contextlib.suppress(OSError):
-                base.rmdir()
+    return certs_d_entry(Path("/etc/docker/certs.d"), hostport, ca)
 
 
 @contextlib.contextmanager

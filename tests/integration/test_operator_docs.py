@@ -5,6 +5,7 @@ units through systemd itself."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -17,8 +18,11 @@ from twisted.internet import endpoints
 from twisted.python.systemd import ListenFDs
 
 from docxy.config import SETTINGS, build_config, load_file
-from tests.support.docxy import REPO, TWISTD, twistd_env
+from tests.support.certs_d import certs_d_entry
+from tests.support.docxy import REPO, TWISTD, Docxy, twistd_env
+from tests.support.images import run_skopeo
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port
+from tests.support.registry import Upstream, make_test_ca
 
 CONFIGURATION = REPO / "docs" / "configuration.md"
 SYSTEMD = REPO / "deploy" / "systemd"
@@ -238,3 +242,36 @@ def listening_addresses(port: int) -> list[str]:
         if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
             found.append(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
     return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes /etc/containers/certs.d")
+def test_private_ca_in_containers_certs_d_is_what_skopeo_trusts(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """An https Docxy with a private CA: skopeo (containers/image, as podman
+    and CRI-O) refuses it until the CA is where clients.md puts it."""
+    ca, cert, key = make_test_ca(tmp_path / "pki")
+    tls = free_port()
+    hostport = f"localhost:{tls}"
+    docxy = Docxy(
+        upstream.url,
+        tmp_path / "docxy.log",
+        [
+            "--port",
+            f"ssl:{tls}:interface={LOOPBACK}:privateKey={key}:certKey={cert}",
+            "--public-url",
+            f"https://{hostport}",
+        ],
+    )
+    inspect = ["inspect", "--raw", f"docker://{hostport}/alpine:3.20"]
+    try:
+        docxy.wait_for_port(tls)
+        refused = run_skopeo(inspect, tmp_path, check=False)
+        assert refused.returncode != 0
+        assert "certificate signed by unknown authority" in refused.stderr
+        with certs_d_entry(Path("/etc/containers/certs.d"), hostport, ca):
+            trusted = run_skopeo(inspect, tmp_path)
+        assert trusted.stdout.strip()
+        assert "/alpine/manifests/3.20 status=200" in docxy.log_text()
+    finally:
+        docxy.stop()
