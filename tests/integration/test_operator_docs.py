@@ -275,3 +275,37 @@ def test_private_ca_in_containers_certs_d_is_what_skopeo_trusts(
         assert "/alpine/manifests/3.20 status=200" in docxy.log_text()
     finally:
         docxy.stop()
+
+
+def clients_cri_snippet() -> str:
+    text = (REPO / "docs" / "clients.md").read_text()
+    blocks: list[str] = re.findall(r"```toml\n(.*?)```", text, re.S)
+    (snippet,) = [b for b in blocks if "io.containerd.grpc.v1.cri" in b]
+    return snippet
+
+
+def cri_config_path(config: str, tmp_path: Path) -> str:
+    """The CRI registry config_path real containerd reads from ``config``."""
+    path = tmp_path / "config.toml"
+    path.write_text(config)
+    dump = subprocess.run(
+        ["containerd", "--config", str(path), "config", "dump"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    section = dump.split('[plugins."io.containerd.grpc.v1.cri".registry]', 1)[1]
+    match = re.search(r'config_path = "(.*)"', section)
+    assert match, section[:500]
+    return match[1]
+
+
+def test_clients_cri_snippet_is_what_containerd_reads(tmp_path: Path) -> None:
+    """clients.md's CRI config_path, and why it must keep ``version = 2``:
+    containerd 1.6/1.7 ignore the section in a version 1 file."""
+    snippet = clients_cri_snippet()
+    assert snippet.startswith("version = 2\n")
+    assert cri_config_path(snippet, tmp_path) == "/etc/containerd/certs.d"
+    without = snippet.removeprefix("version = 2\n")
+    assert cri_config_path(without, tmp_path) == ""
