@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import quote, unquote
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -32,16 +31,13 @@ from .errors import (
     unsupported_method,
     write_error,
 )
-from .forward import Exchange, Forwarder, record
-from .headers import upstream_request_headers
-from .names import Kind
+from .forward import Forwarder
+from .notes import record
 from .routing import Mirror, Router
 from .tls.http01 import AcmeChallengeResource
 from .tokens import TokenResource
 
 READ_METHODS = (b"GET", b"HEAD")
-# Query parameters meant for the mirror itself, never sent upstream.
-_MIRROR_PARAMS = frozenset({"ns"})
 
 
 def _path(request: Request) -> str:
@@ -56,21 +52,6 @@ def raw_postpath(request: Request) -> list[bytes]:
     is validated instead.
     """
     return request.path.split(b"/")[1 + len(request.prepath or []) :]
-
-
-def _raw_query(request: Request) -> str:
-    _, _, query = request.uri.partition(b"?")
-    return query.decode("latin-1")
-
-
-def upstream_query(request: Request) -> str:
-    """The client's query minus mirror-only parameters, bytes kept as sent."""
-    kept = [
-        quote(part, safe="=&%+:/,;@!$'()*-._~")
-        for part in _raw_query(request).split("&")
-        if part and unquote(part.partition("=")[0]) not in _MIRROR_PARAMS
-    ]
-    return "&".join(kept)
 
 
 class RootResource(Resource):
@@ -215,21 +196,7 @@ class RegistryResource(Resource):
         if target.namespace is not None:
             # OCI distribution spec, "Registry Proxying".
             request.setHeader(b"oci-namespace", target.namespace.encode("ascii"))
-        url = target.mirror.upstream.url + target.upstream_path
-        query = upstream_query(request)
-        if query:
-            url = f"{url}?{query}"
-        route = target.route
-        exchange = Exchange(
-            request.method,
-            url,
-            upstream_request_headers(request.requestHeaders),
-            digest=route.reference if ":" in route.reference else None,
-            blob=route.kind is Kind.BLOBS,
-            mirror=target.mirror,
-            ping=route.kind is Kind.BASE,
-            scope_map=target.scope_to_client if target.prefix else None,
-        )
+        exchange = target.exchange(request)
         if self.cache is not None:
             self.forwarder.run(request, self.cache.serve(request, exchange, target))
         else:

@@ -10,14 +10,16 @@ sends can make Docxy contact a host that is not configured.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, unquote
 
 from twisted.web.server import Request
 
 from .errors import RegistryError, name_invalid
-from .names import Route, parse_v2_path, upstream_name
+from .headers import upstream_request_headers
+from .names import Kind, Route, parse_v2_path, upstream_name
 from .oci import Scope, is_valid_name, map_scopes
 from .realm import RealmDirectory
+from .relay import Exchange, Reissue
 from .upstream_set import Upstream, UpstreamSet, normalize_host
 
 
@@ -43,6 +45,31 @@ class Target:
     @property
     def upstream_path(self) -> str:
         return self.route.upstream_path(self.mirror.upstream.library_prefix)
+
+    def exchange(self, request: Request) -> Exchange:
+        """The upstream request for ``request``, and how to relay its answer.
+
+        The URL is the configured upstream's, never built from anything
+        but the validated route and the client's query (minus ``ns``).
+        """
+        url = self.mirror.upstream.url + self.upstream_path
+        query = upstream_query(request)
+        if query:
+            url = f"{url}?{query}"
+        route, mirror = self.route, self.mirror
+        ping = route.kind is Kind.BASE
+        return Exchange(
+            request.method,
+            url,
+            upstream_request_headers(request.requestHeaders),
+            digest=route.reference if ":" in route.reference else None,
+            blob=route.kind is Kind.BLOBS,
+            challenges=Reissue(
+                mirror,
+                mirror.ping_realm if ping else mirror.public_realm,
+                self.scope_to_client if self.prefix else None,
+            ),
+        )
 
     def scope_to_client(self, scope: str) -> str:
         """Upstream naming -> the client's (alias prefix back on) in a scope."""
@@ -157,9 +184,27 @@ class Router:
         return chosen or mirror, out
 
 
+# Query parameters meant for the mirror itself, never sent upstream.
+_MIRROR_PARAMS = frozenset({"ns"})
+
+
 def namespace_param(request: Request) -> str | None:
-    _, _, query = request.uri.partition(b"?")
-    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+    for key, value in parse_qsl(_raw_query(request), keep_blank_values=True):
         if key == "ns":
             return value
     return None
+
+
+def _raw_query(request: Request) -> str:
+    _, _, query = request.uri.partition(b"?")
+    return query.decode("latin-1")
+
+
+def upstream_query(request: Request) -> str:
+    """The client's query minus mirror-only parameters, bytes kept as sent."""
+    kept = [
+        quote(part, safe="=&%+:/,;@!$'()*-._~")
+        for part in _raw_query(request).split("&")
+        if part and unquote(part.partition("=")[0]) not in _MIRROR_PARAMS
+    ]
+    return "&".join(kept)

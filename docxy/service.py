@@ -15,6 +15,7 @@ from .config import Config
 from .forward import Forwarder
 from .listeners import Listeners
 from .realm import RealmDirectory
+from .relay import Relay
 from .resources import build_tree
 from .routing import Mirror, Router
 from .site import DocxySite
@@ -80,7 +81,8 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
         for upstream in config.upstreams
     }
     router = Router(UpstreamSet(config.upstreams, config.default), mirrors)
-    forwarder = Forwarder(client, reactor, config.idle_timeout)
+    relay = Relay(client, reactor, config.idle_timeout)
+    forwarder = Forwarder(relay)
     cache = None
     if config.cache_dir is not None:
         cache = build_cache(
@@ -88,7 +90,7 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
             config.cache_max_size,
             config.cache_auth_ttl,
             config.cache_freshness,
-            forwarder,
+            relay,
             client,
             reactor,
             config.idle_timeout,

@@ -18,10 +18,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .cache.offline import answer_token
 from .challenge import rewrite_scope
 from .errors import RegistryError, not_found, unsupported_method, write_error
-from .forward import Exchange, Forwarder, record
+from .forward import Forwarder
 from .headers import upstream_request_headers
+from .notes import record
 from .own_tokens import ANONYMOUS_TOKEN, write_token
 from .realm import NoTokenServiceError
+from .relay import Exchange, Reissue
 from .routing import Mirror, Router
 from .upstream_client import UpstreamError
 
@@ -111,19 +113,18 @@ class TokenResource(Resource):
         params = token_params(params, realm.service, mirror.upstream.library_prefix)
         headers = upstream_request_headers(request.requestHeaders)
         headers.removeHeader(b"range")
+        reissue = Reissue(mirror, mirror.public_realm)
         if request.method == b"POST":
             headers.setRawHeaders(
                 b"content-type", [b"application/x-www-form-urlencoded"]
             )
             body = FileBodyProducer(BytesIO(urlencode(params).encode("ascii")))
-            exchange = Exchange(
-                b"POST", realm.url, headers, body, follow_redirects=False, mirror=mirror
-            )
+            exchange = Exchange(b"POST", realm.url, headers, body, challenges=reissue)
         else:
             sep = "&" if "?" in realm.url else "?"
             url = f"{realm.url}{sep}{urlencode(params)}"
-            exchange = Exchange(b"GET", url, headers, mirror=mirror)
-        await self.forwarder.relay(request, exchange)
+            exchange = Exchange(b"GET", url, headers, challenges=reissue)
+        await self.forwarder.relay.relay(request, exchange)
 
     def _route(
         self, params: list[tuple[str, str]]

@@ -28,6 +28,7 @@ from urllib.parse import urlencode
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from ..oci import USER_AGENT
@@ -168,7 +169,7 @@ class AccessChecker:
             finally:
                 self._probing.discard(key)
 
-        defer.ensureDeferred(probe()).addErrback(lambda _: None)
+        defer.ensureDeferred(probe()).addErrback(_probe_failed, key)
 
     async def _anonymous(self, mirror: Mirror, repo: str) -> bytes | None:
         """An anonymous token for pulling ``repo``, as any client would get."""
@@ -209,6 +210,25 @@ class AccessChecker:
         await discard_body(answer.response)
         code: int = answer.response.code
         return 200 <= code < 400
+
+
+def _probe_failed(failure: Failure, key: Repo) -> None:
+    # Nobody waits for a probe: its failure is logged, never raised.
+    upstream, repo = key
+    if failure.check(UpstreamError):
+        log.info(
+            "could not tell whether {upstream} {repo} is public: {why}",
+            upstream=upstream,
+            repo=repo,
+            why=failure.getErrorMessage(),
+        )
+    else:
+        log.failure(
+            "public probe of {upstream} {repo} failed",
+            failure,
+            upstream=upstream,
+            repo=repo,
+        )
 
 
 _V = TypeVar("_V")

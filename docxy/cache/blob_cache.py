@@ -19,9 +19,10 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Request
 
-from ..forward import Exchange, Forwarder, record
 from ..names import upstream_name
+from ..notes import record
 from ..oci import Digest
+from ..relay import Exchange, Relay
 from ..routing import Target
 from ..singleflight import SingleFlight
 from ..upstream_client import UpstreamClient, UpstreamResponse, discard_body
@@ -67,7 +68,7 @@ class BlobCache:
     def __init__(
         self,
         store: BlobStore,
-        forwarder: Forwarder,
+        relay: Relay,
         client: UpstreamClient,
         access: AccessChecker,
         reactor: Any,
@@ -75,7 +76,7 @@ class BlobCache:
         counters: Counters | None = None,
     ) -> None:
         self.store = store
-        self.forwarder = forwarder
+        self.relay = relay
         self.client = client
         self.access = access
         self.reactor = reactor
@@ -112,12 +113,12 @@ class BlobCache:
         ):
             # Not ours to give: the client gets the upstream's own answer.
             self.counters.denied += 1
-            await self.forwarder.relay(request, exchange)
+            await self.relay.relay(request, exchange)
             return
         entry = self.store.get(digest)
         if request.method == b"HEAD":
             if entry is None:
-                await self.forwarder.relay(request, exchange)
+                await self.relay.relay(request, exchange)
             else:
                 self.counters.hits += 1
                 self._headers(request, digest, 200, entry.size)
@@ -131,7 +132,7 @@ class BlobCache:
         if request.getHeader(b"range") is not None:
             # A ranged miss is a resumed download: pass it through as it is.
             self.counters.misses += 1
-            await self.forwarder.relay(request, exchange)
+            await self.relay.relay(request, exchange)
             return
         fill = self.fills.get(digest)
         if fill is not None:
@@ -141,7 +142,7 @@ class BlobCache:
             fill = await self._join_or_start(request, exchange, target, repo)
             if fill is None:
                 return
-        self._serve_fill(request, exchange, fill)
+        await self._serve_fill(request, exchange, fill)
 
     async def _join_or_start(
         self, request: Request, exchange: Exchange, target: Target, repo: str
@@ -161,7 +162,7 @@ class BlobCache:
         # learn there is no fill to share.
         outcome = await waiter if starter else await _shared(waiter)
         if outcome is None:  # nothing to share: ask for ourselves
-            await self.forwarder.relay(request, exchange)
+            await self.relay.relay(request, exchange)
             return None
         if isinstance(outcome, Fill):
             if starter:
@@ -178,7 +179,7 @@ class BlobCache:
                 record(request, cache="joined")
             return outcome
         # The upstream's own answer (401, 404, ...) to the starter's request.
-        await self.forwarder.answer(request, exchange, outcome)
+        await self.relay.answer(request, exchange, outcome)
         return None
 
     async def _open(
@@ -215,15 +216,17 @@ class BlobCache:
         cached_headers(request, digest, code, b"application/octet-stream", length)
         request.responseHeaders.setRawHeaders(b"accept-ranges", [b"bytes"])
 
-    def _serve_fill(self, request: Request, exchange: Exchange, fill: Fill) -> None:
+    async def _serve_fill(
+        self, request: Request, exchange: Exchange, fill: Fill
+    ) -> None:
         digest = fill.digest
         if fill.state is FillState.DONE and fill.entry is not None:
             entry = self.store.get(digest)
             if entry is not None:
-                defer.ensureDeferred(self._serve_entry(request, exchange, entry))
+                await self._serve_entry(request, exchange, entry)
                 return
         if fill.state is FillState.FAILED:
-            self.forwarder.forward(request, exchange)
+            await self.relay.relay(request, exchange)
             return
         self._headers(request, digest, 200, fill.length)
         FileSender(
@@ -260,7 +263,7 @@ class BlobCache:
                 self.store.unpin(entry)
             if not good:
                 self._damaged(digest)
-                await self.forwarder.relay(request, exchange)
+                await self.relay.relay(request, exchange)
                 return
             self.verified.add(digest)
         self.store.pin(entry)

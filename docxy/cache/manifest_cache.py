@@ -21,9 +21,10 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Request
 
 from ..errors import RegistryError
-from ..forward import Exchange, Forwarder, record
 from ..names import upstream_name
+from ..notes import record
 from ..oci import MAX_MANIFEST, Digest, is_valid_digest
+from ..relay import Exchange, Relay
 from ..routing import Target
 from ..upstream_client import (
     BodyTooLargeError,
@@ -48,7 +49,7 @@ class ManifestCache:
     def __init__(
         self,
         store: ManifestStore,
-        forwarder: Forwarder,
+        relay: Relay,
         client: UpstreamClient,
         access: AccessChecker,
         clock: Any,
@@ -56,7 +57,7 @@ class ManifestCache:
         counters: Counters,
     ) -> None:
         self.store = store
-        self.forwarder = forwarder
+        self.relay = relay
         self.client = client
         self.access = access
         self.clock = clock
@@ -76,7 +77,7 @@ class ManifestCache:
                 self._send(request, reference, *stored, "hit")
             else:
                 self.counters.denied += 1
-                await self.forwarder.relay(request, exchange)
+                await self.relay.relay(request, exchange)
             return
         accept = accept_key(list(request.requestHeaders.getRawHeaders(b"accept", [])))
         key = self.store.tag_key(upstream.name, repo, reference, accept)
@@ -106,7 +107,7 @@ class ManifestCache:
             ):
                 if isinstance(why.__cause__, UpstreamError):
                     raise why.__cause__ from None
-                await self.forwarder.relay(request, exchange)
+                await self.relay.relay(request, exchange)
                 return
             self.counters.stale_serves += 1
             log.warn(
@@ -146,10 +147,10 @@ class ManifestCache:
         if response.code != 200 or not is_valid_digest(digest_text):
             # The upstream's own answer (401, 404, ...): for a HEAD, this one.
             if request.method == b"HEAD":
-                await self.forwarder.answer(request, exchange, answer)
+                await self.relay.answer(request, exchange, answer)
             else:
                 await discard_body(response)
-                await self.forwarder.relay(request, exchange)
+                await self.relay.relay(request, exchange)
             return
         await discard_body(response)
         authorization = request.getHeader(b"authorization")
@@ -183,7 +184,7 @@ class ManifestCache:
             response.length is not UNKNOWN_LENGTH and response.length > MAX_MANIFEST
         )
         if response.code != 200 or too_big:
-            await self.forwarder.answer(request, exchange, answer)
+            await self.relay.answer(request, exchange, answer)
             return
         try:
             body = await read_small_body(response, MAX_MANIFEST)

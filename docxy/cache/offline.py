@@ -14,7 +14,7 @@ from twisted.web.server import Request
 
 from ..challenge import Challenge
 from ..errors import API_VERSION, API_VERSION_HEADER, RegistryError
-from ..forward import record
+from ..notes import record
 from ..own_tokens import OFFLINE_TOKEN, write_token
 from ..routing import Mirror
 

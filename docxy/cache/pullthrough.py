@@ -9,8 +9,8 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..forward import Exchange, Forwarder
 from ..names import Kind
+from ..relay import Exchange, Relay
 from ..routing import Target
 from ..upstream_client import UpstreamClient, UpstreamError
 from .access import AccessChecker
@@ -30,7 +30,7 @@ class PullThroughCache:
     manifests: ManifestCache
     counters: Counters
 
-    forwarder: Forwarder
+    relay: Relay
 
     async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
         kind = target.route.kind
@@ -40,7 +40,7 @@ class PullThroughCache:
             await self.manifests.serve(request, exchange, target)
         else:
             try:
-                await self.forwarder.relay(request, exchange)
+                await self.relay.relay(request, exchange)
             except UpstreamError:
                 if kind is not Kind.BASE or not answer_ping(request, target.mirror):
                     raise
@@ -51,7 +51,7 @@ def build_cache(
     max_size: int | None,
     auth_ttl: float,
     freshness: float,
-    forwarder: Forwarder,
+    relay: Relay,
     client: UpstreamClient,
     reactor: Any,
     idle_timeout: float,
@@ -68,7 +68,7 @@ def build_cache(
     access = AccessChecker(client, reactor, auth_ttl)
     blobs = BlobCache(
         store,
-        forwarder,
+        relay,
         client,
         access,
         reactor,
@@ -77,11 +77,11 @@ def build_cache(
     )
     manifests = ManifestCache(
         ManifestStore(directory),
-        forwarder,
+        relay,
         client,
         access,
         reactor,
         freshness,
         counters,
     )
-    return PullThroughCache(blobs, manifests, counters, forwarder)
+    return PullThroughCache(blobs, manifests, counters, relay)
