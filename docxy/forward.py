@@ -24,6 +24,7 @@ from .errors import (
     write_error,
 )
 from .notes import record
+from .ratelimit import RateLimitedError
 from .relay import Exchange, Relay
 from .streaming import abort_client
 from .upstream_client import UpstreamError, UpstreamTimeoutError
@@ -58,7 +59,10 @@ class Forwarder:
     def _failed(self, failure: Failure, request: Request) -> None:
         if failure.check(defer.CancelledError):
             return
-        if failure.check(UpstreamTimeoutError):
+        if isinstance(failure.value, RateLimitedError):
+            record(request, upstream_error="429")
+            write_error(request, failure.value.envelope())
+        elif failure.check(UpstreamTimeoutError):
             record(request, upstream_error="timeout")
             write_error(request, upstream_timeout())
         elif failure.check(UpstreamError):

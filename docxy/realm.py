@@ -16,6 +16,7 @@ from twisted.web.http_headers import Headers
 
 from .challenge import Challenge, find_bearer
 from .oci import USER_AGENT
+from .ratelimit import is_unavailable, unavailable
 from .singleflight import SingleFlight
 from .upstream_client import UpstreamClient, UpstreamError, discard_body
 
@@ -77,6 +78,9 @@ class RealmDirectory:
                 b"GET", f"{self.upstream}/v2/", Headers({b"user-agent": [USER_AGENT]})
             )
         ).response
+        if is_unavailable(response.code):
+            # A 429 or 503 names no realm: that says nothing about tokens.
+            raise await unavailable(response)
         await discard_body(response)
         values = [
             v.decode("latin-1")

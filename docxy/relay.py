@@ -26,6 +26,7 @@ from .challenge import find_bearer, rewrite_challenge_header
 from .headers import relayed_response_headers
 from .notes import record
 from .oci import Digest
+from .ratelimit import rate_limited
 from .streaming import BodyPump, client_gone
 from .upstream_client import (
     UpstreamClient,
@@ -112,6 +113,10 @@ class Relay:
         if client_gone(request):
             response.deliverBody(_Abandon())
             return
+        if response.code == 429:
+            # Whatever the path and whatever the body: the registry envelope
+            # (docxy.forward writes it; the cache may answer instead).
+            raise await rate_limited(response)
         request.setResponseCode(response.code, response.phrase)
         self._copy_headers(request, response, exchange)
         length = await self._length(exchange, response)

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from ..oci import USER_AGENT
+from ..ratelimit import is_unavailable, unavailable
 from ..realm import NoTokenServiceError
 from ..upstream_client import (
     UpstreamClient,
@@ -128,10 +129,11 @@ class AccessChecker:
             return True
         path = f"{mirror.upstream.url}/v2/{repo}/{kind}/{digest}"
         accept = ALL_MANIFEST_TYPES if kind == "manifests" else None
+        unreachable: UpstreamError | None = None
         try:
             anyone = await self._head(path, await self._anonymous(mirror, repo), accept)
-        except UpstreamError:
-            anyone = False  # then the client's own credentials decide
+        except UpstreamError as e:
+            anyone, unreachable = False, e  # the client's own credentials decide
         if anyone:
             _put(self._public, (upstream, repo), self._expiry())
             _put(self._members, (upstream, repo, digest, ""), None)
@@ -139,6 +141,9 @@ class AccessChecker:
         if authorization and await self._head(path, authorization, accept):
             self.remember(upstream, repo, digest, authorization)
             return True
+        if unreachable is not None:
+            # Not a no: whether it is public is unknown; evidence decides.
+            raise unreachable
         return False
 
     def probe_public(self, mirror: Mirror, repo: str, digest: str, kind: str) -> None:
@@ -186,6 +191,8 @@ class AccessChecker:
             f"{realm.url}{sep}{urlencode(query)}",
             Headers({b"user-agent": [USER_AGENT]}),
         )
+        if is_unavailable(answer.response.code):
+            raise await unavailable(answer.response)
         body = await read_small_body(answer.response, 64 * 1024)
         if answer.response.code != 200:
             return None
@@ -207,8 +214,11 @@ class AccessChecker:
         answer = await self.client.request(
             b"HEAD", url, headers, follow_redirects=False
         )
-        await discard_body(answer.response)
         code: int = answer.response.code
+        if is_unavailable(code):
+            # A 429 or 5xx is no answer to "may they": the upstream is away.
+            raise await unavailable(answer.response)
+        await discard_body(answer.response)
         return 200 <= code < 400
 
 

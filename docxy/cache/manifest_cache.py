@@ -24,6 +24,7 @@ from ..errors import RegistryError
 from ..names import upstream_name
 from ..notes import record
 from ..oci import MAX_MANIFEST, Digest, is_valid_digest
+from ..ratelimit import rate_limited
 from ..relay import Exchange, Relay
 from ..routing import Target
 from ..upstream_client import (
@@ -139,7 +140,10 @@ class ManifestCache:
         except UpstreamError as e:
             raise _StaleError(str(e)) from e
         response = answer.response
-        if response.code == 429 or response.code >= 500:
+        if response.code == 429:
+            # Told to the client as it is if nothing cached can answer.
+            raise _StaleError("upstream answered 429") from await rate_limited(response)
+        if response.code >= 500:
             await discard_body(response)
             raise _StaleError(f"upstream answered {response.code}")
         digest = (response.headers.getRawHeaders(b"docker-content-digest") or [b""])[0]

@@ -356,20 +356,31 @@ async def test_mirror_params_stripped_others_kept(
 
 
 @pytest_twisted.ensureDeferred
-async def test_upstream_status_passes_through(
+async def test_upstream_429_is_answered_in_the_envelope_with_its_headers(
     docxy: Harness, upstream: FakeUpstream
 ) -> None:
     def limited(request: Request) -> bytes:
         request.setResponseCode(429)
         request.setHeader(b"ratelimit-remaining", b"0;w=21600")
-        request.setHeader(b"content-type", b"application/json")
-        return b'{"errors":[{"code":"TOOMANYREQUESTS"}]}'
+        request.setHeader(b"retry-after", b"120")
+        request.setHeader(b"x-internal", b"upstream-only")
+        request.setHeader(b"content-type", b"text/html")
+        return b"<html>slow down</html>"
 
     upstream.routes[b"/v2/library/alpine/manifests/1"] = limited
-    reply = await docxy.request(b"GET", "/v2/alpine/manifests/1")
-    assert reply.code == 429
-    assert reply.body == b'{"errors":[{"code":"TOOMANYREQUESTS"}]}'
-    assert reply.headers.getRawHeaders(b"ratelimit-remaining") == [b"0;w=21600"]
+    upstream.routes[b"/v2/library/alpine/blobs/" + DIGEST.encode()] = limited
+    for method, path in [
+        (b"GET", "/v2/alpine/manifests/1"),
+        (b"GET", f"/v2/alpine/blobs/{DIGEST}"),
+        (b"HEAD", f"/v2/alpine/blobs/{DIGEST}"),
+    ]:
+        reply = await docxy.request(method, path)
+        assert reply.code == 429
+        assert reply.headers.getRawHeaders(b"retry-after") == [b"120"]
+        assert reply.headers.getRawHeaders(b"ratelimit-remaining") == [b"0;w=21600"]
+        assert not reply.headers.hasHeader(b"x-internal")
+        if method == b"GET":
+            assert errors_of(reply.body)[0]["code"] == "TOOMANYREQUESTS"
 
 
 @pytest_twisted.ensureDeferred

@@ -362,7 +362,9 @@ class Registry(_LoggedServer):
         redirect_base: str | None = None,
         tls: tuple[Path, Path] | None = None,
         ca_path: Path | None = None,
+        realm: str | None = None,
     ) -> None:
+        """``realm``: the token realm its challenges name (default: ``token``'s)."""
         if not Path(REGISTRY_BIN).exists():
             raise RuntimeError(
                 f"{REGISTRY_BIN} missing: apt-get install docker-registry"
@@ -401,7 +403,7 @@ class Registry(_LoggedServer):
         if token is not None:
             config["auth"] = {
                 "token": {
-                    "realm": token.realm,
+                    "realm": realm or token.realm,
                     "service": token.service,
                     "issuer": token.issuer,
                     "rootcertbundle": str(token.cert_path),

@@ -8,6 +8,12 @@ more of them (the upstream itself is then held back by TCP flow control),
 until ``release()``. A test can then observe or kill Docxy while a fill is
 certainly in flight. Client-to-upstream bytes always flow.
 
+Faults on demand, for the upstream outages a mirror must ride out:
+``rate_limit()`` answers every request itself with Docker Hub's abuse-limit
+429 (``Retry-After``, the envelope), ``go_down()`` refuses connections as a
+stopped upstream does, ``recover()`` relays again. Each switch drops the
+open connections, so pooled upstream connections see the new behaviour.
+
 Threads, not a process: the relay lives exactly as long as the test that
 started it (``close()``), and holds nothing but sockets.
 """
@@ -22,6 +28,10 @@ from dataclasses import dataclass, field
 from .processes import LOOPBACK
 
 _RECV = 64 * 1024
+RATE_LIMIT_BODY = (
+    b'{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your '
+    b'pull rate limit.","detail":null}]}'
+)
 
 
 @dataclass(eq=False)
@@ -46,8 +56,17 @@ class GatedRelay:
         self._held = 0
         self._links: list[_Link] = []
         self._closed = False
-        self._acceptor = threading.Thread(target=self._accept, daemon=True)
-        self._acceptor.start()
+        self._retry_after: int | None = None  # answering 429 when set
+        self.limited: list[tuple[str, str]] = []  # (method, target) answered 429
+        self._answering: set[socket.socket] = set()
+        self._acceptor = self._start_acceptor()
+
+    def _start_acceptor(self) -> threading.Thread:
+        acceptor = threading.Thread(
+            target=self._accept, args=(self._listener,), daemon=True
+        )
+        acceptor.start()
+        return acceptor
 
     # --- control -----------------------------------------------------------
 
@@ -69,18 +88,51 @@ class GatedRelay:
         with self._cond:
             return self._held
 
+    def rate_limit(self, retry_after: int = 3600) -> None:
+        """Answer every request with 429 and ``Retry-After``, as Docker Hub does."""
+        with self._cond:
+            self._retry_after = retry_after
+        self._drop_all()
+
+    def go_down(self) -> None:
+        """Refuse connections, as a stopped upstream does, until ``recover()``."""
+        self._stop_listening()
+        self._drop_all()
+
+    def recover(self) -> None:
+        """Relay again, on the same port."""
+        with self._cond:
+            self._retry_after = None
+        self._drop_all()
+        if self._listener.fileno() < 0:
+            self._acceptor.join(5)
+            self._listener = socket.create_server((LOOPBACK, self.port))
+            self._acceptor = self._start_acceptor()
+
+    def _drop_all(self) -> None:
+        with self._cond:
+            links = list(self._links)
+            answering = list(self._answering)
+        for link in links:
+            self._drop(link)
+        for sock in answering:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _stop_listening(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._limit = None
             links = list(self._links)
             self._cond.notify_all()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
-        with contextlib.suppress(OSError):
-            self._listener.close()
-        for link in links:
-            self._drop(link)
+        self._stop_listening()
+        self._drop_all()
         self._acceptor.join(5)
         for link in links:
             for thread in link.threads:
@@ -88,12 +140,21 @@ class GatedRelay:
 
     # --- relaying ------------------------------------------------------------
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return  # closed
+            with self._cond:
+                retry_after = self._retry_after
+                if retry_after is not None:
+                    self._answering.add(client)
+            if retry_after is not None:
+                threading.Thread(
+                    target=self._answer_429, args=(client, retry_after), daemon=True
+                ).start()
+                continue
             try:
                 server = socket.create_connection((LOOPBACK, self.target_port))
             except OSError:
@@ -110,6 +171,48 @@ class GatedRelay:
                 thread = threading.Thread(target=target, args=(link,), daemon=True)
                 link.threads.append(thread)
                 thread.start()
+
+    def _answer_429(self, client: socket.socket, retry_after: int) -> None:
+        """Read each request (head and body) and answer it 429, keeping alive."""
+        buffered = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    data = client.recv(_RECV)
+                    if not data:
+                        return
+                    buffered += data
+                head, _, buffered = buffered.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target = [*lines[0].split(" "), "", ""][:2]
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                while len(buffered) < length:
+                    data = client.recv(_RECV)
+                    if not data:
+                        return
+                    buffered += data
+                buffered = buffered[length:]
+                with self._cond:
+                    self.limited.append((method, target))
+                body = b"" if method == "HEAD" else RATE_LIMIT_BODY
+                client.sendall(
+                    b"HTTP/1.1 429 Too Many Requests\r\n"
+                    b"Content-Type: application/json\r\n"
+                    b"Retry-After: %d\r\n"
+                    b"Content-Length: %d\r\n\r\n%s"
+                    % (retry_after, len(RATE_LIMIT_BODY), body)
+                )
+        except OSError:
+            pass
+        finally:
+            with self._cond:
+                self._answering.discard(client)
+            with contextlib.suppress(OSError):
+                client.close()
 
     def _upward(self, link: _Link) -> None:
         """Client to upstream: never held."""
