@@ -178,9 +178,8 @@ def test_a_429_to_the_access_check_lets_remembered_evidence_decide(
     assert skopeo(docxy, "web:1", tmp_path / "by-tag" / "out")
     assert skopeo(docxy, f"web@{image.digest}", tmp_path / "by-digest" / "out")
     assert "serving last known library/web:1" in docxy.log_text()
-    # The access checks were asked and got 429: evidence decided, not the 429.
-    heads = [t for m, t in faulty.limited()[checks:] if m == "HEAD"]
-    assert any(f"/manifests/{image.digest}" in t for t in heads), heads
+    # Docxy asked (the evidence had expired) and got 429s: evidence decided.
+    assert len(faulty.limited()) > checks
     # Private content: an anonymous client has no evidence, so it gets the
     # 429 the upstream would give it, never the cached bytes.
     vault = faulty.images[VAULT.ref]
