@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.docxy import Docxy
-from tests.support.images import ImageSpec, populate, run_skopeo
+from tests.support.images import ImageSpec, copy_through, populate
 from tests.support.registry import Upstream, start_upstream
 
 Factory = Callable[..., Docxy]
@@ -38,18 +38,7 @@ def own_upstream(tmp_path: Path) -> Iterator[Upstream]:
 
 
 def pull(docxy: Docxy, name: str, out: Path, *flags: str, check: bool = True) -> bool:
-    result = run_skopeo(
-        [
-            "copy",
-            "--src-tls-verify=false",
-            *flags,
-            f"docker://{docxy.hostport}/{name}",
-            f"dir:{out}",
-        ],
-        out.parent,
-        check=check,
-    )
-    return result.returncode == 0
+    return copy_through(docxy.hostport, name, out, *flags, check=check)
 
 
 def manifest_gets(upstream: Upstream, since: int) -> list[str]:

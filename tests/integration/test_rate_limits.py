@@ -30,7 +30,7 @@ from tests.support.clients import (
 )
 from tests.support.docxy import Docxy
 from tests.support.faulty import FaultyUpstream, start_faulty_upstream
-from tests.support.images import ImageSpec, run_skopeo
+from tests.support.images import ImageSpec, copy_through
 from tests.support.registry import fetch
 
 Factory = Callable[..., Docxy]
@@ -59,19 +59,7 @@ def well_again(faulty: FaultyUpstream) -> Iterator[None]:
 
 
 def skopeo(docxy: Docxy, name: str, out: Path, *flags: str, check: bool = True) -> bool:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = run_skopeo(
-        [
-            "copy",
-            "--src-tls-verify=false",
-            *flags,
-            f"docker://{docxy.hostport}/{name}",
-            f"dir:{out}",
-        ],
-        out.parent,
-        check=check,
-    )
-    return result.returncode == 0
+    return copy_through(docxy.hostport, name, out, *flags, check=check)
 
 
 def warm(docxy: Docxy, tmp_path: Path) -> None:

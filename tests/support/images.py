@@ -286,6 +286,28 @@ def run_skopeo(
     return proc
 
 
+def copy_through(
+    hostport: str, name: str, out: Path, *flags: str, check: bool = True
+) -> bool:
+    """``skopeo copy docker://HOSTPORT/name dir:out`` (plain http); True if it worked.
+
+    skopeo verifies every digest, so a True means the right bytes arrived.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = run_skopeo(
+        [
+            "copy",
+            "--src-tls-verify=false",
+            *flags,
+            f"docker://{hostport}/{name}",
+            f"dir:{out}",
+        ],
+        out.parent,
+        check=check,
+    )
+    return result.returncode == 0
+
+
 def push(spec: ImageSpec, layout: Path, upstream: Upstream, workdir: Path) -> None:
     """``skopeo copy`` the layout into the upstream as pusher."""
     args = [
