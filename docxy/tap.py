@@ -7,6 +7,7 @@ before anything listens.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -15,6 +16,7 @@ from twisted.python import usage
 
 from . import __version__
 from .config import Config, ConfigError, build_config, load_file
+from .environment import settings_from_env
 
 _DEFAULTS = Config()
 _FLAGS = frozenset({"https-redirect", "no-cache"})
@@ -26,8 +28,9 @@ class Options(usage.Options):
         "Docxy: a pull-through mirror for Docker / OCI registries. Point "
         "dockerd's registry-mirrors, containerd's hosts.toml or podman's "
         "registries.conf at it. Every option can also be set in a TOML file "
-        'given with --config (same names, e.g. public-url = "..."); the '
-        "command line wins."
+        'given with --config (same names, e.g. public-url = "..."), or as a '
+        "DOCXY_* environment variable (DOCXY_PUBLIC_URL, DOCXY_CONFIG); the "
+        "command line wins over the environment, the environment over the file."
     )
     optFlags: list[list[Any]] = [
         [
@@ -189,7 +192,11 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            file_settings = load_file(self["config"]) if self["config"] else {}
+            env_settings = settings_from_env(os.environ)
+            config_file = self["config"] or env_settings.pop("config", None)
+            env_settings.pop("config", None)  # --config wins over DOCXY_CONFIG
+            file_settings = load_file(str(config_file)) if config_file else {}
+            file_settings.update(env_settings)  # the environment over the file
             # Flags default to 0; only a flag actually given overrides the file.
             cli = {
                 k: v
