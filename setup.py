@@ -1,25 +1,12 @@
-"""Packaging for Docxy; the twistd plugin lives in twisted/plugins/."""
+"""Packaging for Docxy: the project's metadata is in pyproject.toml.
 
-import re
-from pathlib import Path
+Here: the packages (the twistd plugin lives in twisted/plugins/, which has no
+__init__.py and so is named explicitly), dependencies and console scripts.
+"""
 
 from setuptools import find_packages, setup
 
-version = re.search(
-    r'^__version__ = "([^"]+)"',
-    Path(__file__).parent.joinpath("docxy", "__init__.py").read_text(),
-    re.M,
-)
-assert version is not None
-
 setup(
-    name="docxy",
-    version=version.group(1),
-    description="A pull-through mirror for Docker / OCI registries, on Twisted",
-    long_description=Path(__file__).parent.joinpath("README.md").read_text(),
-    long_description_content_type="text/markdown",
-    license="MIT",
-    python_requires=">=3.11",
     packages=[
         *find_packages(exclude=["twisted", "tests", "tests.*", "benchmarks"]),
         "twisted.plugins",
@@ -40,11 +27,14 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "cryptography>=42",
+            "pyyaml>=6",
+            "kubernetes-validate>=1.28",
         ],
         "dev": [
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "ruff>=0.5",
+            "types-PyYAML",
         ],
     },
     zip_safe=False,
