@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(docker-registry skopeo docker.io containerd podman pebble curl ca-certificates systemd)
+debs=(docker-registry skopeo docker.io containerd podman pebble curl ca-certificates systemd
+      mmdebstrap catatonit)
 need=()
-for bin in docker-registry skopeo dockerd containerd ctr podman pebble curl systemd-socket-activate systemd-analyze; do
+for bin in docker-registry skopeo dockerd containerd ctr podman pebble curl systemd-socket-activate systemd-analyze \
+           mmdebstrap catatonit; do
     command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if ((${#need[@]})); then

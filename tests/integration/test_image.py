@@ -1,0 +1,285 @@
+"""Docxy's container image, built by deploy/image/build.sh and run with podman.
+
+Why: the image is how Docxy runs on Kubernetes nodes. Only the real build
+(a Debian base made by mmdebstrap, ``podman build --pull=never`` of the
+Containerfile) and the real container in front of the real registry show
+that it starts as configured (DOCXY_* variables, a TOML file, arguments),
+serves real clients with the right digests, caches into its volume, answers
+its HEALTHCHECK and stops cleanly on SIGTERM. The image is built once
+per session (a few minutes at most; the base rootfs is cached between runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.clients import Podman
+from tests.support.engine import Engine
+from tests.support.images import run_skopeo
+from tests.support.processes import LOOPBACK, free_port
+from tests.support.registry import Upstream, fetch
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="building images needs root"),
+    pytest.mark.skipif(
+        not all(shutil.which(b) for b in ("podman", "mmdebstrap", "catatonit")),
+        reason="needs podman, mmdebstrap and catatonit (tests/run.sh installs them)",
+    ),
+]
+
+TAG = "localhost/docxy:test"
+DOCXY_UID = 10001
+
+
+def file_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def short_dir(prefix: str) -> Path:
+    """podman refuses a runroot longer than 50 characters: not under pytest's."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    base = short_dir("docxy-engine-")
+    podman = Engine(base)
+    try:
+        yield podman
+    finally:
+        podman.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def image(engine: Engine) -> str:
+    seconds = engine.build(TAG)
+    print(f"\nimage {TAG} built in {seconds:.0f}s")
+    return TAG
+
+
+class Mirror:
+    """A Docxy container on 127.0.0.1:port."""
+
+    def __init__(self, engine: Engine, name: str, port: int) -> None:
+        self.engine, self.name, self.port = engine, name, port
+        self.hostport = f"{LOOPBACK}:{port}"
+        self.url = f"http://{self.hostport}"
+
+
+@pytest.fixture(scope="module")
+def cache_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A host directory as the cache volume, owned by the image's user."""
+    path = tmp_path_factory.mktemp("container-cache")
+    os.chown(path, DOCXY_UID, DOCXY_UID)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mirror(
+    engine: Engine, image: str, upstream: Upstream, cache_volume: Path
+) -> Iterator[Mirror]:
+    """Configured only by DOCXY_* variables, the cache a bind-mounted volume."""
+    port = free_port()
+    name = unique("docxy-image-test")
+    engine.start(
+        name,
+        image,
+        env={
+            "DOCXY_PORT": f"tcp:{port}:interface={LOOPBACK}",
+            "DOCXY_PUBLIC_URL": f"http://{LOOPBACK}:{port}",
+            "DOCXY_UPSTREAM": upstream.url,
+            "DOCXY_LIBRARY_PREFIX": "on",
+        },
+        volumes=[f"{cache_volume}:/var/cache/docxy"],
+    )
+    try:
+        engine.wait_for_port(name, port)
+        yield Mirror(engine, name, port)
+        assert engine.state(name)["Running"], engine.logs(name)
+    finally:
+        engine.remove(name)
+
+
+@pytest.fixture
+def podman_client(mirror: Mirror) -> Iterator[Podman]:
+    base = short_dir("docxy-client-")
+    client = Podman(base, mirror.hostport)
+    try:
+        yield client
+    finally:
+        client.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def skopeo_copy(hostport: str, ref: str, out: Path, *flags: str) -> None:
+    run_skopeo(
+        [
+            "copy",
+            "--src-tls-verify=false",
+            *flags,
+            f"docker://{hostport}/{ref}",
+            f"dir:{out}",
+        ],
+        out.parent,
+    )
+
+
+# --- the image --------------------------------------------------------------
+
+
+def test_image_is_non_root_with_a_cache_volume_and_a_healthcheck(
+    engine: Engine, image: str
+) -> None:
+    config = engine.inspect_image(image)["Config"]
+    assert config["User"] == "docxy:docxy"
+    assert "/var/cache/docxy" in config["Volumes"]
+    assert config["Entrypoint"][:4] == [
+        "/opt/docxy/bin/twistd",
+        "--nodaemon",
+        "--pidfile=",
+        "--logfile=-",
+    ]
+    assert config["Entrypoint"][-1] == "docxy"
+    assert config["StopSignal"] in ("SIGTERM", "15")
+    assert "DOCXY_CONFIG=/etc/docxy/docxy.toml" in config["Env"]
+    health = engine.podman(
+        "image", "inspect", "--format", "{{json .HealthCheck}}", image
+    ).stdout
+    assert "healthcheck.py" in health, health
+    result = engine.podman(
+        "run", "--rm", "--network", "none", "--entrypoint", "id", image
+    )
+    assert result.stdout.startswith(f"uid={DOCXY_UID}(docxy) gid={DOCXY_UID}(docxy)")
+
+
+# --- a running container ----------------------------------------------------
+
+
+def test_skopeo_pulls_through_the_container(
+    mirror: Mirror, upstream: Upstream, tmp_path: Path
+) -> None:
+    image = upstream.images["library/alpine:3.20"]
+    out = tmp_path / "alpine"
+    skopeo_copy(mirror.hostport, "library/alpine:3.20", out)
+    assert file_digest(out / "manifest.json") == image.digest
+    for blob in image.blobs:
+        assert file_digest(out / blob.split(":", 1)[1]) == blob
+
+    index = upstream.images["library/multi:1.0"]
+    out = tmp_path / "multi"
+    skopeo_copy(mirror.hostport, "library/multi:1.0", out, "--all")
+    assert file_digest(out / "manifest.json") == index.digest
+    for digest in index.platform_digests.values():
+        instance = out / (digest.split(":", 1)[1] + ".manifest.json")
+        assert file_digest(instance) == digest
+
+
+def test_podman_pulls_through_the_container(
+    mirror: Mirror, podman_client: Podman, upstream: Upstream
+) -> None:
+    for ref in ("library/alpine:3.20", "someuser/tool:latest"):
+        image = upstream.images[ref]
+        podman_client.pull(f"docker.io/{ref}")
+        info = podman_client.inspect(f"docker.io/{ref}")
+        assert info["Digest"] == image.digest
+        assert f"docker.io/{image.repo}@{image.digest}" in info["RepoDigests"]
+
+
+def test_blobs_are_cached_in_the_volume(
+    mirror: Mirror, upstream: Upstream, cache_volume: Path, tmp_path: Path
+) -> None:
+    image = upstream.images["library/alpine:3.20"]
+    skopeo_copy(mirror.hostport, "library/alpine:3.20", tmp_path / "alpine")
+    cached = {
+        file_digest(path)
+        for path in cache_volume.rglob("*")
+        if path.is_file() and path.stat().st_size > 1024
+    }
+    layers = set(image.layers["linux/amd64"])
+    assert layers <= cached, (layers, sorted(cache_volume.rglob("*")))
+
+
+def test_healthcheck_asks_health(mirror: Mirror) -> None:
+    result = mirror.engine.podman("healthcheck", "run", mirror.name, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert fetch(f"{mirror.url}/health").status == 200
+
+
+def test_arguments_healthcheck_and_sigterm(
+    engine: Engine, image: str, upstream: Upstream
+) -> None:
+    """Arguments after the image name are Docxy's; SIGTERM exits 0."""
+    port = free_port()
+    name = unique("docxy-image-args")
+    engine.start(
+        name,
+        image,
+        args=[
+            "--port",
+            f"tcp:{port}:interface={LOOPBACK}",
+            "--upstream",
+            upstream.url,
+        ],
+    )
+    try:
+        engine.wait_for_port(name, port)
+        # The healthcheck finds the port in PID 1's arguments.
+        result = engine.podman("healthcheck", "run", name, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        engine.podman("stop", "--time", "30", name)
+        state = engine.state(name)
+        assert state["ExitCode"] == 0, (state, engine.logs(name))
+        assert "Server Shut Down" in engine.logs(name)
+    finally:
+        engine.remove(name)
+
+
+def test_healthcheck_fails_when_docxy_does_not_answer(
+    engine: Engine, image: str
+) -> None:
+    """The check can fail: a container whose Docxy is paused is unhealthy."""
+    port = free_port()
+    name = unique("docxy-image-paused")
+    engine.start(name, image, args=["--port", f"tcp:{port}:interface={LOOPBACK}"])
+    try:
+        engine.wait_for_port(name, port)
+        # SIGSTOP: the port stays open, nothing answers.
+        engine.podman("kill", "--signal", "STOP", name)
+        result = engine.podman("healthcheck", "run", name, check=False)
+        assert result.returncode != 0, result.stdout
+    finally:
+        engine.podman("kill", "--signal", "CONT", name, check=False)
+        engine.remove(name)
+
+
+def test_bad_environment_stops_at_start_with_one_line(
+    engine: Engine, image: str
+) -> None:
+    name = unique("docxy-image-bad-env")
+    engine.start(name, image, env={"DOCXY_IDLE_TIMEOUT": "soon"})
+    try:
+        assert engine.wait_exit(name) == 2
+        lines = [
+            line
+            for line in engine.logs(name).splitlines()
+            if "configuration error" in line
+        ]
+        assert lines == [
+            "docxy: configuration error: DOCXY_IDLE_TIMEOUT: expected a number "
+            "of seconds, got 'soon'"
+        ]
+    finally:
+        engine.remove(name)
