@@ -1,0 +1,186 @@
+"""deploy/kubernetes and deploy/image: schemas, and agreement with Docxy.
+
+Why: a manifest that the API server rejects, a hosts.toml for a registry
+Docxy does not mirror, a probe on a port Docxy does not listen on, or a
+configuration Docxy refuses, all fail only on a real cluster, long after
+the change. These checks run the Kubernetes OpenAPI schemas
+(``kubernetes-validate``, offline, strict: unknown fields fail) and Docxy's
+own configuration loader over every file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from docxy.config import build_config, load_file
+from docxy.upstream_set import PRESETS
+
+REPO = Path(__file__).resolve().parents[2]
+KUBERNETES = REPO / "deploy" / "kubernetes"
+# The oldest Kubernetes still in wide use, and the newest the package knows.
+VERSIONS = ["1.28", kubernetes_validate.latest_version()]
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+MANIFESTS = sorted(
+    p for p in KUBERNETES.rglob("*.yaml") if p.name != "kustomization.yaml"
+)
+KUSTOMIZATIONS = sorted(KUBERNETES.rglob("kustomization.yaml"))
+
+
+def one(path: str) -> dict[str, Any]:
+    (doc,) = documents(KUBERNETES / path)
+    return doc
+
+
+def pod_specs() -> dict[str, dict[str, Any]]:
+    specs = {}
+    for path in MANIFESTS:
+        for doc in documents(path):
+            if doc["kind"] in ("Deployment", "DaemonSet"):
+                specs[doc["metadata"]["name"]] = doc["spec"]["template"]["spec"]
+    return specs
+
+
+def docxy_toml(configmap: str) -> dict[str, Any]:
+    return tomllib.loads(one(configmap)["data"]["docxy.toml"])
+
+
+def test_there_are_manifests_and_kustomizations() -> None:
+    kinds = {d["kind"] for p in MANIFESTS for d in documents(p)}
+    assert {
+        "Namespace",
+        "ConfigMap",
+        "DaemonSet",
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+    } <= kinds
+    assert len(KUSTOMIZATIONS) == 4
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_manifest_passes_the_kubernetes_schema(path: Path, version: str) -> None:
+    for doc in documents(path):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_schema_check_can_fail() -> None:
+    deployment = one("cluster/deployment.yaml")
+    deployment["spec"]["template"]["spec"]["containres"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize(
+    "kustomization", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(REPO))
+)
+def test_kustomization_resources_exist(kustomization: Path) -> None:
+    doc = one(str(kustomization.relative_to(KUBERNETES)))
+    assert doc["kind"] == "Kustomization"
+    for resource in doc["resources"]:
+        target = (kustomization.parent / resource).resolve()
+        assert target.exists(), resource
+        if target.is_dir():
+            assert (target / "kustomization.yaml").exists(), resource
+        else:  # kustomize loads files only at or below its own directory
+            assert kustomization.parent in target.parents, resource
+
+
+def test_top_kustomization_holds_every_manifest() -> None:
+    doc = one("kustomization.yaml")
+    assert sorted(KUBERNETES / r for r in doc["resources"]) == MANIFESTS
+
+
+def test_every_pod_is_non_root_without_service_links() -> None:
+    specs = pod_specs()
+    assert set(specs) == {"docxy", "docxy-node"}
+    for name, spec in specs.items():
+        # A Service "docxy" would define DOCXY_PORT=tcp://... (see
+        # docxy/environment.py): Docxy would refuse to start.
+        assert spec["enableServiceLinks"] is False, name
+        (container,) = spec["containers"]
+        context = {**spec.get("securityContext", {}), **container["securityContext"]}
+        assert context["runAsNonRoot"] is True, name
+        assert context["runAsUser"] == 10001, name
+        assert container["resources"]["requests"], name
+        assert container["resources"]["limits"], name
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health", name
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health", name
+        assert spec["terminationGracePeriodSeconds"] >= 30, name
+
+
+def test_shipped_configurations_load(tmp_path: Path) -> None:
+    """The image's file and both ConfigMaps, through Docxy's own loader."""
+    texts = {
+        "image": (REPO / "deploy" / "image" / "docxy.toml").read_text(),
+        "cluster": one("cluster/configmap.yaml")["data"]["docxy.toml"],
+        "node-local": one("node-local/configmap.yaml")["data"]["docxy.toml"],
+    }
+    for name, text in texts.items():
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text.replace("/var/cache/docxy", str(tmp_path / name)))
+        config = build_config({}, load_file(str(path)))
+        assert config.cache_dir == tmp_path / name, name
+
+
+def test_cluster_public_url_is_the_service_name() -> None:
+    service = one("cluster/service.yaml")
+    settings = docxy_toml("cluster/configmap.yaml")
+    meta = service["metadata"]
+    (port,) = service["spec"]["ports"]
+    expected = f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local"
+    assert settings["public-url"] == f"{expected}:{port['port']}"
+    assert settings["port"] == [f"tcp:{port['port']}"]
+    deployment = one("cluster/deployment.yaml")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["ports"][0]["name"] == port["targetPort"]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one cache owner
+    assert (
+        service["spec"]["selector"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_node_local_hosts_toml_for_every_preset() -> None:
+    """Every registry Docxy mirrors, pointed at the node's Docxy."""
+    settings = docxy_toml("node-local/configmap.yaml")
+    assert settings["port"] == ["tcp:5000:interface=127.0.0.1"]
+    mirror = settings["public-url"]
+    assert set(settings["preset"]) == set(PRESETS)
+    hosts = one("node-local/hosts-configmap.yaml")["data"]
+    wanted = {
+        namespace
+        for preset in PRESETS.values()
+        for namespace in preset.namespaces
+        if namespace not in ("registry-1.docker.io", "index.docker.io")
+    }
+    assert set(hosts) == wanted
+    for registry, text in hosts.items():
+        doc = tomllib.loads(text)
+        preset = PRESETS.get(registry)
+        server = preset.url if preset else f"https://{registry}"
+        assert doc["server"] == server, registry
+        assert doc["host"] == {mirror: {"capabilities": ["pull", "resolve"]}}
+
+    spec = pod_specs()["docxy-node"]
+    assert spec["hostNetwork"] is True
+    (container,) = spec["containers"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        assert f"http://{get['host']}:{get['port']}" == mirror
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["containerd-certs"]["hostPath"]["path"] == "/etc/containerd/certs.d"
+    assert volumes["cache"]["hostPath"]["path"] == "/var/cache/docxy"
+    (init,) = spec["initContainers"]
+    assert "hosts.toml" in init["command"][-1]
