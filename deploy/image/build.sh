@@ -75,13 +75,20 @@ tar --create --exclude-vcs --exclude=./.venv --exclude=./build --exclude=./dist 
     --exclude='*.egg-info' --exclude=__pycache__ --exclude='.*_cache' \
     --exclude=./deploy/image/wheels . | tar --extract --directory "$context"
 
-log "wheels: $PYTHON -m pip wheel (kept in $cache/wheels)"
-wheels="$cache/wheels"
-mkdir -p "$wheels"
-rm -f "$wheels"/docxy-*.whl
-"$PYTHON" -m pip wheel --quiet --wheel-dir "$wheels" --find-links "$wheels" "$context"
-mkdir -p "$context/deploy/image/wheels"
-cp "$wheels"/*.whl "$context/deploy/image/wheels/"
+log "wheels: $PYTHON -m pip wheel (dependencies kept in $cache/wheels)"
+wheels="$context/deploy/image/wheels"
+mkdir -p "$wheels" "$cache/wheels"
+rm -f "$cache/wheels"/docxy-*.whl  # left by an older build.sh
+"$PYTHON" -m pip wheel --quiet --wheel-dir "$wheels" --find-links "$cache/wheels" "$context"
+# Keep the dependencies for the next build (never Docxy's own wheel: another
+# checkout may build at the same time); a rename, so no one reads half a file.
+for wheel in "$wheels"/*.whl; do
+    name="$(basename "$wheel")"
+    case "$name" in docxy-*) continue ;; esac
+    if [ ! -f "$cache/wheels/$name" ]; then
+        cp "$wheel" "$cache/wheels/.$name.$$" && mv "$cache/wheels/.$name.$$" "$cache/wheels/$name"
+    fi
+done
 
 log "image: podman build $tag (BASE=$base)"
 # --format docker: the OCI format has no HEALTHCHECK.

@@ -39,20 +39,27 @@ def docxy_args(cmdline: bytes) -> list[str]:
     return argv[argv.index("docxy") + 1 :] if "docxy" in argv else []
 
 
-def connection(endpoint: str) -> http.client.HTTPConnection:
-    """A connection to a server endpoint string (tcp:, ssl:, acme:, unix:)."""
-    parts = re.split(r"(?<!\\):", endpoint)
+def connection(endpoint: str) -> http.client.HTTPConnection | None:
+    """A connection to a server endpoint string; None for one it cannot reach.
+
+    tcp:, tcp6:, ssl:, acme: (https on its tcp port) and unix:; a
+    ``systemd:`` socket is not named in the string.
+    """
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", endpoint)]
     kind = parts[0]
     args = [p for p in parts[1:] if "=" not in p]
     kwargs = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
     if kind == "unix":
         return UnixConnection(kwargs.get("address") or args[0])
-    if kind == "acme":  # acme:DIR:tcp:PORT:...
-        args = args[2:]
+    if kind == "acme":  # acme:DIRECTORY:tcp:PORT:...
+        kind, args = "ssl", args[2:]
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
     port = int(kwargs.get("port") or args[0])
-    host = kwargs.get("interface", "127.0.0.1")
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    if kind in ("ssl", "acme"):
+    loopback = "::1" if kind == "tcp6" else "127.0.0.1"
+    host = kwargs.get("interface") or loopback
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if kind == "ssl":
         # Liveness over loopback: the certificate is not what is checked.
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -66,10 +73,10 @@ def main() -> int:
     options.parseOptions(docxy_args(Path("/proc/1/cmdline").read_bytes()))
     assert options.config is not None
     endpoint = options.config.ports[0]
-    if endpoint.startswith("systemd:"):
+    conn = connection(endpoint)
+    if conn is None:
         print(f"healthcheck: cannot reach {endpoint!r}; assuming healthy")
         return 0
-    conn = connection(endpoint)
     try:
         conn.request("GET", "/health")
         status = conn.getresponse().status
