@@ -56,7 +56,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.docxy import Docxy  # noqa: E402
-from tests.support.images import SKOPEO, skopeo_env  # noqa: E402
 from tests.support.processes import (  # noqa: E402
     LOOPBACK,
     ManagedProcess,
@@ -70,6 +69,7 @@ from tests.support.registry import (  # noqa: E402
     AccessLogEntry,
     parse_access_log,
 )
+from tests.support.skopeo import SKOPEO, skopeo_env  # noqa: E402
 
 MiB = 1024 * 1024
 REGISTRY_BIN = "/usr/bin/docker-registry"

@@ -3,7 +3,8 @@
 Why: integration tests must run Docxy against the real distribution
 registry (with a Docker-Hub-like token service), never against mocks. The
 upstreams are session-scoped (populated once, a second or so) so the suite
-stays fast; Docxy instances are per test so no state leaks between tests.
+stays fast; so is the plain ``docxy`` (it keeps no state between requests);
+every other Docxy is per test (``docxy_factory``) so no state leaks.
 
 Fixture contract (other test modules rely on these names and attributes):
 
@@ -17,7 +18,7 @@ Fixture contract (other test modules rely on these names and attributes):
   "CDN"; adds ``cdn_requests()``.
 - ``tls_upstream``: same images over https; adds ``ca_path``.
 - ``docxy_factory(upstream_url, *extra_args, library_prefix="on")``.
-- ``docxy``: ``docxy_factory(upstream.url)``.
+- ``docxy``: one plain Docxy in front of ``upstream``, shared by the session.
 """
 
 from __future__ import annotations
@@ -131,7 +132,20 @@ def docxy_factory(tmp_path: Path) -> Iterator[DocxyFactory]:
     assert not crashed, "Docxy died during the test:\n" + "\n".join(reports)
 
 
-@pytest.fixture
-def docxy(docxy_factory: DocxyFactory, upstream: Upstream) -> Docxy:
-    """One Docxy in front of the plain upstream."""
-    return docxy_factory(upstream.url)
+@pytest.fixture(scope="session")
+def docxy(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Docxy]:
+    """One plain Docxy in front of the plain upstream, shared by the session.
+
+    Safe to share: without a cache Docxy keeps nothing a request changes
+    (the learnt realm is the same for every test), and tests read its log
+    from an offset (``AccessLog``). A test that needs options, a cache or a
+    Docxy it may stop uses ``docxy_factory``.
+    """
+    d = Docxy(upstream.url, tmp_path_factory.mktemp("docxy") / "docxy.log")
+    try:
+        yield d
+        assert d.alive(), f"the shared Docxy died:\n{d.log_text()[-3000:]}"
+    finally:
+        d.stop()

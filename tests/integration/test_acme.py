@@ -10,7 +10,6 @@ loopback, and clients that trust only pebble's root pull through Docxy.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import os
 import shutil
@@ -31,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from tests.support.certs_d import certs_d_entry
 from tests.support.clients import DOCKER_CLI, DOCKERD, Dockerd
 from tests.support.docxy import Docxy
-from tests.support.images import run_skopeo
+from tests.support.images import sha256_digest
 from tests.support.pebble import PEBBLE, Pebble
 from tests.support.processes import LOOPBACK, free_port, wait_until
 from tests.support.registry import (
@@ -40,6 +39,7 @@ from tests.support.registry import (
     get_token,
     make_test_ca,
 )
+from tests.support.skopeo import assert_pulled, skopeo_pull
 
 NAME = "localhost"
 ALPINE = "library/alpine:3.20"
@@ -88,10 +88,6 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def file_digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def skopeo_pull_https(
     port: int, root: Path, tmp_path: Path, upstream: Upstream, ref: str = ALPINE
 ) -> None:
@@ -102,19 +98,9 @@ def skopeo_pull_https(
     out = tmp_path / "out"
     shutil.rmtree(out, ignore_errors=True)
     image = upstream.images[ref]
-    run_skopeo(
-        [
-            "copy",
-            "--src-cert-dir",
-            str(certs),
-            f"docker://{NAME}:{port}/{ref.removeprefix('library/')}",
-            f"dir:{out}",
-        ],
-        tmp_path,
-    )
-    assert file_digest(out / "manifest.json") == image.digest
-    for blob in image.blobs:
-        assert file_digest(out / blob.split(":", 1)[1]) == blob
+    at, name = f"{NAME}:{port}", ref.removeprefix("library/")
+    skopeo_pull(at, name, out, "--src-cert-dir", str(certs), tls_verify=True)
+    assert_pulled(out, image.blobs, manifest=image.digest)
 
 
 class Setup:
@@ -307,7 +293,7 @@ def test_http_01_issuance_on_the_plain_listener(
         ca_path=root,
     )
     assert resp.status == 200, resp
-    assert "sha256:" + hashlib.sha256(resp.body).hexdigest() == image.digest
+    assert sha256_digest(resp.body) == image.digest
 
 
 def test_each_sni_name_gets_its_own_certificate(

@@ -13,7 +13,6 @@ import http.client
 import os
 import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +28,9 @@ from tests.support.clients import (
     Containerd,
     Dockerd,
 )
+from tests.support.daemons import state_dir
 from tests.support.docxy import AccessLog, Docxy
-from tests.support.images import ImageInfo, ImageSpec, populate, run_skopeo
+from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.processes import LOOPBACK, wait_until
 from tests.support.registry import (
     Upstream,
@@ -40,26 +40,13 @@ from tests.support.registry import (
     start_upstream,
 )
 from tests.support.relay import GatedRelay
+from tests.support.skopeo import assert_pulled, file_digest, skopeo_pull
 
 Factory = Callable[..., Docxy]
 
 # One image with one big layer of incompressible deterministic bytes.
 BIG_LAYER = 200 * 1024 * 1024
 BIG = ImageSpec("library/big", "1", layer_sizes=(BIG_LAYER,), seed="big")
-
-
-def pull(docxy: Docxy, name: str, out: Path, *flags: str) -> None:
-    """skopeo copy (it verifies every digest) of ``name`` through ``docxy``."""
-    run_skopeo(
-        [
-            "copy",
-            "--src-tls-verify=false",
-            *flags,
-            f"docker://{docxy.hostport}/{name}",
-            f"dir:{out}",
-        ],
-        out.parent,
-    )
 
 
 def blob_gets(upstream: Upstream, since: int, blobs: list[str]) -> int:
@@ -77,17 +64,17 @@ def test_second_pull_and_restart_make_no_upstream_blob_gets(
     cache = tmp_path / "cache"
     docxy = docxy_factory(upstream.url, "--cache-dir", str(cache))
     before = len(upstream.requests())
-    pull(docxy, "multi:1.0", tmp_path / "one", "--all")
+    skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / "one", "--all")
     assert blob_gets(upstream, before, image.blobs) == len(image.blobs)
 
     middle = len(upstream.requests())
-    pull(docxy, "multi:1.0", tmp_path / "two", "--all")
+    skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / "two", "--all")
     assert blob_gets(upstream, middle, image.blobs) == 0
 
     docxy.stop()
     restarted = docxy_factory(upstream.url, "--cache-dir", str(cache))
     after = len(upstream.requests())
-    pull(restarted, "multi:1.0", tmp_path / "three", "--all")
+    skopeo_pull(restarted.hostport, "multi:1.0", tmp_path / "three", "--all")
     assert blob_gets(upstream, after, image.blobs) == 0
 
 
@@ -96,7 +83,13 @@ def test_private_blobs_are_not_given_to_anonymous_clients(
 ) -> None:
     image = upstream.images["private/secret:1"]
     docxy = docxy_factory(upstream.url, "--cache-dir", str(tmp_path / "cache"))
-    pull(docxy, "private/secret:1", tmp_path / "alice", "--src-creds", "alice:secret")
+    skopeo_pull(
+        docxy.hostport,
+        "private/secret:1",
+        tmp_path / "alice",
+        "--src-creds",
+        "alice:secret",
+    )
     # Each of alice's blobs is cached now; an anonymous client asking for
     # them directly gets the upstream's refusal, never the bytes.
     import urllib.error
@@ -138,21 +131,6 @@ def cached_blobs(cache: Path) -> dict[str, Path]:
 def blobs_size(cache: Path) -> int:
     """Bytes of every file under ``DIR/blobs``."""
     return sum(p.stat().st_size for p in (cache / "blobs").rglob("*") if p.is_file())
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def assert_pulled(out: Path, blobs: list[str]) -> None:
-    """skopeo's ``dir:`` holds each blob under its hex digest: check the bytes."""
-    for blob in blobs:
-        path = out / blob.split(":", 1)[1]
-        assert sha256_file(path) == blob, f"{path} does not match {blob}"
 
 
 def biggest_layer(upstream: Upstream, image: ImageInfo) -> str:
@@ -236,7 +214,7 @@ def test_ten_concurrent_pulls_of_a_big_layer_make_one_upstream_get_per_blob(
 
     def one_client(out: Path) -> None:
         together.wait()  # ten skopeo processes started at once
-        pull(docxy, "big:1", out)
+        skopeo_pull(docxy.hostport, "big:1", out)
 
     try:
         with ThreadPoolExecutor(len(outs)) as pool:
@@ -255,14 +233,6 @@ def test_ten_concurrent_pulls_of_a_big_layer_make_one_upstream_get_per_blob(
 
 
 # --- skopeo, then dockerd and containerd -----------------------------------
-
-
-def _short_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    """Unix socket paths are limited to 108 bytes: keep daemon dirs short."""
-    base = tmp_path_factory.mktemp(name)
-    if len(str(base)) > 60:
-        base = Path(tempfile.mkdtemp(prefix=f"docxy-{name}-"))
-    return base
 
 
 class ClientPulls:
@@ -286,13 +256,15 @@ def client_pulls(
             pytest.skip(f"{binary} is not installed")
     image = upstream.images["library/multi:1.0"]
     result = ClientPulls(image)
-    base = _short_dir(tmp_path_factory, "cache-clients")
+    base = state_dir(tmp_path_factory, "cache-clients")
     docxy = Docxy(
         upstream.url, base / "docxy.log", ["--cache-dir", str(base / "cache")]
     )
     try:
         before = len(upstream.requests())
-        pull(docxy, "multi:1.0", base / "skopeo" / "out")  # this host: linux/amd64
+        skopeo_pull(
+            docxy.hostport, "multi:1.0", base / "skopeo" / "out"
+        )  # this host: linux/amd64
         amd64 = [image.configs["linux/amd64"], *image.layers["linux/amd64"]]
         assert blob_gets(upstream, before, amd64) == len(amd64)
 
@@ -378,7 +350,9 @@ def test_cache_stays_under_its_size_limit_while_pulling_more(
         assert sum(sizes.values()) <= limit, "each image alone must fit"
         pulled += sum(sizes.values())
         out = tmp_path / f"pull-{n}" / "out"
-        pull(docxy, name, out, *flags)  # succeeds, skopeo verified every blob
+        skopeo_pull(
+            docxy.hostport, name, out, *flags
+        )  # succeeds, skopeo verified every blob
         assert_pulled(out, image.blobs)
         assert blobs_size(cache) <= limit, (name, blobs_size(cache))
         # Least recently used goes first: the image just pulled is all there.
@@ -439,10 +413,10 @@ def test_kill_9_during_a_fill_leaves_nothing_that_is_served(
         assert layer not in cached_blobs(cache)
         before = len(big_upstream.requests())
         out = tmp_path / "healed" / "out"
-        pull(restarted, "big:1", out)
+        skopeo_pull(restarted.hostport, "big:1", out)
         assert blob_gets(big_upstream, before, [layer]) == 1  # not from the cache
         assert_pulled(out, image.blobs)
-        assert sha256_file(cached_blobs(cache)[layer]) == layer  # healed
+        assert file_digest(cached_blobs(cache)[layer]) == layer  # healed
     finally:
         if reader is not None:
             reader.close()
@@ -460,7 +434,7 @@ def test_a_flipped_byte_in_a_cached_blob_is_never_served_as_that_digest(
     layer = biggest_layer(upstream, image)  # more than one 256 KiB disk read
     cache = tmp_path / "cache"
     docxy = docxy_factory(upstream.url, "--cache-dir", str(cache))
-    pull(docxy, "alpine:3.20", tmp_path / "first" / "out")
+    skopeo_pull(docxy.hostport, "alpine:3.20", tmp_path / "first" / "out")
     path = cached_blobs(cache)[layer]
     size = path.stat().st_size
     offset = 1000 if where == "first" else size - 1
@@ -480,10 +454,10 @@ def test_a_flipped_byte_in_a_cached_blob_is_never_served_as_that_digest(
 
     before = len(upstream.requests())
     out = tmp_path / "second" / "out"
-    pull(docxy, "alpine:3.20", out)
+    skopeo_pull(docxy.hostport, "alpine:3.20", out)
     assert blob_gets(upstream, before, [layer]) == 1  # refetched
     assert_pulled(out, image.blobs)
-    assert sha256_file(cached_blobs(cache)[layer]) == layer
+    assert file_digest(cached_blobs(cache)[layer]) == layer
 
 
 # --- the access log ---------------------------------------------------------------

@@ -11,7 +11,6 @@ pull is checked against the digest the upstream registry holds.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -29,6 +28,7 @@ from tests.support.clients import (
     Podman,
     request_urls,
 )
+from tests.support.daemons import running
 from tests.support.docxy import AccessLog, Docxy
 from tests.support.registry import Upstream
 
@@ -58,12 +58,6 @@ def upstream_saw(upstream: Upstream, method: str, path: str, since: int = 0) -> 
 # --- fixtures ---------------------------------------------------------------
 
 
-def _need(*binaries: str) -> None:
-    for b in binaries:
-        if not Path(b).exists():
-            pytest.skip(f"{b} is not installed")
-
-
 @pytest.fixture(scope="module")
 def client_docxy(
     upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
@@ -77,56 +71,40 @@ def client_docxy(
         d.stop()
 
 
-def _base(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    """A private state dir; kept by pytest for the daemon's log after a failure.
-
-    Unix socket paths are limited to 108 bytes, so fall back to a short /tmp
-    dir when pytest's base is long.
-    """
-    base = tmp_path_factory.mktemp(name)
-    if len(str(base)) > 60:
-        base = Path(tempfile.mkdtemp(prefix=f"docxy-{name}-"))
-    return base
-
-
 @pytest.fixture(scope="module")
 def dockerd(
     client_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dockerd]:
-    _need(DOCKERD, DOCKER_CLI)
-    base = _base(tmp_path_factory, "dockerd")
-    daemon = Dockerd(base, [client_docxy.url])
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
+    yield from running(
+        tmp_path_factory,
+        "dockerd",
+        (DOCKERD, DOCKER_CLI),
+        lambda base: Dockerd(base, [client_docxy.url]),
+    )
 
 
 @pytest.fixture(scope="module")
 def containerd(
     client_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Containerd]:
-    _need(CONTAINERD, CTR)
-    base = _base(tmp_path_factory, "containerd")
-    daemon = Containerd(base)
-    daemon.set_mirror(client_docxy.url)
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
+    def start(base: Path) -> Containerd:
+        daemon = Containerd(base)
+        daemon.set_mirror(client_docxy.url)
+        return daemon
+
+    yield from running(tmp_path_factory, "containerd", (CONTAINERD, CTR), start)
 
 
 @pytest.fixture(scope="module")
 def podman(
     client_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Podman]:
-    _need(PODMAN)
-    base = _base(tmp_path_factory, "podman")
-    client = Podman(base, client_docxy.hostport)
-    try:
-        yield client
-    finally:
-        client.stop()
+    yield from running(
+        tmp_path_factory,
+        "podman",
+        (PODMAN,),
+        lambda base: Podman(base, client_docxy.hostport),
+    )
 
 
 # --- dockerd ----------------------------------------------------------------

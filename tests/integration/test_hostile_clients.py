@@ -24,9 +24,9 @@ import pytest
 
 from tests.support.blob_server import BlobServerProcess
 from tests.support.docxy import Docxy
-from tests.support.images import run_skopeo
 from tests.support.processes import LOOPBACK
 from tests.support.registry import Upstream, fetch
+from tests.support.skopeo import assert_pulled, skopeo_pull
 
 DocxyFactory = Callable[..., Docxy]
 MIB = 1024 * 1024
@@ -171,19 +171,8 @@ def test_hundreds_of_slow_clients_starve_no_one(
             slow.append(sock)
 
         out = tmp_path / "out"
-        run_skopeo(
-            [
-                "copy",
-                "--quiet",
-                "--src-tls-verify=false",
-                f"docker://{docxy.hostport}/library/alpine:3.20",
-                f"dir:{out}",
-            ],
-            tmp_path,
-        )
-        manifest = (out / "manifest.json").read_bytes()
-        digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-        assert digest == upstream.images["library/alpine:3.20"].digest
+        skopeo_pull(docxy.hostport, "library/alpine:3.20", out, "--quiet")
+        assert_pulled(out, [], manifest=upstream.images["library/alpine:3.20"].digest)
 
         for sock in slow:
             status, headers, body = read_answer(sock)

@@ -9,7 +9,6 @@ redirects server-side. Plain http.client requests make each one visible.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -19,14 +18,15 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.support.docxy import Docxy
+from tests.support.images import sha256_digest
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import (
     MANIFEST_ACCEPT,
     Response,
     Upstream,
     basic_auth,
+    challenge,
     fetch,
-    parse_challenge,
 )
 
 DocxyFactory = Callable[..., Docxy]
@@ -35,16 +35,6 @@ DocxyFactory = Callable[..., Docxy]
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-
-def challenge(resp: Response) -> dict[str, str]:
-    """The Bearer challenge parameters of a 401."""
-    assert resp.status == 401, (resp.status, resp.body)
-    values = resp.header_all("WWW-Authenticate")
-    assert len(values) == 1, values
-    scheme, params = parse_challenge(values[0])
-    assert scheme == "bearer", values[0]
-    return params
 
 
 def docxy_token(
@@ -87,10 +77,6 @@ def assert_envelope(
 
 def upstream_paths(upstream: Upstream, since: int = 0) -> list[str]:
     return [p for _, p in upstream.requests()[since:]]
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------
@@ -167,7 +153,7 @@ def test_short_name_challenge_and_token_flow(docxy: Docxy, upstream: Upstream) -
         headers=bearer(token, Accept=MANIFEST_ACCEPT),
     )
     assert resp.status == 200, (resp.status, resp.body)
-    assert sha256(resp.body) == image.digest
+    assert sha256_digest(resp.body) == image.digest
 
 
 def test_token_get_forwards_params_in_order(docxy: Docxy, upstream: Upstream) -> None:
@@ -257,7 +243,7 @@ def test_token_post_password_form(docxy: Docxy, upstream: Upstream) -> None:
         headers=bearer(token, Accept=MANIFEST_ACCEPT),
     )
     assert manifest.status == 200, (manifest.status, manifest.body)
-    assert sha256(manifest.body) == image.digest
+    assert sha256_digest(manifest.body) == image.digest
 
     refresh = urlencode(
         [
@@ -300,7 +286,7 @@ def test_head_manifest_matches_get(docxy: Docxy, upstream: Upstream, ref: str) -
     head = fetch(url, method="HEAD", headers=bearer(token, Accept=MANIFEST_ACCEPT))
     get = fetch(url, headers=bearer(token, Accept=MANIFEST_ACCEPT))
     assert get.status == 200 and head.status == 200, (get.status, head.status)
-    assert sha256(get.body) == image.digest
+    assert sha256_digest(get.body) == image.digest
     assert get.header("Content-Type") == image.media_type
     assert head.header("Content-Length") == str(len(get.body))
     assert get.header("Content-Length") == str(len(get.body))
@@ -364,7 +350,7 @@ def test_blob_get_full_with_fixed_length(
     assert resp.header("Location") is None
     assert resp.header("Transfer-Encoding") is None, resp.headers
     assert resp.header("Content-Length") == str(len(data))
-    assert sha256(resp.body) == digest
+    assert sha256_digest(resp.body) == digest
 
     head = fetch(url, method="HEAD", headers=bearer(token))
     assert head.status == 200, (head.status, head.headers)

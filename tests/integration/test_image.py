@@ -27,9 +27,9 @@ import yaml
 
 from tests.support.clients import Podman
 from tests.support.engine import REPO, Engine
-from tests.support.images import run_skopeo
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import Upstream, fetch
+from tests.support.skopeo import skopeo_pull
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="building images needs root"),
@@ -129,19 +129,6 @@ def podman_client(mirror: Mirror) -> Iterator[Podman]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def skopeo_copy(hostport: str, ref: str, out: Path, *flags: str) -> None:
-    run_skopeo(
-        [
-            "copy",
-            "--src-tls-verify=false",
-            *flags,
-            f"docker://{hostport}/{ref}",
-            f"dir:{out}",
-        ],
-        out.parent,
-    )
-
-
 # --- the image --------------------------------------------------------------
 
 
@@ -178,14 +165,14 @@ def test_skopeo_pulls_through_the_container(
 ) -> None:
     image = upstream.images["library/alpine:3.20"]
     out = tmp_path / "alpine"
-    skopeo_copy(mirror.hostport, "library/alpine:3.20", out)
+    skopeo_pull(mirror.hostport, "library/alpine:3.20", out)
     assert file_digest(out / "manifest.json") == image.digest
     for blob in image.blobs:
         assert file_digest(out / blob.split(":", 1)[1]) == blob
 
     index = upstream.images["library/multi:1.0"]
     out = tmp_path / "multi"
-    skopeo_copy(mirror.hostport, "library/multi:1.0", out, "--all")
+    skopeo_pull(mirror.hostport, "library/multi:1.0", out, "--all")
     assert file_digest(out / "manifest.json") == index.digest
     for digest in index.platform_digests.values():
         instance = out / (digest.split(":", 1)[1] + ".manifest.json")
@@ -207,7 +194,7 @@ def test_blobs_are_cached_in_the_volume(
     mirror: Mirror, upstream: Upstream, cache_volume: Path, tmp_path: Path
 ) -> None:
     image = upstream.images["library/alpine:3.20"]
-    skopeo_copy(mirror.hostport, "library/alpine:3.20", tmp_path / "alpine")
+    skopeo_pull(mirror.hostport, "library/alpine:3.20", tmp_path / "alpine")
     cached = {
         file_digest(path)
         for path in cache_volume.rglob("*")
@@ -348,7 +335,7 @@ def test_kube_play_of_the_deployment_serves_a_pull(
         engine.wait_for_port(name, port)
         image_info = upstream.images["library/alpine:3.20"]
         out = tmp_path / "alpine"
-        skopeo_copy(f"{LOOPBACK}:{port}", "library/alpine:3.20", out)
+        skopeo_pull(f"{LOOPBACK}:{port}", "library/alpine:3.20", out)
         assert file_digest(out / "manifest.json") == image_info.digest
         # The mounted ConfigMap is what configured it.
         assert f"token realm http://{LOOPBACK}:{port}/auth/token" in engine.logs(name)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.docxy import Docxy
-from tests.support.images import ImageSpec, copy_through, populate
+from tests.support.images import ImageSpec, populate
 from tests.support.registry import Upstream, start_upstream
+from tests.support.skopeo import skopeo_pull
 
 Factory = Callable[..., Docxy]
 
@@ -37,10 +38,6 @@ def own_upstream(tmp_path: Path) -> Iterator[Upstream]:
         up.stop()
 
 
-def pull(docxy: Docxy, name: str, out: Path, *flags: str, check: bool = True) -> bool:
-    return copy_through(docxy.hostport, name, out, *flags, check=check)
-
-
 def manifest_gets(upstream: Upstream, since: int) -> list[str]:
     return [
         path
@@ -53,11 +50,11 @@ def test_second_pull_asks_upstream_for_no_manifest(
     docxy_factory: Factory, own_upstream: Upstream, tmp_path: Path
 ) -> None:
     docxy = docxy_factory(own_upstream.url, "--cache-dir", str(tmp_path / "c"))
-    pull(docxy, "web:1", tmp_path / "one")
-    pull(docxy, "arch:2", tmp_path / "all", "--all")
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "one")
+    skopeo_pull(docxy.hostport, "arch:2", tmp_path / "all", "--all")
     since = len(own_upstream.requests())
-    pull(docxy, "web:1", tmp_path / "two")
-    pull(docxy, "arch:2", tmp_path / "all-again", "--all")
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "two")
+    skopeo_pull(docxy.hostport, "arch:2", tmp_path / "all-again", "--all")
     assert manifest_gets(own_upstream, since) == []
     blob_gets = [
         p for m, p in own_upstream.requests()[since:] if m == "GET" and "/blobs/" in p
@@ -76,9 +73,9 @@ def test_expired_tag_is_revalidated_with_head_only(
         "--cache-freshness",
         "0.001",
     )
-    pull(docxy, "web:1", tmp_path / "one")
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "one")
     since = len(own_upstream.requests())
-    pull(docxy, "web:1", tmp_path / "two")
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "two")
     new = own_upstream.requests()[since:]
     assert manifest_gets(own_upstream, since) == []
     assert any(m == "HEAD" and p.endswith("/manifests/1") for m, p in new), new
@@ -89,17 +86,28 @@ def test_images_pulled_before_still_pull_when_upstream_is_down(
 ) -> None:
     docxy = docxy_factory(own_upstream.url, "--cache-dir", str(tmp_path / "c"))
     image = own_upstream.images["library/web:1"]
-    pull(docxy, "web:1", tmp_path / "before")
-    pull(docxy, "private/vault:1", tmp_path / "alice", "--src-creds", "alice:secret")
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "before")
+    skopeo_pull(
+        docxy.hostport,
+        "private/vault:1",
+        tmp_path / "alice",
+        "--src-creds",
+        "alice:secret",
+    )
     docxy.wait_for_log("library/web is public")
     own_upstream.stop()  # registry and token service both gone
 
-    assert pull(docxy, "web:1", tmp_path / "by-tag")
-    assert pull(docxy, f"web@{image.digest}", tmp_path / "by-digest")
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "by-tag")
+    skopeo_pull(docxy.hostport, f"web@{image.digest}", tmp_path / "by-digest")
     # The ping and the token were answered without the upstream.
     assert "cache=offline" in docxy.log_text()
     # Private content: no evidence this client may have it, so no.
-    assert not pull(docxy, "private/vault:1", tmp_path / "anon", check=False)
+    assert (
+        skopeo_pull(
+            docxy.hostport, "private/vault:1", tmp_path / "anon", check=False
+        ).returncode
+        != 0
+    )
     assert not (tmp_path / "anon" / "manifest.json").exists()
 
 
@@ -113,9 +121,9 @@ def test_expired_tag_is_served_stale_when_upstream_is_down(
         "--cache-freshness",
         "0.001",
     )
-    pull(docxy, "web:1", tmp_path / "before")
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "before")
     # Docxy learns in the background that the repository is public.
     docxy.wait_for_log("library/web is public")
     own_upstream.stop()
-    assert pull(docxy, "web:1", tmp_path / "after")
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "after")
     assert "serving last known library/web:1" in docxy.log_text()

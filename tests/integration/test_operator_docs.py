@@ -20,9 +20,9 @@ from twisted.python.systemd import ListenFDs
 from docxy.config import SETTINGS, build_config, load_file
 from tests.support.certs_d import certs_d_entry
 from tests.support.docxy import REPO, TWISTD, Docxy, twistd_env
-from tests.support.images import run_skopeo
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port
 from tests.support.registry import Upstream, make_test_ca
+from tests.support.skopeo import run_skopeo
 
 CONFIGURATION = REPO / "docs" / "configuration.md"
 SYSTEMD = REPO / "deploy" / "systemd"

@@ -8,7 +8,6 @@ tests prove it: a skopeo pull afterwards makes no upstream blob GET
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -18,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.docxy import REPO, AccessLog, Docxy, twistd_env
-from tests.support.images import ImageInfo, ImageSpec, populate, run_skopeo
+from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.processes import NO_INTERNET_ENV
 from tests.support.registry import Upstream, start_upstream
+from tests.support.skopeo import assert_pulled, skopeo_pull
 
 Factory = Callable[..., Docxy]
 
@@ -53,22 +53,8 @@ def blob_gets(upstream: Upstream, since: int, blobs: list[str] | None = None) ->
     )
 
 
-def skopeo_pull(
-    docxy: Docxy, name: str, out: Path, *flags: str, arch: str = "amd64"
-) -> None:
-    """skopeo copy (verifying every digest) of ``name`` for ``arch``."""
-    run_skopeo(
-        [
-            "--override-arch",
-            arch,
-            "copy",
-            "--src-tls-verify=false",
-            *flags,
-            f"docker://{docxy.hostport}/{name}",
-            f"dir:{out}",
-        ],
-        out.parent,
-    )
+AMD64 = ("--override-arch", "amd64")
+ARM64 = ("--override-arch", "arm64")
 
 
 def cached(docxy_factory: Factory, upstream: Upstream, tmp_path: Path) -> Docxy:
@@ -96,7 +82,9 @@ def test_one_platform_of_an_index_then_a_pull_makes_no_upstream_blob_gets(
     assert blob_gets(upstream, before, amd64) == 0  # only the chosen platform
 
     warm = len(upstream.requests())
-    skopeo_pull(docxy, "multi:1.0", tmp_path / "pull" / "out", arch="arm64")
+    skopeo_pull(
+        docxy.hostport, "multi:1.0", tmp_path / "pull" / "out", global_flags=ARM64
+    )
     assert blob_gets(upstream, warm) == 0
 
 
@@ -115,7 +103,7 @@ def test_all_platforms_then_a_pull_of_all_makes_no_upstream_blob_gets(
     assert blob_gets(upstream, before, image.blobs) == len(image.blobs)
 
     warm = len(upstream.requests())
-    skopeo_pull(docxy, "multi:list", tmp_path / "pull" / "out", "--all")
+    skopeo_pull(docxy.hostport, "multi:list", tmp_path / "pull" / "out", "--all")
     assert blob_gets(upstream, warm) == 0
 
 
@@ -140,7 +128,9 @@ def test_registry_host_and_digest_go_through_the_path_alias(
         registry_paths
     )
     warm = len(upstream.requests())
-    skopeo_pull(docxy, "alpine:3.20", tmp_path / "pull" / "out")
+    skopeo_pull(
+        docxy.hostport, "alpine:3.20", tmp_path / "pull" / "out", global_flags=AMD64
+    )
     assert blob_gets(upstream, warm) == 0
 
 
@@ -185,11 +175,12 @@ def test_private_image_needs_and_works_with_user(
 
     warm = len(upstream.requests())
     skopeo_pull(
-        docxy,
+        docxy.hostport,
         "private/secret:1",
         tmp_path / "pull" / "out",
         "--src-creds",
         "alice:secret",
+        global_flags=AMD64,
     )
     assert blob_gets(upstream, warm) == 0
 
@@ -208,7 +199,9 @@ def test_mirror_url_with_an_alias_path(
     assert paths, log.dump()
     assert all(p.startswith("/docker.io/v2/alpine/blobs/") for p in paths)
     warm = len(upstream.requests())
-    skopeo_pull(docxy, "alpine:3.20", tmp_path / "pull" / "out")
+    skopeo_pull(
+        docxy.hostport, "alpine:3.20", tmp_path / "pull" / "out", global_flags=AMD64
+    )
     assert blob_gets(upstream, warm) == 0
 
 
@@ -243,19 +236,13 @@ def prefetched_then_down(
         up.stop()
 
 
-def pulled_amd64(out: Path, image: ImageInfo) -> None:
-    for blob in [image.configs["linux/amd64"], *image.layers["linux/amd64"]]:
-        data = (out / blob.split(":", 1)[1]).read_bytes()
-        assert "sha256:" + hashlib.sha256(data).hexdigest() == blob
-
-
 def test_prefetched_image_pulls_by_digest_with_the_upstream_down(
     prefetched_then_down: tuple[Docxy, ImageInfo], tmp_path: Path
 ) -> None:
     docxy, image = prefetched_then_down
     out = tmp_path / "pull" / "out"
-    skopeo_pull(docxy, f"outage@{image.digest}", out)
-    pulled_amd64(out, image)
+    skopeo_pull(docxy.hostport, f"outage@{image.digest}", out, global_flags=AMD64)
+    assert_pulled(out, [image.configs["linux/amd64"], *image.layers["linux/amd64"]])
 
 
 def test_prefetched_image_pulls_by_tag_with_the_upstream_down(
@@ -263,5 +250,5 @@ def test_prefetched_image_pulls_by_tag_with_the_upstream_down(
 ) -> None:
     docxy, image = prefetched_then_down
     out = tmp_path / "pull" / "out"
-    skopeo_pull(docxy, "outage:1", out)
-    pulled_amd64(out, image)
+    skopeo_pull(docxy.hostport, "outage:1", out, global_flags=AMD64)
+    assert_pulled(out, [image.configs["linux/amd64"], *image.layers["linux/amd64"]])

@@ -30,8 +30,9 @@ from tests.support.clients import (
 )
 from tests.support.docxy import Docxy
 from tests.support.faulty import FaultyUpstream, start_faulty_upstream
-from tests.support.images import ImageSpec, copy_through
+from tests.support.images import ImageSpec
 from tests.support.registry import fetch
+from tests.support.skopeo import skopeo_pull
 
 Factory = Callable[..., Docxy]
 
@@ -58,15 +59,11 @@ def well_again(faulty: FaultyUpstream) -> Iterator[None]:
     faulty.recover()
 
 
-def skopeo(docxy: Docxy, name: str, out: Path, *flags: str, check: bool = True) -> bool:
-    return copy_through(docxy.hostport, name, out, *flags, check=check)
-
-
 def warm(docxy: Docxy, tmp_path: Path) -> None:
     """Pull web (anonymous) and vault (alice) once, and learn web is public."""
-    skopeo(docxy, "web:1", tmp_path / "warm-web" / "out")
-    skopeo(
-        docxy,
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "warm-web" / "out")
+    skopeo_pull(
+        docxy.hostport,
         "private/vault:1",
         tmp_path / "warm-vault" / "out",
         "--src-creds",
@@ -123,7 +120,7 @@ def test_every_client_pulls_cached_images_at_once_while_everything_answers_429(
 
         def by_skopeo() -> str:
             out = tmp_path / "skopeo-429" / "out"
-            skopeo(docxy, "web:1", out)
+            skopeo_pull(docxy.hostport, "web:1", out)
             return (out / "manifest.json").read_text()
 
         clients = [by_dockerd, by_containerd, by_podman, by_skopeo]
@@ -163,8 +160,8 @@ def test_a_429_to_the_access_check_lets_remembered_evidence_decide(
     warm(docxy, tmp_path)
     faulty.rate_limit(RETRY_AFTER)
     checks = len(faulty.limited())
-    assert skopeo(docxy, "web:1", tmp_path / "by-tag" / "out")
-    assert skopeo(docxy, f"web@{image.digest}", tmp_path / "by-digest" / "out")
+    skopeo_pull(docxy.hostport, "web:1", tmp_path / "by-tag" / "out")
+    skopeo_pull(docxy.hostport, f"web@{image.digest}", tmp_path / "by-digest" / "out")
     assert "serving last known library/web:1" in docxy.log_text()
     # Docxy asked (the evidence had expired) and got 429s: evidence decided.
     assert len(faulty.limited()) > checks

@@ -21,11 +21,9 @@ is not configured" and must never see a connection.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,17 +45,19 @@ from tests.support.clients import (
     request_urls,
     response_headers,
 )
+from tests.support.daemons import running
 from tests.support.docxy import AccessLog, Docxy
-from tests.support.images import ImageInfo, ImageSpec, populate, run_skopeo
+from tests.support.images import ImageInfo, ImageSpec, populate, sha256_digest
 from tests.support.processes import LOOPBACK, wait_until
 from tests.support.registry import (
     MANIFEST_ACCEPT,
     Response,
     Upstream,
+    challenge,
     fetch,
-    parse_challenge,
     start_upstream,
 )
+from tests.support.skopeo import assert_pulled, skopeo_pull
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the container daemons need root"
@@ -266,10 +266,6 @@ def sentinel(fleet: Fleet) -> Iterator[Sentinel]:
 # --------------------------------------------------------------------------
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def request(
     docxy: Docxy,
     path: str,
@@ -294,16 +290,6 @@ def raw_request(docxy: Docxy, method: str, target: str, host: str) -> Response:
         return Response(resp.status, resp.getheaders(), resp.read())
     finally:
         conn.close()
-
-
-def challenge(resp: Response) -> dict[str, str]:
-    """The Bearer challenge of a 401."""
-    assert resp.status == 401, (resp.status, resp.body)
-    values = resp.header_all("WWW-Authenticate")
-    assert len(values) == 1, values
-    scheme, params = parse_challenge(values[0])
-    assert scheme == "bearer", values[0]
-    return params
 
 
 def token_from(realm: str, params: Mapping[str, str]) -> str:
@@ -377,20 +363,6 @@ def assert_pulled_from(
     for name, entries in tokens.items():
         if name != registry:
             assert entries == [], f"{name} token service got {entries}"
-
-
-def _need(*binaries: str) -> None:
-    for b in binaries:
-        if not Path(b).exists():
-            pytest.skip(f"{b} is not installed")
-
-
-def _short_base(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    """A private state dir short enough for unix sockets (108 bytes)."""
-    base = tmp_path_factory.mktemp(name)
-    if len(str(base)) > 60:
-        base = Path(tempfile.mkdtemp(prefix=f"docxy-{name}-"))
-    return base
 
 
 # --------------------------------------------------------------------------
@@ -552,7 +524,7 @@ def test_each_route_reaches_its_upstream(
     token = token_from(params["realm"], params)
     resp = request(docxy, path, headers={**headers, "Authorization": f"Bearer {token}"})
     assert resp.status == 200, (resp.status, resp.body)
-    assert sha256(resp.body) == image.digest
+    assert sha256_digest(resp.body) == image.digest
     assert resp.header("Docker-Content-Digest") == image.digest
     assert resp.header("OCI-Namespace") == case.namespace, resp.headers
     new = fleet.new_requests(since)
@@ -618,7 +590,7 @@ def test_token_request_routes_by_alias_in_scope(
         headers={"Accept": MANIFEST_ACCEPT, "Authorization": f"Bearer {token}"},
     )
     assert got.status == 200, got.body
-    assert sha256(got.body) == image.digest
+    assert sha256_digest(got.body) == image.digest
 
 
 def test_one_token_request_cannot_span_registries(
@@ -647,14 +619,13 @@ def test_one_token_request_cannot_span_registries(
 def containerd(
     fleet: Fleet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Containerd]:
-    _need(CONTAINERD, CTR)
-    daemon = Containerd(_short_base(tmp_path_factory, "rt-containerd"))
-    for registry in (DOCKER_IO, GHCR, QUAY):
-        daemon.set_mirror(fleet.docxy.url, registry)
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
+    def start(base: Path) -> Containerd:
+        daemon = Containerd(base)
+        for registry in (DOCKER_IO, GHCR, QUAY):
+            daemon.set_mirror(fleet.docxy.url, registry)
+        return daemon
+
+    yield from running(tmp_path_factory, "rt-containerd", (CONTAINERD, CTR), start)
 
 
 @pytest.mark.parametrize(
@@ -765,20 +736,20 @@ def test_ns_answer_carries_oci_namespace(fleet: Fleet, sentinel: Sentinel) -> No
 
 @pytest.fixture(scope="module")
 def podman(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    _need(PODMAN)
     hostport = fleet.docxy.hostport
-    client = Podman(_short_base(tmp_path_factory, "rt-podman"), hostport)
-    client.set_mirrors(
-        {
-            DOCKER_IO: [hostport],
-            GHCR: [f"{hostport}/ghcr"],
-            QUAY: [f"{hostport}/quay"],
-        }
-    )
-    try:
-        yield client
-    finally:
-        client.stop()
+
+    def start(base: Path) -> Podman:
+        client = Podman(base, hostport)
+        client.set_mirrors(
+            {
+                DOCKER_IO: [hostport],
+                GHCR: [f"{hostport}/ghcr"],
+                QUAY: [f"{hostport}/quay"],
+            }
+        )
+        return client
+
+    yield from running(tmp_path_factory, "rt-podman", (PODMAN,), start)
 
 
 @pytest.mark.parametrize(
@@ -854,18 +825,9 @@ def test_skopeo_routes_by_host(
     log = AccessLog(fleet.docxy)
     since = fleet.mark()
 
-    run_skopeo(
-        [
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            f"docker://{host}:{fleet.docxy.port}/org/quayapp:2",
-            f"dir:{out}",
-        ],
-        tmp_path,
-    )
+    skopeo_pull(f"{host}:{fleet.docxy.port}", "org/quayapp:2", out, "--quiet")
 
-    assert sha256((out / "manifest.json").read_bytes()) == image.digest
+    assert_pulled(out, [], manifest=image.digest)
     assert_pulled_from(fleet, since, registry, image)
     # skopeo takes the realm of its /v2/ ping.
     realms = {e.bare_path for e in log.entries() if e.bare_path.startswith("/auth/")}
@@ -881,12 +843,12 @@ def test_skopeo_routes_by_host(
 def dockerd(
     fleet: Fleet, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dockerd]:
-    _need(DOCKERD, DOCKER_CLI)
-    daemon = Dockerd(_short_base(tmp_path_factory, "rt-dockerd"), [fleet.docxy.url])
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
+    yield from running(
+        tmp_path_factory,
+        "rt-dockerd",
+        (DOCKERD, DOCKER_CLI),
+        lambda base: Dockerd(base, [fleet.docxy.url]),
+    )
 
 
 def test_dockerd_registry_mirror_pulls_docker_hub_images(
@@ -1095,7 +1057,10 @@ def test_host_header_injection_gets_the_default_upstream(
             },
         )
         assert resp.status == 200, resp.body
-        assert sha256(resp.body) == fleet.image(DOCKER_IO, "library/alpine:3.20").digest
+        assert (
+            sha256_digest(resp.body)
+            == fleet.image(DOCKER_IO, "library/alpine:3.20").digest
+        )
     new = fleet.new_requests(since)
     assert new[GHCR] == [] and new[QUAY] == [], new
 

@@ -15,7 +15,6 @@ that passes came through Docxy.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -35,8 +34,9 @@ from tests.support.clients import (
     request_urls,
 )
 from tests.support.docxy import AccessLog, Docxy
-from tests.support.images import ImageInfo, ImageSpec, populate, run_skopeo
+from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.registry import Upstream, start_plain_registry
+from tests.support.skopeo import assert_pulled, skopeo_pull
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the container clients need root"
@@ -114,22 +114,9 @@ def test_skopeo_pulls_an_open_upstream_behind_an_alias(
     out = tmp_path / "out"
     log = AccessLog(site.docxy)
 
-    run_skopeo(
-        [
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            f"docker://{site.docxy.hostport}/{ALIAS}/{SPEC.ref}",
-            f"dir:{out}",
-        ],
-        tmp_path,
-    )
+    skopeo_pull(site.docxy.hostport, f"{ALIAS}/{SPEC.ref}", out, "--quiet")
 
-    manifest = (out / "manifest.json").read_bytes()
-    assert "sha256:" + hashlib.sha256(manifest).hexdigest() == site.image.digest
-    for blob in site.image.blobs:
-        data = (out / blob.split(":", 1)[1]).read_bytes()
-        assert "sha256:" + hashlib.sha256(data).hexdigest() == blob
+    assert_pulled(out, site.image.blobs, manifest=site.image.digest)
     assert_token_was_anonymous(log)
 
 

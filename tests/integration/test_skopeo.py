@@ -9,19 +9,18 @@ non-loopback traffic, so nothing can come from the internet.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
 
 from tests.support.docxy import Docxy
-from tests.support.images import ImageInfo, run_skopeo, sha256_digest
+from tests.support.images import ImageInfo, sha256_digest
 from tests.support.registry import Upstream
+from tests.support.skopeo import assert_pulled, file_digest, run_skopeo, skopeo_pull
 
 DocxyFactory = Callable[..., Docxy]
 
@@ -40,56 +39,15 @@ PROXY_BREAKAGE = re.compile(
 )
 
 
-def skopeo(
-    args: Sequence[str], workdir: Path, check: bool = True
-) -> CompletedProcess[str]:
-    """skopeo against an http Docxy (no TLS), isolated environment."""
-    return run_skopeo(list(args), workdir, check=check)
-
-
-def copy(
-    docxy: Docxy,
-    name: str,
-    out: Path,
-    *flags: str,
-    global_flags: Sequence[str] = (),
-    check: bool = True,
-) -> CompletedProcess[str]:
-    """``skopeo copy docker://DOCXY/name dir:out``."""
-    return skopeo(
-        [
-            *global_flags,
-            "copy",
-            "--src-tls-verify=false",
-            *flags,
-            f"docker://{docxy.hostport}/{name}",
-            f"dir:{out}",
-        ],
-        out.parent,
-        check=check,
-    )
-
-
-def file_digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def assert_dir_has_blobs(out: Path, blobs: Sequence[str]) -> None:
-    """Every blob was written (skopeo already verified them; we double-check)."""
-    for blob in blobs:
-        path = out / blob.split(":", 1)[1]
-        assert path.exists(), (
-            f"{blob} missing in {sorted(p.name for p in out.iterdir())}"
-        )
-        assert file_digest(path) == blob
-
-
 def assert_single_image(
     out: Path, image: ImageInfo, platform: str = "linux/amd64"
 ) -> None:
     """``out`` holds exactly ``image``'s manifest for ``platform`` and its blobs."""
-    assert file_digest(out / "manifest.json") == image.platform_digests[platform]
-    assert_dir_has_blobs(out, [image.configs[platform], *image.layers[platform]])
+    assert_pulled(
+        out,
+        [image.configs[platform], *image.layers[platform]],
+        manifest=image.platform_digests[platform],
+    )
 
 
 def new_entries(before: int, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,7 +68,7 @@ def test_inspect_raw_by_tag_is_byte_exact(
 ) -> None:
     """The manifest bytes skopeo gets through Docxy hash to upstream's digest."""
     image = upstream.images["library/alpine:3.20"]
-    proc = skopeo(
+    proc = run_skopeo(
         [
             "inspect",
             "--raw",
@@ -127,7 +85,7 @@ def test_inspect_reports_digest_and_layers(
 ) -> None:
     """Plain ``inspect`` (manifest + config blob) agrees with upstream."""
     image = upstream.images["library/alpine:3.20"]
-    proc = skopeo(
+    proc = run_skopeo(
         [
             "inspect",
             "--tls-verify=false",
@@ -143,7 +101,7 @@ def test_inspect_reports_digest_and_layers(
 
 def test_list_tags(docxy: Docxy, upstream: Upstream, tmp_path: Path) -> None:
     """``/tags/list`` is proxied (skopeo list-tags)."""
-    proc = skopeo(
+    proc = run_skopeo(
         ["list-tags", "--tls-verify=false", f"docker://{docxy.hostport}/library/multi"],
         tmp_path,
     )
@@ -158,7 +116,7 @@ def test_list_tags(docxy: Docxy, upstream: Upstream, tmp_path: Path) -> None:
 def test_copy_by_tag(docxy: Docxy, upstream: Upstream, tmp_path: Path) -> None:
     """A Docker schema2 image with two layers arrives intact."""
     out = tmp_path / "out"
-    copy(docxy, "library/alpine:3.20", out)
+    skopeo_pull(docxy.hostport, "library/alpine:3.20", out)
     assert_single_image(out, upstream.images["library/alpine:3.20"])
 
 
@@ -166,7 +124,7 @@ def test_copy_by_digest(docxy: Docxy, upstream: Upstream, tmp_path: Path) -> Non
     """``name@sha256:...`` references are proxied too."""
     image = upstream.images["library/alpine:3.20"]
     out = tmp_path / "out"
-    copy(docxy, f"library/alpine@{image.digest}", out)
+    skopeo_pull(docxy.hostport, f"library/alpine@{image.digest}", out)
     assert_single_image(out, image)
     paths = [p for _, p in upstream.requests()]
     assert f"/v2/library/alpine/manifests/{image.digest}" in paths
@@ -179,7 +137,7 @@ def test_copy_override_arch_arm64(
     """From an OCI index / Docker list, skopeo picks and gets the arm64 manifest."""
     image = upstream.images[ref]
     out = tmp_path / "out"
-    copy(docxy, ref, out, global_flags=["--override-arch", "arm64"])
+    skopeo_pull(docxy.hostport, ref, out, global_flags=["--override-arch", "arm64"])
     assert_single_image(out, image, "linux/arm64")
     assert file_digest(out / "manifest.json") != image.platform_digests["linux/amd64"]
 
@@ -191,14 +149,14 @@ def test_copy_all_platforms(
     """``copy --all`` stores the index and every platform's manifest and blobs."""
     image = upstream.images[ref]
     out = tmp_path / "out"
-    copy(docxy, ref, out, "--all")
+    skopeo_pull(docxy.hostport, ref, out, "--all")
     assert file_digest(out / "manifest.json") == image.digest
     assert set(image.platform_digests) == {"linux/amd64", "linux/arm64"}
     for digest in image.platform_digests.values():
         instance = out / (digest.split(":", 1)[1] + ".manifest.json")
         assert instance.exists(), f"{digest} not copied"
         assert file_digest(instance) == digest
-    assert_dir_has_blobs(out, image.blobs)
+    assert_pulled(out, image.blobs)
 
 
 def test_short_name_gets_library_prefix(
@@ -209,7 +167,7 @@ def test_short_name_gets_library_prefix(
     tokens_before = len(upstream.token_requests())
     requests_before = len(upstream.requests())
     out = tmp_path / "out"
-    copy(docxy, "alpine:3.20", out)
+    skopeo_pull(docxy.hostport, "alpine:3.20", out)
     assert_single_image(out, image)
 
     token_entries = new_entries(tokens_before, upstream.token_requests())
@@ -231,7 +189,7 @@ def test_copy_namespaced(docxy: Docxy, upstream: Upstream, tmp_path: Path) -> No
     """``user/repo`` names are not prefixed and arrive intact (OCI manifest)."""
     requests_before = len(upstream.requests())
     out = tmp_path / "out"
-    copy(docxy, "someuser/tool:latest", out)
+    skopeo_pull(docxy.hostport, "someuser/tool:latest", out)
     assert_single_image(out, upstream.images["someuser/tool:latest"])
     paths = [p for _, p in upstream.requests()[requests_before:]]
     assert "/v2/someuser/tool/manifests/latest" in paths
@@ -244,7 +202,7 @@ def test_private_with_credentials(
     """``--src-creds`` reach the upstream realm (Basic auth through Docxy)."""
     tokens_before = len(upstream.token_requests())
     out = tmp_path / "out"
-    copy(docxy, "private/secret:1", out, "--src-creds", "alice:secret")
+    skopeo_pull(docxy.hostport, "private/secret:1", out, "--src-creds", "alice:secret")
     assert_single_image(out, upstream.images["private/secret:1"])
     users = [e["user"] for e in new_entries(tokens_before, upstream.token_requests())]
     assert "alice" in users
@@ -255,7 +213,7 @@ def test_private_without_credentials_fails_clearly(
 ) -> None:
     """Anonymous pull of a private image fails with an auth error, not a proxy error."""
     out = tmp_path / "out"
-    proc = copy(docxy, "private/secret:1", out, check=False)
+    proc = skopeo_pull(docxy.hostport, "private/secret:1", out, check=False)
     assert proc.returncode != 0
     assert AUTH_FAILURE.search(proc.stderr), proc.stderr
     assert not PROXY_BREAKAGE.search(proc.stderr), proc.stderr
@@ -267,8 +225,13 @@ def test_private_with_wrong_password_fails(
 ) -> None:
     """Bad credentials: the realm's 401 reaches skopeo as an auth failure."""
     out = tmp_path / "out"
-    proc = copy(
-        docxy, "private/secret:1", out, "--src-creds", "alice:wrong", check=False
+    proc = skopeo_pull(
+        docxy.hostport,
+        "private/secret:1",
+        out,
+        "--src-creds",
+        "alice:wrong",
+        check=False,
     )
     assert proc.returncode != 0
     assert AUTH_FAILURE.search(proc.stderr), proc.stderr
@@ -280,7 +243,7 @@ def test_unknown_image_fails_clearly(
 ) -> None:
     """An image that does not exist: unauthorized / not found, as from Hub."""
     out = tmp_path / "out"
-    proc = copy(docxy, "library/doesnotexist:1", out, check=False)
+    proc = skopeo_pull(docxy.hostport, "library/doesnotexist:1", out, check=False)
     assert proc.returncode != 0
     assert NOT_FOUND_OR_AUTH.search(proc.stderr), proc.stderr
     assert not PROXY_BREAKAGE.search(proc.stderr), proc.stderr
@@ -291,7 +254,7 @@ def test_unknown_tag_fails_clearly(
 ) -> None:
     """A missing tag of an existing repository: manifest unknown."""
     out = tmp_path / "out"
-    proc = copy(docxy, "library/alpine:no-such-tag", out, check=False)
+    proc = skopeo_pull(docxy.hostport, "library/alpine:no-such-tag", out, check=False)
     assert proc.returncode != 0
     assert re.search(r"manifest unknown|not found", proc.stderr, re.I), proc.stderr
 
@@ -310,9 +273,8 @@ def test_copy_through_cdn_redirects(
     image = cdn_upstream.images[ref]
     cdn_before = len(cdn_upstream.cdn_entries())
     out = tmp_path / "out"
-    copy(docxy, ref, out, "--all")
-    assert file_digest(out / "manifest.json") == image.digest
-    assert_dir_has_blobs(out, image.blobs)
+    skopeo_pull(docxy.hostport, ref, out, "--all")
+    assert_pulled(out, image.blobs, manifest=image.digest)
 
     cdn = cdn_upstream.cdn_entries()[cdn_before:]
     fetched = {e.path.rsplit("/", 2)[-2] for e in cdn if e.method == "GET"}

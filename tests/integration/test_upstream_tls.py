@@ -7,20 +7,15 @@ it TLS verification must fail closed (502), never be silently disabled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.docxy import Docxy
-from tests.support.images import run_skopeo
 from tests.support.registry import Response, Upstream, fetch, make_test_ca
+from tests.support.skopeo import assert_pulled, file_digest, skopeo_pull
 
 DocxyFactory = Callable[..., Docxy]
-
-
-def file_digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def assert_502_envelope(resp: Response) -> None:
@@ -45,21 +40,10 @@ def test_pull_with_upstream_ca(
     image = tls_upstream.images["library/multi:1.0"]
     tokens_before = len(tls_upstream.token_requests())
     out = tmp_path / "out"
-    run_skopeo(
-        [
-            "copy",
-            "--all",
-            "--src-tls-verify=false",
-            f"docker://{docxy.hostport}/multi:1.0",
-            f"dir:{out}",
-        ],
-        tmp_path,
-    )
-    assert file_digest(out / "manifest.json") == image.digest
+    skopeo_pull(docxy.hostport, "multi:1.0", out, "--all")
+    assert_pulled(out, image.blobs, manifest=image.digest)
     for digest in image.platform_digests.values():
         assert file_digest(out / (digest.split(":", 1)[1] + ".manifest.json")) == digest
-    for blob in image.blobs:
-        assert file_digest(out / blob.split(":", 1)[1]) == blob
     assert len(tls_upstream.token_requests()) > tokens_before
     paths = [p for _, p in tls_upstream.requests()]
     assert "/v2/library/multi/manifests/1.0" in paths

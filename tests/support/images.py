@@ -15,21 +15,17 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import random
-import subprocess
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .processes import NO_INTERNET_ENV
+from .skopeo import run_skopeo
 
 if TYPE_CHECKING:
     from .registry import Upstream
-
-SKOPEO = "/usr/bin/skopeo"
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -216,96 +212,6 @@ def build_layout(spec: ImageSpec, directory: Path) -> Path:
         desc.pop("platform")
         layout.tag(desc, spec.tag)
     return directory
-
-
-# --------------------------------------------------------------------------
-# skopeo
-# --------------------------------------------------------------------------
-
-
-def skopeo_env(workdir: Path) -> dict[str, str]:
-    """An environment with no ambient credentials, mirrors or internet."""
-    home = workdir / "skopeo-home"
-    run = home / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    auth = home / "auth.json"
-    if not auth.exists():
-        auth.write_text('{"auths": {}}')
-    conf = home / "registries.conf"
-    if not conf.exists():
-        conf.write_text(
-            'unqualified-search-registries = []\nshort-name-mode = "disabled"\n'
-        )
-    policy = home / "policy.json"
-    if not policy.exists():
-        policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "XDG_RUNTIME_DIR": str(run),
-        "XDG_CONFIG_HOME": str(home / "config"),
-        "REGISTRY_AUTH_FILE": str(auth),
-        "TMPDIR": str(home),
-    }
-    env.update(NO_INTERNET_ENV)
-    return env
-
-
-def run_skopeo(
-    args: Sequence[str], workdir: Path, check: bool = True, timeout: float = 180.0
-) -> subprocess.CompletedProcess[str]:
-    """Run skopeo with an isolated environment; output captured as text."""
-    if not Path(SKOPEO).exists():
-        raise RuntimeError(f"{SKOPEO} missing: apt-get install skopeo")
-    env = skopeo_env(workdir)
-    home = Path(env["HOME"])
-    (home / "registries.d").mkdir(exist_ok=True)
-    argv = [
-        SKOPEO,
-        "--policy",
-        str(home / "policy.json"),
-        "--registries-conf",  # hidden flag; skopeo 1.9 ignores the env var
-        str(home / "registries.conf"),
-        "--registries.d",
-        str(home / "registries.d"),
-        *args,
-    ]
-    proc = subprocess.run(
-        argv,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"skopeo failed ({proc.returncode}): {' '.join(argv)}\n"
-            f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
-        )
-    return proc
-
-
-def copy_through(
-    hostport: str, name: str, out: Path, *flags: str, check: bool = True
-) -> bool:
-    """``skopeo copy docker://HOSTPORT/name dir:out`` (plain http); True if it worked.
-
-    skopeo verifies every digest, so a True means the right bytes arrived.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = run_skopeo(
-        [
-            "copy",
-            "--src-tls-verify=false",
-            *flags,
-            f"docker://{hostport}/{name}",
-            f"dir:{out}",
-        ],
-        out.parent,
-        check=check,
-    )
-    return result.returncode == 0
 
 
 def push(spec: ImageSpec, layout: Path, upstream: Upstream, workdir: Path) -> None:

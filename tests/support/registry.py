@@ -132,6 +132,16 @@ def parse_challenge(value: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+def challenge(resp: Response) -> dict[str, str]:
+    """The parameters of the one Bearer challenge of a 401."""
+    assert resp.status == 401, (resp.status, resp.body)
+    values = resp.header_all("WWW-Authenticate")
+    assert len(values) == 1, values
+    scheme, params = parse_challenge(values[0])
+    assert scheme == "bearer", values[0]
+    return params
+
+
 def get_token(
     realm: str,
     service: str,
