@@ -59,51 +59,36 @@ def upstream_saw(upstream: Upstream, method: str, path: str, since: int = 0) -> 
 
 
 @pytest.fixture(scope="module")
-def client_docxy(
-    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Docxy]:
-    """One Docxy for this module, so its log holds only these clients' traffic."""
-    d = Docxy(upstream.url, tmp_path_factory.mktemp("client-docxy") / "docxy.log")
-    try:
-        yield d
-        assert d.alive(), f"Docxy died during the client tests:\n{d.log_text()[-3000:]}"
-    finally:
-        d.stop()
-
-
-@pytest.fixture(scope="module")
 def dockerd(
-    client_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
+    docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dockerd]:
     yield from running(
         tmp_path_factory,
         "dockerd",
         (DOCKERD, DOCKER_CLI),
-        lambda base: Dockerd(base, [client_docxy.url]),
+        lambda base: Dockerd(base, [docxy.url]),
     )
 
 
 @pytest.fixture(scope="module")
 def containerd(
-    client_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
+    docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Containerd]:
     def start(base: Path) -> Containerd:
         daemon = Containerd(base)
-        daemon.set_mirror(client_docxy.url)
+        daemon.set_mirror(docxy.url)
         return daemon
 
     yield from running(tmp_path_factory, "containerd", (CONTAINERD, CTR), start)
 
 
 @pytest.fixture(scope="module")
-def podman(
-    client_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Podman]:
+def podman(docxy: Docxy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     yield from running(
         tmp_path_factory,
         "podman",
         (PODMAN,),
-        lambda base: Podman(base, client_docxy.hostport),
+        lambda base: Podman(base, docxy.hostport),
     )
 
 
@@ -111,12 +96,12 @@ def podman(
 
 
 def test_dockerd_pulls_through_docxy(
-    dockerd: Dockerd, client_docxy: Docxy, upstream: Upstream
+    dockerd: Dockerd, docxy: Docxy, upstream: Upstream
 ) -> None:
     """dockerd pings /v2/ first, then fetches manifest and blobs from Docxy."""
     image = upstream.images["library/alpine:3.20"]
     dockerd.remove("library/alpine:3.20")
-    log = AccessLog(client_docxy)
+    log = AccessLog(docxy)
     seen_upstream = len(upstream.requests())
 
     dockerd.pull("library/alpine:3.20")
@@ -144,7 +129,7 @@ def test_dockerd_pulls_through_docxy(
 
 @pytest.mark.parametrize("tag", ["1.0", "list"])
 def test_dockerd_multi_arch_pull_picks_linux_amd64(
-    dockerd: Dockerd, client_docxy: Docxy, upstream: Upstream, tag: str
+    dockerd: Dockerd, docxy: Docxy, upstream: Upstream, tag: str
 ) -> None:
     """OCI index and Docker manifest list: dockerd must get the amd64 instance."""
     image = upstream.images[f"library/multi:{tag}"]
@@ -152,7 +137,7 @@ def test_dockerd_multi_arch_pull_picks_linux_amd64(
     others = set(image.platform_digests.values()) - {wanted}
     assert others, "the multi-arch image should have more than one platform"
     dockerd.remove(f"library/multi:{tag}")
-    log = AccessLog(client_docxy)
+    log = AccessLog(docxy)
 
     dockerd.pull(f"library/multi:{tag}")
 
@@ -169,7 +154,7 @@ def test_dockerd_multi_arch_pull_picks_linux_amd64(
 
 
 def test_dockerd_private_image_with_hub_credentials(
-    dockerd: Dockerd, client_docxy: Docxy, upstream: Upstream
+    dockerd: Dockerd, docxy: Docxy, upstream: Upstream
 ) -> None:
     """dockerd sends the CLI's Docker Hub login to the mirror's token realm."""
     image = upstream.images["private/secret:1"]
@@ -180,7 +165,7 @@ def test_dockerd_private_image_with_hub_credentials(
         assert denied.returncode != 0, denied.stdout
 
         dockerd.set_hub_credentials("alice", "secret")
-        log = AccessLog(client_docxy)
+        log = AccessLog(docxy)
         tokens_before = len(upstream.token_requests())
         dockerd.pull("private/secret:1")
     finally:
@@ -210,7 +195,7 @@ def test_dockerd_private_image_with_hub_credentials(
 )
 def test_containerd_pulls_with_ns_and_without_ping(
     containerd: Containerd,
-    client_docxy: Docxy,
+    docxy: Docxy,
     upstream: Upstream,
     ref: str,
     namespace: str,
@@ -219,7 +204,7 @@ def test_containerd_pulls_with_ns_and_without_ping(
     image = upstream.images[ref]
     full_ref = f"docker.io/{ref}"
     tag = ref.rsplit(":", 1)[1]
-    log = AccessLog(client_docxy)
+    log = AccessLog(docxy)
 
     result = containerd.pull(namespace, full_ref)
 
@@ -229,12 +214,12 @@ def test_containerd_pulls_with_ns_and_without_ping(
     assert sent, result.stderr
     for _method, url in sent:
         parts = urlsplit(url)
-        assert f"{parts.scheme}://{parts.netloc}" == client_docxy.url, url
+        assert f"{parts.scheme}://{parts.netloc}" == docxy.url, url
         assert parts.path != "/v2/", url
         assert ("ns", "docker.io") in parse_qsl(parts.query), url
     assert sent[0] == (
         "HEAD",
-        f"{client_docxy.url}/v2/{image.repo}/manifests/{tag}?ns=docker.io",
+        f"{docxy.url}/v2/{image.repo}/manifests/{tag}?ns=docker.io",
     ), sent
     # What Docxy received: no ping, the manifest and blobs, all served.
     entries = log.entries()
@@ -255,13 +240,13 @@ def test_containerd_pulls_with_ns_and_without_ping(
 
 
 def test_containerd_private_image_needs_credentials(
-    containerd: Containerd, client_docxy: Docxy, upstream: Upstream
+    containerd: Containerd, docxy: Docxy, upstream: Upstream
 ) -> None:
     """``ctr --user`` gets its token by OAuth2 POST, which Docxy must forward."""
     image = upstream.images["private/secret:1"]
     ref = "docker.io/private/secret:1"
 
-    log = AccessLog(client_docxy)
+    log = AccessLog(docxy)
     denied = containerd.pull("anonymous", ref, check=False)
     assert denied.returncode != 0, denied.stdout
     assert any(
@@ -269,7 +254,7 @@ def test_containerd_private_image_needs_credentials(
         for e in log.entries()
     ), log.dump()
 
-    log = AccessLog(client_docxy)
+    log = AccessLog(docxy)
     tokens_before = len(upstream.token_requests())
     containerd.pull("alice", ref, user="alice:secret")
 
@@ -292,13 +277,13 @@ def test_containerd_private_image_needs_credentials(
 
 
 def test_podman_pulls_through_docxy(
-    podman: Podman, client_docxy: Docxy, upstream: Upstream
+    podman: Podman, docxy: Docxy, upstream: Upstream
 ) -> None:
     """podman pings /v2/ and GETs (no HEAD) the tag from the mirror."""
     image = upstream.images["library/alpine:3.20"]
     ref = "docker.io/library/alpine:3.20"
     podman.remove(ref)
-    log = AccessLog(client_docxy)
+    log = AccessLog(docxy)
 
     podman.pull(ref)
 
@@ -316,19 +301,19 @@ def test_podman_pulls_through_docxy(
 
 
 def test_podman_private_image_with_mirror_credentials(
-    podman: Podman, client_docxy: Docxy, upstream: Upstream
+    podman: Podman, docxy: Docxy, upstream: Upstream
 ) -> None:
     """podman sends a mirror the authfile entry keyed by the mirror's host."""
     image = upstream.images["private/secret:1"]
     ref = "docker.io/private/secret:1"
     podman.remove(ref)
-    podman.set_credentials(client_docxy.hostport, "alice", "secret")
+    podman.set_credentials(docxy.hostport, "alice", "secret")
     tokens_before = len(upstream.token_requests())
-    log = AccessLog(client_docxy)
+    log = AccessLog(docxy)
     try:
         podman.pull(ref)
     finally:
-        podman.set_credentials(client_docxy.hostport, None)
+        podman.set_credentials(docxy.hostport, None)
 
     assert podman.inspect(ref)["Digest"] == image.digest
     assert any(
@@ -340,7 +325,7 @@ def test_podman_private_image_with_mirror_credentials(
 
 
 def test_podman_https_probe_of_plain_port_fails_fast(
-    podman: Podman, client_docxy: Docxy, upstream: Upstream
+    podman: Podman, docxy: Docxy, upstream: Upstream
 ) -> None:
     """With ``insecure = true`` podman first tries https on Docxy's http port.
 
@@ -354,7 +339,7 @@ def test_podman_https_probe_of_plain_port_fails_fast(
     result = podman.podman(
         "--log-level=debug", "pull", "--signature-policy", str(podman.policy), ref
     )
-    probe = f"Ping https://{client_docxy.hostport}/v2/"
+    probe = f"Ping https://{docxy.hostport}/v2/"
     pings = [line for line in result.stderr.splitlines() if probe in line]
     assert pings, result.stderr[-4000:]
     assert "TLS handshake timeout" not in pings[0], pings[0]

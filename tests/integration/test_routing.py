@@ -21,6 +21,7 @@ is not configured" and must never see a connection.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -153,8 +154,12 @@ class Sentinel:
             self.contacts.clear()
 
     def close(self) -> None:
+        # close() alone does not wake a thread blocked in accept(); shutdown does.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self.thread.join(5)
+        assert not self.thread.is_alive(), "the sentinel's thread did not stop"
 
 
 # --------------------------------------------------------------------------
