@@ -27,6 +27,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from ..challenge import parse_challenges
 from ..oci import MAX_MANIFEST, USER_AGENT
+from ..singleflight import SingleFlight
 from ..streaming import IdleWatchdog
 from ..upstream_client import UpstreamClient, UpstreamError
 from .references import PrefetchError
@@ -202,17 +203,21 @@ class RepositoryAuth:
     user: str | None
     scope: str
     header: str | None = None
+    _renewals: SingleFlight[str | None, str] = field(
+        default_factory=SingleFlight, repr=False
+    )
 
     async def renew(self, answer: Answer, failed: str | None) -> None:
         """New credentials for a 401 ``answer`` to a request sent with ``failed``.
 
-        Blobs are fetched concurrently: when another fetch renewed them
-        meanwhile, the 401 was for the old ones and nothing is asked again.
+        Blobs are fetched concurrently: the 401s of one expiry share one
+        token request, and a 401 for credentials already renewed asks
+        nothing again.
         """
         if self.header != failed:
             return
-        header = await self._credentials(answer)
-        self.header = header
+        waiter, _ = self._renewals.wait(failed, lambda: self._credentials(answer))
+        self.header = await waiter
 
     async def _credentials(self, answer: Answer) -> str:
         challenges = []

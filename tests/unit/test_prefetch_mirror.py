@@ -257,3 +257,35 @@ def test_an_expired_token_is_renewed(capsys: pytest.CaptureFixture[str]) -> None
     mirror.routes[blob] = expire
     assert result(prefetch(MemoryNet(mirror), "img:1")) == 0, capsys.readouterr().err
     assert len(mirror.queries) == 2
+
+
+def test_concurrent_401s_of_one_expiry_share_one_token_request(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mirror = TokenMirror()
+    blobs = {f"/v2/img/blobs/{sha256(b)}": b for b in LAYERS[:2]}
+    mirror.routes.update(image(CONFIG, *LAYERS[:2]).routes)
+    renewals = Held()
+
+    def expire(request: Request) -> bytes:
+        # The token expires while both blobs are asked for; renewals wait.
+        mirror.valid = "t-expired"
+        mirror.routes["/token"] = renewals
+        for path, blob in blobs.items():
+            mirror.routes[path] = send(blob)
+        request.setResponseCode(401)
+        request.setHeader(
+            b"www-authenticate", b'Bearer realm="http://mirror.test/token"'
+        )
+        return b"{}"
+
+    for path in blobs:
+        mirror.routes[path] = expire
+    net = MemoryNet(mirror)
+    done = prefetch(net, "--concurrency", "3", "img:1")
+    assert len(renewals.waiting) == 1, "each 401 asked the realm for a token"
+
+    mirror.valid = "t-renewed"
+    renewals.answer(b'{"token": "t-renewed"}')
+    net.pump()
+    assert result(done) == 0, capsys.readouterr().err
