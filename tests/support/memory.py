@@ -1,6 +1,6 @@
 """HTTP and time in memory, for logic whose cases are timeouts and stalls.
 
-Two set-ups, neither waiting real seconds (a 60 s timeout is one
+Set-ups that never wait real seconds (a 60 s timeout is one
 ``advance(60)``):
 
 - :class:`MemoryNet`: a Resource behind treq's ``RequestTraversalAgent``
@@ -8,7 +8,8 @@ Two set-ups, neither waiting real seconds (a 60 s timeout is one
 - :class:`InMemoryDocxy`: Docxy's real Site from ``build_site`` on a
   ``MemoryReactorClock``; clients and the upstream are ``iosim``
   connections whose :class:`Socket` can stop reading like a full TCP
-  buffer.
+  buffer (``open_client`` connects such a client to any Site).
+- :class:`QueuedThreads`: a thread pool whose work runs when the test says.
 """
 
 from __future__ import annotations
@@ -205,6 +206,63 @@ class Connection:
             producer.resumeProducing()
 
 
+def open_client(
+    site: Site, reactor: MemoryReactorClock, path: str, *headers: str
+) -> Connection:
+    """A client connection to ``site`` that has sent ``GET path`` (not pumped)."""
+    client = RawClient()
+    server = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    docxy_side = Socket(server, isServer=True)
+    client_side = Socket(client, isServer=False)
+    pump = iosim.connect(
+        server, docxy_side, client, client_side, greet=False, clock=reactor
+    )
+    lines = "".join(f"{h}\r\n" for h in headers)
+    client_side.write(
+        f"GET {path} HTTP/1.1\r\nHost: mirror.example\r\n{lines}\r\n".encode()
+    )
+    return Connection(client, docxy_side, pump)
+
+
+class QueuedThreads:
+    """A thread pool (and the reactor's ``callFromThread``) that runs work
+    only when the test says: ``run`` does what is queued, on this thread."""
+
+    def __init__(self) -> None:
+        self.queue: list[
+            tuple[
+                Callable[[bool, object], None],
+                Callable[..., object],
+                tuple[object, ...],
+            ]
+        ] = []
+
+    def callInThreadWithCallback(
+        self,
+        on_result: Callable[[bool, object], None],
+        f: Callable[..., object],
+        *args: object,
+    ) -> None:
+        self.queue.append((on_result, f, args))
+
+    def callFromThread(self, f: Callable[..., object], *args: object) -> None:
+        f(*args)
+
+    def run(self, limit: int = 1000) -> int:
+        """Do queued work (and work it queues) up to ``limit`` calls; how many."""
+        done = 0
+        while self.queue and done < limit:
+            on_result, f, args = self.queue.pop(0)
+            try:
+                value = f(*args)
+            except Exception:
+                on_result(False, Failure())
+            else:
+                on_result(True, value)
+            done += 1
+        return done
+
+
 class InMemoryDocxy:
     """Docxy's Site from ``build_site`` with an in-memory network and clock.
 
@@ -234,19 +292,8 @@ class InMemoryDocxy:
 
     def get(self, path: str, *headers: str) -> Connection:
         """Open a connection and send ``GET path``; then ``pump``."""
-        client = RawClient()
-        server = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        docxy_side = Socket(server, isServer=True)
-        client_side = Socket(client, isServer=False)
-        pump = iosim.connect(
-            server, docxy_side, client, client_side, greet=False, clock=self.reactor
-        )
-        lines = "".join(f"{h}\r\n" for h in headers)
-        client_side.write(
-            f"GET {path} HTTP/1.1\r\nHost: mirror.example\r\n{lines}\r\n".encode()
-        )
-        self._pumps.append(pump)
-        connection = Connection(client, docxy_side, pump)
+        connection = open_client(self.site, self.reactor, path, *headers)
+        self._pumps.append(connection.pump)
         self.connections.append(connection)
         self.pump()
         return connection
