@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Request
@@ -25,11 +26,13 @@ from ..oci import Digest
 from ..relay import Exchange, Relay
 from ..routing import Target
 from ..singleflight import SingleFlight
+from ..streaming import BodyPump, abort_client
 from ..upstream_client import UpstreamClient, UpstreamResponse, discard_body
 from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
 from .blob_store import BlobStore, Entry
 from .counters import Counters
+from .disk_health import DiskHealth
 from .fill import Fill, FillState
 from .sender import FileSender
 
@@ -74,8 +77,10 @@ class BlobCache:
         reactor: Any,
         idle_timeout: float,
         counters: Counters | None = None,
+        health: DiskHealth | None = None,
     ) -> None:
         self.store = store
+        self.health = health or DiskHealth(store.root, reactor)
         self.relay = relay
         self.client = client
         self.access = access
@@ -178,7 +183,10 @@ class BlobCache:
                 self.counters.joined_fills += 1
                 record(request, cache="joined")
             return outcome
-        # The upstream's own answer (401, 404, ...) to the starter's request.
+        # The upstream's own answer (401, 404, ...) to the starter's request,
+        # or its 200 when the cache disk takes no writes.
+        if outcome.response.code == 200:
+            record(request, cache="uncached")
         await self.relay.answer(request, exchange, outcome)
         return None
 
@@ -196,9 +204,21 @@ class BlobCache:
         if response.code != 200:
             return answer
         length = None if response.length is UNKNOWN_LENGTH else int(response.length)
-        fill = Fill(
-            self.store, digest, length, self.reactor, self.idle_timeout, self.counters
-        )
+        if not self.health.writable(length or 0):
+            return answer  # relayed as it is: uncached
+        try:
+            fill = Fill(
+                self.store,
+                digest,
+                length,
+                self.reactor,
+                self.idle_timeout,
+                self.counters,
+                self.health,
+            )
+        except OSError as e:
+            self.health.failed(e)
+            return answer
         self.fills[digest] = fill
         fill.finished.addBoth(lambda _: self._filled(digest))
         response.deliverBody(fill)
@@ -238,7 +258,45 @@ class BlobCache:
             self._pool(),
             fill=fill,
             on_end=lambda outcome, sent: self._sent(request, outcome, sent),
+            resume=lambda offset: self._resume(request, exchange, offset),
         ).start()
+
+    def _resume(self, request: Request, exchange: Exchange, offset: int) -> None:
+        """The fill lost its disk: this client's remaining bytes come straight
+        from upstream (a ranged GET), so its pull goes on uncached."""
+        record(request, cache="uncached")
+        d = defer.Deferred.fromCoroutine(self._rest(request, exchange, offset))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addErrback(self._resume_failed, request)
+
+    async def _rest(self, request: Request, exchange: Exchange, offset: int) -> None:
+        headers = exchange.headers.copy()
+        for name in CONDITIONAL:
+            headers.removeHeader(name)
+        headers.setRawHeaders(b"range", [b"bytes=%d-" % offset])
+        answer = await self.client.request(b"GET", exchange.url, headers)
+        response = answer.response
+        ranges = response.headers.getRawHeaders(b"content-range") or [b""]
+        if response.code != 206 or not ranges[0].startswith(b"bytes %d-" % offset):
+            await discard_body(response)
+            log.warn("upstream cannot resume {url}", url=exchange.url)
+            abort_client(request)  # a short read: the client retries
+            return
+        response.deliverBody(
+            BodyPump(
+                request,
+                self.reactor,
+                self.idle_timeout,
+                on_end=lambda outcome: record(request, outcome=outcome),
+            )
+        )
+
+    def _resume_failed(self, failure: Failure, request: Request) -> None:
+        if not failure.check(defer.CancelledError):
+            log.warn(
+                "resuming from upstream failed: {why}", why=failure.getErrorMessage()
+            )
+            abort_client(request)
 
     async def _serve_entry(
         self, request: Request, exchange: Exchange, entry: Entry

@@ -62,7 +62,11 @@ class CacheLock:
         """Create ``root`` if needed and lock it, or raise :class:`CacheDirError`."""
         try:
             root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Read-only: flock needs no write access, and a long-lived writer
+            # would keep the disk from being remounted read-only.
+            fd = os.open(
+                root / LOCK_NAME, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
         except OSError as e:
             raise CacheDirError(f"cannot use {str(root)!r}: {e.strerror}") from None
         try:
@@ -75,8 +79,7 @@ class CacheLock:
                 f"{str(root)!r} is in use by another Docxy{who}; give each its "
                 "own --cache-dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        (root / LOCK_NAME).write_text(f"{os.getpid()}\n")
         if not os.access(root, os.W_OK):
             os.close(fd)
             raise CacheDirError(f"{str(root)!r} is not writable")

@@ -10,6 +10,8 @@ become visible under their digest only after the digest matched.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 from collections.abc import Callable
 from enum import Enum
 from typing import cast
@@ -26,6 +28,7 @@ from ..oci import Digest
 from ..streaming import IdleWatchdog
 from .blob_store import BlobStore, Entry
 from .counters import Counters
+from .disk_health import DiskHealth
 
 log = Logger()
 
@@ -45,8 +48,11 @@ class Fill(Protocol):
         clock: IReactorTime,
         idle_timeout: float,
         counters: Counters,
+        health: DiskHealth | None = None,
     ) -> None:
+        """Raises OSError if the temp file cannot be created."""
         self.store = store
+        self.health = health or DiskHealth(store.root, clock)
         self.digest = digest
         self.length = length
         self.counters = counters
@@ -58,6 +64,8 @@ class Fill(Protocol):
         self.written = 0
         self.state = FillState.FILLING
         self.entry: Entry | None = None
+        # Set when the disk failed mid-way: readers continue from upstream.
+        self.disk_error: OSError | None = None
         self._listeners: list[Callable[[], None]] = []
         self.finished: defer.Deferred[None] = defer.Deferred()
         self.watchdog = IdleWatchdog(clock, idle_timeout, self._idle)
@@ -75,12 +83,18 @@ class Fill(Protocol):
         self.watchdog.start()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.state is not FillState.FILLING:
+            return
         self.watchdog.touch()
         # Page-cache writes of one socket read; measured cheap next to the
         # network read that produced them.
         view = memoryview(data)
-        while view:
-            view = view[self._file.write(view) or 0 :]
+        try:
+            while view:
+                view = view[self._file.write(view) or 0 :]
+        except OSError as e:
+            self._disk_failed(e)
+            return
         self._hash.update(data)
         self.written += len(data)
         self.counters.bytes_from_upstream += len(data)
@@ -88,6 +102,9 @@ class Fill(Protocol):
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self.watchdog.stop()
+        if self.state is not FillState.FILLING:  # the disk failed first
+            self.finished.callback(None)
+            return
         self._file.close()
         complete = bool(reason.check(ResponseDone, PotentialDataLoss))
         if complete and self.length is not None and self.written != self.length:
@@ -100,7 +117,12 @@ class Fill(Protocol):
             )
             complete = False
         if complete:
-            self.entry = self.store.add(self.digest, self.temp)
+            try:
+                self.entry = self.store.add(self.digest, self.temp)
+            except OSError as e:
+                self._disk_failed(e, upstream_done=True)
+                self.finished.callback(None)
+                return
             self.state = FillState.DONE
         else:
             self.temp.unlink(missing_ok=True)
@@ -114,6 +136,22 @@ class Fill(Protocol):
                 )
         self._notify()
         self.finished.callback(None)
+
+    def _disk_failed(self, error: OSError, upstream_done: bool = False) -> None:
+        """The cache disk failed this fill: nothing partial stays, readers
+        continue from upstream, and the cache steps aside (one warning)."""
+        self.disk_error = error
+        self.state = FillState.FAILED
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        self.health.failed(error, self.written if full else 0)
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            self.temp.unlink(missing_ok=True)
+        self.watchdog.stop()
+        if not upstream_done and self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
+        self._notify()
 
     def _idle(self) -> None:
         log.warn(

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -37,6 +38,7 @@ from ..upstream_client import (
 from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
 from .counters import Counters
+from .disk_health import DiskHealth
 from .manifest_store import ManifestStore, accept_key
 
 log = Logger()
@@ -56,8 +58,10 @@ class ManifestCache:
         clock: Any,
         freshness: float,
         counters: Counters,
+        health: DiskHealth | None = None,
     ) -> None:
         self.store = store
+        self.health = health or DiskHealth(store.root.parent, clock)
         self.relay = relay
         self.client = client
         self.access = access
@@ -163,7 +167,9 @@ class ManifestCache:
         )
         stored = self.store.get(digest_text)
         if stored is not None:
-            self.store.set_tag(key, digest_text, self.clock.seconds())
+            self._write(
+                lambda: self.store.set_tag(key, digest_text, self.clock.seconds())
+            )
             self._send(request, digest_text, *stored, "revalidated")
             return
         await self._fetch(request, exchange, target, repo, digest_text, key)
@@ -203,9 +209,11 @@ class ManifestCache:
                 502, "MANIFEST_INVALID", "upstream manifest does not match its digest"
             )
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        self.store.put(digest, body, content_type)
-        if key is not None:
-            self.store.set_tag(key, digest, self.clock.seconds())
+        if (
+            self._write(lambda: self.store.put(digest, body, content_type), len(body))
+            and key
+        ):
+            self._write(lambda: self.store.set_tag(key, digest, self.clock.seconds()))
         self.access.remember(
             target.mirror.upstream.name,
             repo,
@@ -215,6 +223,17 @@ class ManifestCache:
         self.access.probe_public(target.mirror, repo, digest, "manifests")
         record(request, upstream_status=200)
         self._send(request, digest, body, content_type, "miss")
+
+    def _write(self, write: Callable[[], None], size: int = 64 * 1024) -> bool:
+        """Store ``size`` bytes or so; a disk in trouble only means not stored."""
+        if not self.health.writable(size):
+            return False
+        try:
+            write()
+        except OSError as e:
+            self.health.failed(e)
+            return False
+        return True
 
     def _send(
         self,

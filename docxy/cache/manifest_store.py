@@ -10,6 +10,7 @@ tag still work after a restart while the upstream is down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -73,8 +74,8 @@ class ManifestStore:
 
     def _save(self) -> None:
         temp = self.index_path.with_suffix(f".{os.getpid()}.tmp")
-        temp.write_text(json.dumps({k: asdict(v) for k, v in self.tags.items()}))
-        os.replace(temp, self.index_path)
+        data = json.dumps({k: asdict(v) for k, v in self.tags.items()}).encode()
+        _write_atomically(temp, data, self.index_path)
 
     def _path(self, digest: str) -> Path:
         return Digest.parse(digest).path(self.root)
@@ -98,8 +99,7 @@ class ManifestStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         for target, data in ((path.with_suffix(".type"), content_type), (path, body)):
             temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            temp.write_bytes(data)
-            os.replace(temp, target)
+            _write_atomically(temp, data, target)
 
     def tag(self, key: str) -> TagEntry | None:
         return self.tags.get(key)
@@ -128,3 +128,14 @@ class ManifestStore:
         self.tags[key] = TagEntry(digest, checked)
         if old is None or old.digest != digest:
             self._save()  # a freshness bump alone need not touch the disk
+
+
+def _write_atomically(temp: Path, data: bytes, target: Path) -> None:
+    """``target`` gets all of ``data`` or stays as it was (no partial file)."""
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise

@@ -17,6 +17,7 @@ from .access import AccessChecker
 from .blob_cache import BlobCache
 from .blob_store import BlobStore
 from .counters import Counters
+from .disk_health import DiskHealth
 from .manifest_cache import ManifestCache
 from .manifest_store import ManifestStore
 from .offline import answer_ping
@@ -66,6 +67,7 @@ def build_cache(
         max_size=store.max_size,
     )
     access = AccessChecker(client, reactor, auth_ttl)
+    health = DiskHealth(directory, reactor)
     blobs = BlobCache(
         store,
         relay,
@@ -74,6 +76,7 @@ def build_cache(
         reactor,
         idle_timeout,
         counters,
+        health,
     )
     manifests = ManifestCache(
         ManifestStore(directory),
@@ -83,5 +86,6 @@ def build_cache(
         reactor,
         freshness,
         counters,
+        health,
     )
     return PullThroughCache(blobs, manifests, counters, relay)

@@ -45,7 +45,9 @@ class FileSender:
         fill: Fill | None = None,
         verify: DigestHasher | None = None,
         on_end: Callable[[str, int], None] = lambda outcome, sent: None,
+        resume: Callable[[int], None] | None = None,
     ) -> None:
+        """``resume(offset)`` takes over the client if the fill loses its disk."""
         self.request = request
         self.fd = os.open(path, os.O_RDONLY)
         self.offset = start
@@ -55,6 +57,7 @@ class FileSender:
         self.fill = fill
         self.verify = verify
         self.on_end = on_end
+        self.resume = resume
         self.sent = 0
         self._paused = False
         self._reading = False
@@ -85,7 +88,10 @@ class FileSender:
         if self._paused or self._reading or self._done:
             return
         if self.fill is not None and self.fill.state is FillState.FAILED:
-            self._finish("fill-failed")
+            if self.fill.disk_error is not None and self.resume is not None:
+                self._hand_over(self.resume)
+            else:
+                self._finish("fill-failed")
             return
         limit = self._limit()
         if self.offset >= limit:
@@ -146,6 +152,17 @@ class FileSender:
             else:
                 abort_client(self.request)  # a short read, never a wrong body
         self.on_end(outcome, self.sent)
+
+    def _hand_over(self, resume: Callable[[int], None]) -> None:
+        """The rest of the body comes from elsewhere, from ``self.offset`` on."""
+        self._done = True
+        self._close()
+        if client_gone(self.request):
+            self.on_end("client-gone", self.sent)
+            return
+        self.request.unregisterProducer()
+        self.on_end("resumed", self.sent)
+        resume(self.offset)
 
     def _client_finished(self, result: object) -> None:
         if not self._done:
