@@ -27,12 +27,30 @@ SPECS = (
 )
 
 
-@pytest.fixture
-def own_upstream(tmp_path: Path) -> Iterator[Upstream]:
-    """An upstream this test may stop."""
-    up = start_upstream(tmp_path / "up", sorted({s.repo for s in SPECS}))
+REPOSITORIES = sorted({s.repo for s in SPECS})
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """The images, pushed once for the module."""
+    workdir = tmp_path_factory.mktemp("manifest-cache-seed")
+    up = start_upstream(workdir, REPOSITORIES)
     try:
-        up.images = populate(up, tmp_path / "images", SPECS)
+        up.images = populate(up, workdir / "images", SPECS)
+        yield up
+    finally:
+        up.stop()
+
+
+@pytest.fixture
+def own_upstream(seeded: Upstream, tmp_path: Path) -> Iterator[Upstream]:
+    """An upstream this test may stop: a registry of its own over the seeded
+    storage (read-only), so no test pushes the images again."""
+    up = start_upstream(
+        tmp_path / "up", REPOSITORIES, storage=seeded.registry.storage, readonly=True
+    )
+    up.images = seeded.images
+    try:
         yield up
     finally:
         up.stop()
