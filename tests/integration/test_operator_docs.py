@@ -18,6 +18,7 @@ from twisted.internet import endpoints
 from twisted.python.systemd import ListenFDs
 
 from docxy.config import SETTINGS, build_config, load_file
+from docxy.environment import VARIABLES, variable
 from tests.support.certs_d import certs_d_entry
 from tests.support.docxy import REPO, TWISTD, Docxy, twistd_env
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port
@@ -94,6 +95,16 @@ def test_option_table_is_every_option_of_help_and_toml() -> None:
         f"documented, not a TOML key: {sorted(in_file - toml_keys)}; "
         f"a TOML key, not documented: {sorted(toml_keys - in_file)}"
     )
+
+
+def test_every_file_option_but_the_tables_has_its_environment_variable() -> None:
+    """configuration.md: each name a file accepts is also ``DOCXY_<NAME>``
+    (the ``[upstreams]`` tables excepted), and ``--config`` is DOCXY_CONFIG."""
+    in_file = {
+        n for n, (where, _) in documented_options().items() if where != "command line"
+    }
+    expected = {variable(name) for name in in_file - {"upstreams"} | {"config"}}
+    assert set(VARIABLES) == expected, set(VARIABLES) ^ expected
 
 
 def test_documented_defaults_agree_with_help() -> None:
