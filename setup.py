@@ -21,6 +21,7 @@ setup(
         "service-identity>=24.1",
         "josepy>=1.14",
         "cryptography>=42",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

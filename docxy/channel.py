@@ -92,6 +92,8 @@ class DocxyChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.header_timeout = getattr(self.factory, "header_timeout", None)
+        if hasattr(self.factory, "channel_opened"):  # graceful shutdown
+            self.factory.channel_opened(self)
         self._start_head_timer()
 
     def dataReceived(self, data: bytes) -> None:
@@ -210,6 +212,8 @@ class DocxyChannel(HTTPChannel):
             if call is not None and call.active():
                 call.cancel()
         super().connectionLost(reason)
+        if hasattr(self.factory, "channel_closed"):
+            self.factory.channel_closed(self)
 
     # -- the request-head timer ----------------------------------------------
 

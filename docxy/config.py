@@ -55,6 +55,9 @@ class Config:
     cache_max_size: int | None = None
     cache_auth_ttl: float = 300.0
     cache_freshness: float = 300.0
+    metrics_port: str | None = None
+    shutdown_timeout: float = 30.0
+    log_format: str = "text"
 
     @property
     def default(self) -> Upstream:
@@ -160,6 +163,24 @@ def _check_endpoint(name: str, endpoint: str) -> None:
         raise ConfigError(f"{name}: invalid endpoint {endpoint!r}: {reason}") from None
 
 
+def _endpoint(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}: expected an endpoint string, got {value!r}")
+    _check_endpoint(name, value)
+    return value
+
+
+def _seconds(name: str, value: object) -> float:
+    """Like _positive, but 0 is allowed (no wait at all)."""
+    return 0.0 if str(value).strip() in ("0", "0.0") else _positive(name, value)
+
+
+def _log_format(name: str, value: object) -> str:
+    if value not in ("text", "json"):
+        raise ConfigError(f"{name}: expected text or json, got {value!r}")
+    return str(value)
+
+
 def _optional_str(name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
@@ -263,6 +284,9 @@ SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "cache-max-size": _size,
     "cache-auth-ttl": _positive,
     "cache-freshness": _positive,
+    "metrics-port": _endpoint,
+    "shutdown-timeout": _seconds,
+    "log-format": _log_format,
 }
 _PLAIN_FIELDS = {
     "port": "ports",
@@ -278,6 +302,9 @@ _PLAIN_FIELDS = {
     "cache-max-size": "cache_max_size",
     "cache-auth-ttl": "cache_auth_ttl",
     "cache-freshness": "cache_freshness",
+    "metrics-port": "metrics_port",
+    "shutdown-timeout": "shutdown_timeout",
+    "log-format": "log_format",
 }
 
 # Keys of one [upstreams.<name>] table -> parser.

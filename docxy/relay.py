@@ -143,7 +143,7 @@ class Relay:
             request,
             self.clock,
             self.idle_timeout,
-            on_end=lambda outcome: record(request, outcome=outcome),
+            on_end=lambda outcome: record(request, outcome=outcome, relayed=pump.bytes),
             verify=verify,
         )
         response.deliverBody(pump)

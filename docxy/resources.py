@@ -11,6 +11,7 @@
     /auth/<upstream>/token      TokenResource for each upstream (docxy.tokens)
     /.well-known/acme-challenge ACME HTTP-01 answers (docxy.tls.http01)
     /health                     HealthResource: liveness, no upstream call
+    /ready                      ReadyResource: readiness (docxy.probes)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .errors import (
 )
 from .forward import Forwarder
 from .notes import record
+from .probes import Readiness, ReadyResource
 from .routing import Mirror, Router
 from .tls.http01 import AcmeChallengeResource
 from .tokens import TokenResource
@@ -128,7 +130,7 @@ class NotFoundResource(Resource):
 
 
 # With https-redirect on, plain HTTP still serves these (ACME HTTP-01 needs it).
-_SERVED_OVER_HTTP = frozenset({b"health", b".well-known"})
+_SERVED_OVER_HTTP = frozenset({b"health", b"ready", b".well-known"})
 
 
 class RedirectResource(Resource):
@@ -196,6 +198,7 @@ class RegistryResource(Resource):
         if target.namespace is not None:
             # OCI distribution spec, "Registry Proxying".
             request.setHeader(b"oci-namespace", target.namespace.encode("ascii"))
+        record(request, route=target.route.kind.value or "base")
         exchange = target.exchange(request)
         if self.cache is not None:
             self.forwarder.run(request, self.cache.serve(request, exchange, target))
@@ -209,5 +212,9 @@ def build_tree(
     router: Router,
     https_redirect: str | None = None,
     cache: PullThroughCache | None = None,
+    readiness: Readiness | None = None,
 ) -> RootResource:
-    return RootResource(forwarder, router, https_redirect, cache)
+    root = RootResource(forwarder, router, https_redirect, cache)
+    if readiness is not None:
+        root.putChild(b"ready", ReadyResource(readiness))
+    return root

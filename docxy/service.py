@@ -5,18 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 
 from . import __version__
 from .cache.directory import CacheLock
 from .cache.pullthrough import build_cache
 from .config import Config
+from .drain import Drain
 from .forward import Forwarder
 from .listeners import Listeners
+from .metrics import Metrics
+from .probes import Readiness, probes_site
 from .realm import RealmDirectory
 from .relay import Relay
-from .resources import build_tree
+from .resources import HealthResource, build_tree
 from .routing import Mirror, Router
 from .site import DocxySite
 from .start_warnings import start_warnings
@@ -70,7 +74,11 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
         connect_timeout=config.connect_timeout,
         max_connections=config.max_connections,
     )
-    client = UpstreamClient(reactor, agent, header_timeout=config.header_timeout)
+    metrics = Metrics({u.name: u.url for u in config.upstreams})
+    readiness = Readiness(config.cache_dir)
+    client = UpstreamClient(
+        reactor, agent, header_timeout=config.header_timeout, metrics=metrics
+    )
     mirrors = {
         upstream.name: Mirror(
             upstream,
@@ -95,14 +103,19 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
             reactor,
             config.idle_timeout,
         )
+        metrics.watch_cache(cache)
     root = build_tree(
         forwarder,
         router,
         config.public_url if config.https_redirect else None,
         cache,
+        readiness,
     )
-    site = DocxySite(root, timeout=config.idle_timeout, reactor=reactor)
+    site = DocxySite(
+        root, timeout=config.idle_timeout, reactor=reactor, metrics=metrics
+    )
     site.header_timeout = config.client_header_timeout
+    site.readiness, site.cache = readiness, cache
     return site, pool
 
 
@@ -110,6 +123,13 @@ class DocxyService(MultiService):
     """Docxy's services, and the lock on its cache directory (held to the end)."""
 
     cache_lock: CacheLock | None = None
+    log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            # twistd's application: its logger uses this observer instead.
+            parent.setComponent(ILogObserver, self.log_observer)
 
 
 def make_service(config: Config, reactor: Any) -> DocxyService:
@@ -121,5 +141,12 @@ def make_service(config: Config, reactor: Any) -> DocxyService:
     site, pool = build_site(config, reactor)
     _Announce(config).setServiceParent(top)
     Listeners(config.ports, site, reactor).setServiceParent(top)
+    drain = Drain(site, config.shutdown_timeout, reactor)
+    drain.setServiceParent(top)
+    if config.metrics_port is not None:
+        assert site.metrics is not None and site.readiness is not None
+        probes = probes_site(site.metrics, site.readiness, HealthResource())
+        # A child of the drain: it stops after the drain, so it can be watched.
+        Listeners((config.metrics_port,), probes, reactor).setServiceParent(drain)
     _PoolService(pool).setServiceParent(top)
     return top

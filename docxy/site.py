@@ -8,15 +8,21 @@ however it ended, with the facts an operator needs, and never credentials.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
 from .channel import DocxyChannel
 from .errors import internal_error, write_error
+from .metrics import Metrics, route_of
 from .own_tokens import is_own_token
+
+if TYPE_CHECKING:
+    from .cache.pullthrough import PullThroughCache
+    from .probes import Readiness
 
 log = Logger(namespace="docxy.access")
 _errors = Logger(namespace="docxy")
@@ -33,6 +39,10 @@ class DocxyRequest(Request):
 
     def process(self) -> None:
         self._started = time.monotonic()
+        site = getattr(self.channel, "site", None)
+        if isinstance(site, DocxySite):
+            site.begun(self)
+            self.notifyFinish().addBoth(lambda _: site.ended(self))
         # Docxy's own tokens grant nothing: from here on the request is
         # anonymous, and they never reach an upstream.
         values = self.requestHeaders.getRawHeaders(b"authorization", [])
@@ -53,6 +63,16 @@ class DocxyRequest(Request):
         if outcome is None:
             outcome = "aborted" if isinstance(result, Failure) else "done"
         ns, agent = _client_facts(self)
+        # The channel is gone by now; Request.process kept its site.
+        metrics = getattr(getattr(self, "site", None), "metrics", None)
+        if metrics is not None:
+            route = route_of(self.path, self.notes)
+            metrics.answered(
+                route, self.method.decode("latin-1"), self.code, self.sentLength
+            )
+            relayed = self.notes.get("relayed")
+            if isinstance(relayed, int):
+                metrics.relayed_bytes.inc(relayed)
         log.info(
             "{client} method={method} path={path} status={status} bytes={bytes} "
             "duration={duration:.3f} upstream_status={upstream_status} "
@@ -71,6 +91,9 @@ class DocxyRequest(Request):
             upstream=self.notes.get("upstream"),
             ns=ns,
             user_agent=agent,
+            cache=self.notes.get("cache"),
+            redirects=self.notes.get("redirects"),
+            upstream_error=self.notes.get("upstream_error"),
             extra=_extra(self.notes) + _quoted(ns=ns, ua=agent),
         )
 
@@ -117,6 +140,72 @@ class DocxySite(Site):
     noisy = False
     # Seconds a client has to send a request head (DocxyChannel); None: no limit.
     header_timeout: float | None = None
+
+    def __init__(
+        self, resource: Any, *args: Any, metrics: Metrics | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(resource, *args, **kwargs)
+        self.metrics = metrics
+        self.readiness: Readiness | None = None
+        self.cache: PullThroughCache | None = None
+        self.active: set[Request] = set()
+        self._idle: list[Deferred[None]] = []
+        self.channels: set[Any] = set()
+        self._closed: list[Deferred[None]] = []
+
+    def channel_opened(self, channel: Any) -> None:
+        self.channels.add(channel)
+
+    def channel_closed(self, channel: Any) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiting, self._closed = self._closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_connections(self) -> Deferred[None]:
+        """Close every client connection once its buffered bytes are sent.
+
+        ``loseConnection`` flushes first: an answer that finished (its last
+        bytes still in the write buffer) reaches its client whole.
+        """
+        d: Deferred[None] = Deferred()
+        if not self.channels:
+            d.callback(None)
+            return d
+        self._closed.append(d)
+        for channel in list(self.channels):
+            if channel.transport is not None:
+                channel.transport.loseConnection()
+        return d
+
+    def begun(self, request: Request) -> None:
+        if self.readiness is not None and self.readiness.draining:
+            # Shutting down: this answer is the connection's last.
+            request.channel.persistent = False
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        self.active.add(request)
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+
+    def ended(self, request: Request) -> None:
+        if request in self.active:
+            self.active.discard(request)
+            if self.metrics is not None:
+                self.metrics.in_flight.dec()
+        if not self.active:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no request is being answered (at once if none is)."""
+        d: Deferred[None] = Deferred()
+        if self.active:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
 
     def acceptableProtocols(self) -> list[bytes]:
         """ALPN: HTTP/1.1 only (see ``protocol``)."""

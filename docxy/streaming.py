@@ -125,8 +125,8 @@ class BodyPump(Protocol):
             and (self.verify is None or self.verify.matches())
         )
         if complete:
+            self._end("done")  # first: the access line is written at finish
             self.request.finish()
-            self._end("done")
         else:
             log.warn(
                 "upstream body failed after {bytes} bytes: {why}",

@@ -159,6 +159,27 @@ class Options(usage.Options):
             "that a HEAD revalidates it. [default: 300]",
         ],
         [
+            "metrics-port",
+            None,
+            None,
+            "Endpoint for /metrics (Prometheus), /health and /ready, e.g. "
+            "tcp:9090:interface=127.0.0.1. [default: off]",
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            None,
+            "Seconds SIGTERM waits for transfers in flight before closing them. "
+            f"[default: {_DEFAULTS.shutdown_timeout:g}]",
+        ],
+        [
+            "log-format",
+            None,
+            None,
+            "text, or json (one JSON object per line, for log collectors). "
+            "[default: text]",
+        ],
+        [
             "max-connections",
             None,
             None,
@@ -219,8 +240,13 @@ def makeService(options: Options) -> IService:
 
     assert options.config is not None
     try:
-        return make_service(options.config, reactor)
+        service = make_service(options.config, reactor)
     except CacheDirError as e:
         sys.stderr.write(f"docxy: configuration error: cache-dir: {e}\n")
         sys.stderr.flush()
         raise SystemExit(2) from None
+    if options.config.log_format == "json":
+        from .logs import json_observer
+
+        service.log_observer = json_observer(getattr(options, "parent", None) or {})
+    return service

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urljoin, urlsplit
 
 from OpenSSL import SSL
@@ -34,6 +34,9 @@ from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from .oci import MAX_REDIRECTS
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 # Dropped when a redirect leaves the origin the client's credentials were for.
@@ -178,11 +181,13 @@ class UpstreamClient:
         *,
         header_timeout: float,
         max_redirects: int = MAX_REDIRECTS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.reactor = reactor
         self.agent = agent
         self.header_timeout = header_timeout
         self.max_redirects = max_redirects
+        self.metrics = metrics
 
     async def request(
         self,
@@ -191,6 +196,26 @@ class UpstreamClient:
         headers: Headers,
         body: IBodyProducer | None = None,
         follow_redirects: bool = True,
+    ) -> UpstreamResponse:
+        started = self.reactor.seconds()
+        try:
+            answer = await self._follow(method, url, headers, body, follow_redirects)
+        except UpstreamError as e:
+            if self.metrics is not None:
+                self.metrics.upstream_failed(url, e)
+            raise
+        if self.metrics is not None:
+            elapsed = self.reactor.seconds() - started
+            self.metrics.upstream_answered(url, answer.response, elapsed)
+        return answer
+
+    async def _follow(
+        self,
+        method: bytes,
+        url: str,
+        headers: Headers,
+        body: IBodyProducer | None,
+        follow_redirects: bool,
     ) -> UpstreamResponse:
         headers = headers.copy()
         for hop in range(self.max_redirects + 1):

@@ -19,6 +19,7 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from ..oci import Digest, is_valid_digest
+from .counters import Counters
 from .directory import default_max_size
 
 log = Logger()
@@ -36,9 +37,12 @@ class Entry:
 
 
 class BlobStore:
-    def __init__(self, root: Path, max_size: int | None) -> None:
+    def __init__(
+        self, root: Path, max_size: int | None, counters: Counters | None = None
+    ) -> None:
         """``max_size`` None: the default bound for this disk (see directory)."""
         self.root = root
+        self.counters = counters or Counters()
         self.max_size = max_size or 0
         self.blobs = root / "blobs"
         self.tmp = root / "tmp"
@@ -129,6 +133,7 @@ class BlobStore:
                 continue
             self.path(entry.digest).unlink(missing_ok=True)
             self._forget(entry)
+            self.counters.evictions += 1
             log.info(
                 "evicted {digest} ({size} bytes)", digest=entry.digest, size=entry.size
             )

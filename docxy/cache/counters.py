@@ -15,6 +15,7 @@ class Counters:
     stale_serves: int = 0
     digest_mismatches: int = 0
     denied: int = 0
+    evictions: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)

@@ -58,7 +58,7 @@ def build_cache(
     idle_timeout: float,
 ) -> PullThroughCache:
     counters = Counters()
-    store = BlobStore(directory, max_size)
+    store = BlobStore(directory, max_size, counters)
     log.info(
         "cache {directory}: {entries} blobs, {total} of at most {max_size} bytes",
         directory=str(directory),

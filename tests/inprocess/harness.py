@@ -76,6 +76,7 @@ class Harness:
     public_url: str
     pool: Any
     extra: list[Any] = field(default_factory=list)
+    site: Any = None
 
     @property
     def url(self) -> str:
@@ -122,7 +123,7 @@ async def start(
     )
     site, pool = build_site(config, reactor)
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
-    return Harness(upstream, port, config.public_url, pool)
+    return Harness(upstream, port, config.public_url, pool, site=site)
 
 
 def never_answers(request: Request) -> int:

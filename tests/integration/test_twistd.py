@@ -37,6 +37,9 @@ OPTIONS = [
     "--cache-auth-ttl",
     "--cache-freshness",
     "--no-cache",
+    "--metrics-port",
+    "--shutdown-timeout",
+    "--log-format",
 ]
 
 
@@ -69,6 +72,9 @@ def test_help_documents_every_option(tmp_path: Path) -> None:
         (["--config", "/nonexistent/docxy.toml"], "cannot read"),
         (["--port", "systemd:domain=INET:index=0"], "needs socket activation"),
         (["--upstream-realm", "http://127.0.0.1:1/token"], "clear text"),
+        (["--metrics-port", "tcp:nope"], "invalid endpoint"),
+        (["--log-format", "xml"], "expected text or json"),
+        (["--shutdown-timeout", "-1"], "greater than 0"),
     ],
 )
 def test_bad_configuration_is_one_line_and_nothing_listens(

@@ -1,0 +1,107 @@
+"""What orchestrators and monitoring ask: /ready, /metrics, and their listener.
+
+``/health`` (liveness, in :mod:`docxy.resources`) only says the process
+answers. ``/ready`` says whether traffic should be sent here: not while the
+cache directory is unusable (deleted, unmounted, read-only) and not once
+shutdown began, so a load balancer stops routing new pulls while the
+transfers in flight finish. ``/metrics`` is the Prometheus text format; it
+is served on its own ``--metrics-port`` listener only, never on the
+mirror's public ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from .errors import unsupported_method, write_error
+from .metrics import CONTENT_TYPE, Metrics
+
+READ_METHODS = (b"GET", b"HEAD")
+
+
+class Readiness:
+    """Ready unless shutting down or the cache directory cannot be written."""
+
+    def __init__(self, cache_dir: Path | None) -> None:
+        self.cache_dir = cache_dir
+        self.draining = False
+
+    def problem(self) -> str | None:
+        """Why Docxy is not ready, or None. A few stat calls: cheap enough."""
+        if self.draining:
+            return "shutting down"
+        if self.cache_dir is not None:
+            for sub in ("blobs", "tmp"):
+                path = self.cache_dir / sub
+                if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+                    return (
+                        f"cache directory unusable: {path} is not a writable directory"
+                    )
+        return None
+
+
+def _refuse_writes(request: Request) -> bool:
+    if request.method in READ_METHODS:
+        return False
+    write_error(request, unsupported_method(request.method.decode(), READ_METHODS))
+    return True
+
+
+class ReadyResource(Resource):
+    """200 ``{"status": "ready"}`` or 503 with the reason."""
+
+    isLeaf = True
+
+    def __init__(self, readiness: Readiness) -> None:
+        super().__init__()
+        self.readiness = readiness
+
+    def render(self, request: Request) -> bytes | int:
+        if _refuse_writes(request):
+            return NOT_DONE_YET
+        problem = self.readiness.problem()
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        if problem is None:
+            return json.dumps({"status": "ready"}).encode()
+        request.setResponseCode(503)
+        return json.dumps({"status": "not ready", "reason": problem}).encode()
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render(self, request: Request) -> bytes | int:
+        if _refuse_writes(request):
+            return NOT_DONE_YET
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        request.setHeader(b"cache-control", b"no-store")
+        return self.metrics.render()
+
+
+class _QuietSite(Site):
+    """No access line per scrape or probe (every few seconds, forever)."""
+
+    noisy = False
+    displayTracebacks = False
+
+    def log(self, request: object) -> None:
+        pass
+
+
+def probes_site(metrics: Metrics, readiness: Readiness, health: Resource) -> Site:
+    """The ``--metrics-port`` listener: /metrics, /health, /ready."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(metrics))
+    root.putChild(b"health", health)
+    root.putChild(b"ready", ReadyResource(readiness))
+    return _QuietSite(root)

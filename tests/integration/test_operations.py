@@ -1,0 +1,232 @@
+"""Operating a real ``twistd docxy``: /metrics after real pulls, /ready, SIGTERM.
+
+The metrics are read the way Prometheus reads them (the text format over
+HTTP from ``--metrics-port``) and checked against what the registry holds:
+bytes served are the blobs' sizes, not merely names that exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.blob_server import BlobServerProcess
+from tests.support.docxy import Docxy
+from tests.support.processes import LOOPBACK, free_port, port_open, wait_until
+from tests.support.registry import Upstream, fetch
+from tests.support.skopeo import skopeo_pull
+
+Factory = Callable[..., Docxy]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+MiB = 1024 * 1024
+
+
+def scrape(port: int) -> Samples:
+    answer = fetch(f"http://{LOOPBACK}:{port}/metrics")
+    assert answer.status == 200
+    assert (answer.header("Content-Type") or "").startswith("text/plain; version=0.0.4")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(answer.body.decode())
+        for s in family.samples
+    }
+
+
+def one(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(samples: Samples, name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def test_metrics_follow_two_real_pulls(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    image = upstream.images["library/alpine:3.20"]
+    sizes = {b: len(upstream.blob_bytes(image.repo, b)) for b in image.blobs}
+    size = sum(sizes.values())
+    metrics_port = free_port()
+    docxy = docxy_factory(
+        upstream.url,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--metrics-port",
+        f"tcp:{metrics_port}:interface={LOOPBACK}",
+    )
+    # Not on the mirror's own port.
+    assert fetch(f"{docxy.url}/metrics").status == 404
+
+    skopeo_pull(docxy.hostport, "alpine:3.20", tmp_path / "one" / "out")
+    first = scrape(metrics_port)
+    blobs_ok = {"route": "blobs", "method": "GET", "status": "200"}
+    assert one(first, "docxy_requests_total", **blobs_ok) == len(sizes)
+    assert one(first, "docxy_response_bytes_total", route="blobs") == size
+    assert one(first, "docxy_cache_upstream_bytes_total") == size
+    assert one(first, "docxy_cache_served_bytes_total") == size
+    assert one(first, "docxy_cache_blobs") == len(sizes)
+    assert one(first, "docxy_cache_size_bytes") == size
+    assert one(first, "docxy_cache_fills_in_flight") == 0
+    assert one(first, "docxy_cache_misses_total") >= len(sizes)
+    assert one(first, "docxy_cache_hits_total") == 0
+    assert total(first, "docxy_upstream_response_seconds_count") >= len(sizes)
+    assert one(first, "docxy_requests_in_flight") == 0
+
+    skopeo_pull(docxy.hostport, "alpine:3.20", tmp_path / "two" / "out")
+    second = scrape(metrics_port)
+    assert one(second, "docxy_requests_total", **blobs_ok) == 2 * len(sizes)
+    assert one(second, "docxy_response_bytes_total", route="blobs") == 2 * size
+    assert one(second, "docxy_cache_served_bytes_total") == 2 * size
+    # Nothing new came from upstream: every blob was a hit.
+    assert one(second, "docxy_cache_upstream_bytes_total") == size
+    assert one(second, "docxy_cache_misses_total") == one(
+        first, "docxy_cache_misses_total"
+    )
+    assert one(second, "docxy_cache_hits_total") >= len(sizes)
+    assert one(second, "docxy_cache_evictions_total") == 0
+
+
+def test_readiness_follows_the_cache_directory(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    metrics_port = free_port()
+    docxy = docxy_factory(
+        upstream.url,
+        "--cache-dir",
+        str(cache),
+        "--metrics-port",
+        f"tcp:{metrics_port}:interface={LOOPBACK}",
+    )
+    probes = f"http://{LOOPBACK}:{metrics_port}"
+    for base in (docxy.url, probes):
+        ready = fetch(f"{base}/ready")
+        assert (ready.status, json.loads(ready.body)) == (200, {"status": "ready"})
+    shutil.rmtree(cache / "tmp")  # an operator's mistake, a lost mount
+    for base in (docxy.url, probes):
+        ready = fetch(f"{base}/ready")
+        assert ready.status == 503
+        assert "cache directory unusable" in json.loads(ready.body)["reason"]
+        assert fetch(f"{base}/health").status == 200  # alive all the same
+    (cache / "tmp").mkdir()
+    assert fetch(f"{docxy.url}/ready").status == 200
+
+
+def test_sigterm_lets_a_big_transfer_finish_and_exits_0(
+    docxy_factory: Factory, tmp_path: Path
+) -> None:
+    blob = BlobServerProcess(tmp_path, 256 * MiB)
+    cache = tmp_path / "cache"
+    metrics_port = free_port()
+    try:
+        docxy = docxy_factory(
+            blob.url,
+            "--cache-dir",
+            str(cache),
+            "--metrics-port",
+            f"tcp:{metrics_port}:interface={LOOPBACK}",
+            library_prefix="off",
+        )
+        conn = http.client.HTTPConnection(LOOPBACK, docxy.port, timeout=60)
+        conn.request("GET", blob.blob_path())
+        response = conn.getresponse()
+        assert response.status == 200
+        digest = hashlib.sha256()
+        received = 0
+        while received < 4 * MiB:  # the transfer is under way, then we stop reading
+            chunk = response.read(256 * 1024)
+            assert chunk
+            digest.update(chunk)
+            received += len(chunk)
+
+        docxy.kill(signal.SIGTERM)
+        probes = f"http://{LOOPBACK}:{metrics_port}/ready"
+        wait_until(
+            lambda: fetch(probes).status == 503, 30, "/ready to say shutting down"
+        )
+        assert json.loads(fetch(probes).body)["reason"] == "shutting down"
+        wait_until(lambda: not port_open(docxy.port), 30, "the listener to close")
+        assert docxy.alive()  # still draining: our transfer is in flight
+
+        while chunk := response.read(1024 * 1024):
+            digest.update(chunk)
+            received += len(chunk)
+        assert received == blob.size
+        assert f"sha256:{digest.hexdigest()}" == blob.digest
+        conn.close()
+        assert docxy.popen.wait(60) == 0
+        docxy.stop()
+        log = docxy.log_text()
+        assert "shutting down: waiting up to 30s for 1 requests" in log
+        assert "shutting down: all transfers done" in log
+        # The fill finished too, verified: an entry, and no temp file.
+        algorithm, hexdigest = blob.digest.split(":")
+        assert (cache / "blobs" / algorithm / hexdigest[:2] / hexdigest).is_file()
+        assert list((cache / "tmp").iterdir()) == []
+    finally:
+        blob.stop()
+
+
+def test_shutdown_timeout_cuts_what_is_left_and_leaves_no_entry(
+    docxy_factory: Factory, tmp_path: Path
+) -> None:
+    """A client that never reads past the deadline is cut; the exit is still 0."""
+    blob = BlobServerProcess(tmp_path, 64 * MiB, stall_after=8 * MiB)
+    cache = tmp_path / "cache"
+    try:
+        docxy = docxy_factory(
+            blob.url,
+            "--cache-dir",
+            str(cache),
+            "--shutdown-timeout",
+            "1",
+            library_prefix="off",
+        )
+        conn = http.client.HTTPConnection(LOOPBACK, docxy.port, timeout=60)
+        conn.request("GET", blob.blob_path())
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.read(MiB)
+        # The upstream stalls mid-body: the fill cannot finish in time.
+        wait_until(lambda: len(list((cache / "tmp").iterdir())) == 1, 30, "a fill")
+        docxy.kill(signal.SIGTERM)
+        assert docxy.popen.wait(60) == 0
+        docxy.stop()
+        assert "shutdown-timeout: 1 requests, 1 fills and 1 connections still open" in (
+            docxy.log_text()
+        )
+        try:
+            rest = len(response.read())
+        except http.client.IncompleteRead as e:
+            rest = len(e.partial)
+        assert MiB + rest < blob.size  # a short read, never a complete-looking body
+        assert not any((cache / "blobs").rglob("*" + blob.digest.split(":")[1]))
+    finally:
+        blob.stop()
+
+
+def test_json_logs_carry_the_access_fields_and_no_token(
+    docxy_factory: Factory, upstream: Upstream
+) -> None:
+    docxy = docxy_factory(upstream.url, "--log-format", "json")
+    answer = fetch(f"{docxy.url}/v2/alpine/manifests/3.20?token=s3cret-value")
+    assert answer.status == 401
+    wait_until(lambda: '"docxy.access"' in docxy.log_text(), 30, "the access line")
+    events = [json.loads(line) for line in docxy.log_text().splitlines()]
+    access = [e for e in events if e["log_namespace"] == "docxy.access"]
+    assert len(access) == 1
+    line = access[0]
+    assert line["method"] == "GET"
+    assert line["path"] == "/v2/alpine/manifests/3.20"
+    assert line["status"] == 401
+    assert line["upstream_status"] == 401
+    assert line["outcome"] == "done"
+    assert {"client", "bytes", "duration", "cache", "log_time"} <= set(line)
+    assert "s3cret-value" not in docxy.log_text()
