@@ -259,6 +259,7 @@ class BlobCache:
             fill=fill,
             on_end=lambda outcome, sent: self._sent(request, outcome, sent),
             resume=lambda offset: self._resume(request, exchange, offset),
+            idle=(self.reactor, self.idle_timeout),
         ).start()
 
     def _resume(self, request: Request, exchange: Exchange, offset: int) -> None:
@@ -352,6 +353,7 @@ class BlobCache:
             self._pool(),
             verify=verify,
             on_end=ended,
+            idle=(self.reactor, self.idle_timeout),
         ).start()
 
     def _damaged(self, digest: str) -> None:

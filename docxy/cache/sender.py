@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IPushProducer, IReactorThreads
+from twisted.internet.interfaces import IPushProducer, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,7 +22,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ..oci import DigestHasher
-from ..streaming import abort_client, client_gone
+from ..streaming import IdleWatchdog, abort_client, client_gone
 from .fill import Fill, FillState
 
 log = Logger()
@@ -46,8 +46,10 @@ class FileSender:
         verify: DigestHasher | None = None,
         on_end: Callable[[str, int], None] = lambda outcome, sent: None,
         resume: Callable[[int], None] | None = None,
+        idle: tuple[IReactorTime, float] | None = None,
     ) -> None:
-        """``resume(offset)`` takes over the client if the fill loses its disk."""
+        """``resume(offset)`` takes over the client if the fill loses its disk;
+        ``idle`` (clock, seconds): give up on a client that reads nothing."""
         self.request = request
         self.fd = os.open(path, os.O_RDONLY)
         self.offset = start
@@ -58,6 +60,7 @@ class FileSender:
         self.verify = verify
         self.on_end = on_end
         self.resume = resume
+        self.watchdog = IdleWatchdog(*idle, self._idle) if idle else None
         self.sent = 0
         self._paused = False
         self._reading = False
@@ -66,6 +69,8 @@ class FileSender:
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
+        if self.watchdog is not None:
+            self.watchdog.start()
         self._pump()
 
     def _limit(self) -> int:
@@ -122,6 +127,8 @@ class FileSender:
                 self._finish("digest-mismatch")
                 return
         self.sent += len(data)
+        if self.watchdog is not None:
+            self.watchdog.touch()
         self.request.write(data)
         self._pump()
 
@@ -133,9 +140,20 @@ class FileSender:
         log.failure("reading a cached blob failed", failure)
         self._finish("read-error")
 
+    def _idle(self) -> None:
+        log.warn(
+            "no progress for {timeout}s after {bytes} bytes of a cached blob; "
+            "aborting transfer",
+            timeout=self.watchdog.timeout if self.watchdog else 0,
+            bytes=self.sent,
+        )
+        self._finish("idle-timeout")
+
     def _close(self) -> None:
         """Close the descriptor, but never under a read still in the pool
         (its number could be reused by another file meanwhile)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if not self._reading and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

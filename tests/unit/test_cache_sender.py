@@ -145,3 +145,43 @@ def test_a_failed_fill_is_a_short_read(tmp_path: Path) -> None:
     assert client.client.body == BLOB[:-1]
     assert client.docxy_side.aborted
     assert resource.outcomes[0][0] == "fill-failed"
+
+
+class ServeWithIdle(Serve):
+    """Serve, with the sender's idle watchdog on ``clock``."""
+
+    def __init__(self, path: Path, threads: QueuedThreads, clock: MemoryReactorClock):
+        super().__init__(path, threads, None)
+        self.clock = clock
+
+    def render_GET(self, request: Request) -> int:
+        request.setHeader(b"content-length", str(len(BLOB)).encode())
+        FileSender(
+            request,
+            str(self.path),
+            0,
+            len(BLOB),
+            cast(IReactorThreads, self.threads),
+            cast(ThreadPool, self.threads),
+            on_end=lambda outcome, sent: self.outcomes.append((outcome, sent)),
+            idle=(self.clock, 30.0),
+        ).start()
+        return NOT_DONE_YET
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    """A cache hit holds a connection only while bytes move."""
+    (tmp_path / "blob").write_bytes(BLOB)
+    threads, clock = QueuedThreads(), MemoryReactorClock()
+    resource = ServeWithIdle(tmp_path / "blob", threads, clock)
+    client = connect(resource)
+    step(threads, client, reads=1)
+    client.stop_reading()
+    step(threads, client, reads=1)
+    clock.advance(29)
+    assert resource.outcomes == []
+    clock.advance(1)
+    assert client.docxy_side.aborted
+    assert resource.outcomes == [("idle-timeout", 2 * CHUNK)]
