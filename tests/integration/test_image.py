@@ -5,74 +5,36 @@ Why: the image is how Docxy runs on Kubernetes nodes. Only the real build
 Containerfile) and the real container in front of the real registry show
 that it starts as configured (DOCXY_* variables, a TOML file, arguments),
 serves real clients with the right digests, caches into its volume, answers
-its HEALTHCHECK, stops cleanly on SIGTERM, and that the Kubernetes
-Deployment runs as written (``podman kube play``). The image is built once
-per session (a few minutes at most; the base rootfs is cached between runs).
+its HEALTHCHECK and stops cleanly on SIGTERM. The image is built once per
+session (tests/integration/conftest.py); test_kubernetes.py runs it as the
+manifests do.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from tests.support.clients import Podman
-from tests.support.engine import REPO, Engine
+from tests.support.engine import (
+    DOCXY_UID,
+    Engine,
+    missing_tools,
+    short_dir,
+    unique,
+)
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import Upstream, fetch
-from tests.support.skopeo import skopeo_pull
+from tests.support.skopeo import assert_pulled, file_digest, skopeo_pull
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="building images needs root"),
-    pytest.mark.skipif(
-        not all(shutil.which(b) for b in ("podman", "mmdebstrap", "catatonit")),
-        reason="needs podman, mmdebstrap and catatonit (tests/run.sh installs them)",
-    ),
+    pytest.mark.skipif(bool(missing_tools()), reason=f"missing {missing_tools()}"),
 ]
-
-TAG = "localhost/docxy:test"
-KUBERNETES = REPO / "deploy" / "kubernetes"
-DOCXY_UID = 10001
-
-
-def file_digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def short_dir(prefix: str) -> Path:
-    """podman refuses a runroot longer than 50 characters: not under pytest's."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    base = short_dir("docxy-engine-")
-    podman = Engine(base)
-    try:
-        yield podman
-    finally:
-        podman.close()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def image(engine: Engine) -> str:
-    seconds = engine.build(TAG)
-    print(f"\nimage {TAG} built in {seconds:.0f}s")
-    return TAG
 
 
 class Mirror:
@@ -166,9 +128,7 @@ def test_skopeo_pulls_through_the_container(
     image = upstream.images["library/alpine:3.20"]
     out = tmp_path / "alpine"
     skopeo_pull(mirror.hostport, "library/alpine:3.20", out)
-    assert file_digest(out / "manifest.json") == image.digest
-    for blob in image.blobs:
-        assert file_digest(out / blob.split(":", 1)[1]) == blob
+    assert_pulled(out, image.blobs, manifest=image.digest)
 
     index = upstream.images["library/multi:1.0"]
     out = tmp_path / "multi"
@@ -275,71 +235,3 @@ def test_bad_environment_stops_at_start_with_one_line(
         ]
     finally:
         engine.remove(name)
-
-
-# --- the Kubernetes Deployment, by podman kube play --------------------------
-
-
-def load(path: Path) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(path.read_text())
-    return doc
-
-
-def kube_play_variant(image: str, port: int, upstream_url: str) -> list[dict[str, Any]]:
-    """deploy/kubernetes/cluster as written, but for one podman host.
-
-    What differs from a cluster: the pod uses the host network on a free
-    127.0.0.1 port (podman has no Service), the test upstream, and this
-    session's image. podman refuses containerPorts with the host network,
-    so they go (probes name the port number instead).
-    """
-    cluster = KUBERNETES / "cluster"
-    configmap = load(cluster / "configmap.yaml")
-    toml = configmap["data"]["docxy.toml"]
-    lines = [
-        line
-        for line in toml.splitlines()
-        if not line.startswith(("port", "public-url"))
-    ]
-    lines += [
-        f'port = ["tcp:{port}:interface={LOOPBACK}"]',
-        f'public-url = "http://{LOOPBACK}:{port}"',
-        f'upstream = "{upstream_url}"',
-        'library-prefix = "on"',
-    ]
-    configmap["data"]["docxy.toml"] = "\n".join(lines) + "\n"
-    deployment = copy.deepcopy(load(cluster / "deployment.yaml"))
-    pod = deployment["spec"]["template"]["spec"]
-    pod["hostNetwork"] = True
-    (container,) = pod["containers"]
-    container["image"] = image
-    del container["ports"]
-    for probe in ("livenessProbe", "readinessProbe"):
-        container[probe]["httpGet"]["port"] = port
-    return [configmap, load(cluster / "pvc.yaml"), deployment]
-
-
-def test_kube_play_of_the_deployment_serves_a_pull(
-    engine: Engine, image: str, upstream: Upstream, tmp_path: Path
-) -> None:
-    port = free_port()
-    manifest = tmp_path / "docxy-cluster.yaml"
-    manifest.write_text(
-        yaml.safe_dump_all(kube_play_variant(image, port, upstream.url))
-    )
-    # podman names a Deployment's pods <deployment>-pod-<n>, their
-    # containers <pod>-<container>.
-    name = "docxy-pod-0-docxy"
-    engine.kube_play(manifest)
-    try:
-        engine.wait_for_port(name, port)
-        image_info = upstream.images["library/alpine:3.20"]
-        out = tmp_path / "alpine"
-        skopeo_pull(f"{LOOPBACK}:{port}", "library/alpine:3.20", out)
-        assert file_digest(out / "manifest.json") == image_info.digest
-        # The mounted ConfigMap is what configured it.
-        assert f"token realm http://{LOOPBACK}:{port}/auth/token" in engine.logs(name)
-    finally:
-        engine.kube_down(manifest)
-    left = engine.podman("ps", "--all", "--quiet", "--filter", f"name={name}")
-    assert left.stdout == ""

@@ -19,7 +19,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,27 @@ from .processes import port_open, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "deploy" / "image" / "build.sh"
+KUBERNETES = REPO / "deploy" / "kubernetes"
 BUILD_TIMEOUT = 900.0
 COMMAND_TIMEOUT = 120.0
+# What building and running the image needs; tests/run.sh installs them.
+TOOLS = ("podman", "mmdebstrap", "catatonit")
+# The image's user (deploy/image/Containerfile).
+DOCXY_UID = 10001
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+def short_dir(prefix: str) -> Path:
+    """podman refuses a runroot longer than 50 characters: not under pytest's."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def unique(prefix: str) -> str:
+    """A container name no other test run uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class EngineError(RuntimeError):

@@ -1,0 +1,194 @@
+"""deploy/kubernetes run by ``podman kube play``, with real clients pulling.
+
+Why: schema validation (tests/unit/test_manifests.py) says the API server
+accepts the manifests, not that they work. Here the same files run: the
+cluster Deployment with its ConfigMap and claim serves a skopeo pull, and
+the node-local DaemonSet's init container installs the hosts.toml files
+that a real containerd then uses to find the node's Docxy, for docker.io
+and another registry.
+
+What differs from a cluster, as little as podman needs: every pod uses the
+host network on a free 127.0.0.1 port instead of 5000, the upstreams are
+the test registry, the image is this session's build, the node's
+directories are test directories. podman refuses containerPorts with the
+host network (probes name the port number instead), runs a DaemonSet's pod
+template only as a Pod, and restarts a finished init container under
+``restartPolicy: Always`` (podman 4.3), so that Pod has ``OnFailure``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.clients import CONTAINERD, CTR, Containerd
+from tests.support.engine import (
+    DOCXY_UID,
+    KUBERNETES,
+    Engine,
+    missing_tools,
+    short_dir,
+)
+from tests.support.processes import LOOPBACK, free_port
+from tests.support.registry import Upstream
+from tests.support.skopeo import file_digest, skopeo_pull
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="podman kube play needs root"),
+    pytest.mark.skipif(bool(missing_tools()), reason=f"missing {missing_tools()}"),
+]
+
+MANIFEST_PORT = "127.0.0.1:5000"
+
+
+def load(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = copy.deepcopy(yaml.safe_load(path.read_text()))
+    return doc
+
+
+def on_host_network(pod: dict[str, Any], image: str, port: int) -> None:
+    """The pod spec changes podman needs (see the module docstring)."""
+    pod["hostNetwork"] = True
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        container["image"] = image
+        container.pop("ports", None)
+        for probe in ("livenessProbe", "readinessProbe"):
+            if probe in container:
+                container[probe]["httpGet"]["port"] = port
+
+
+def configured(toml: str, port: int, extra: list[str]) -> str:
+    """A ConfigMap's docxy.toml on ``port``, plus settings (tables last)."""
+    lines = [
+        line
+        for line in toml.replace(MANIFEST_PORT, f"{LOOPBACK}:{port}").splitlines()
+        if not line.startswith(("port", "public-url"))
+    ]
+    lines = [
+        f'port = ["tcp:{port}:interface={LOOPBACK}"]',
+        f'public-url = "http://{LOOPBACK}:{port}"',
+        *lines,
+        *extra,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_cluster_deployment_serves_a_pull(
+    engine: Engine, image: str, upstream: Upstream, tmp_path: Path
+) -> None:
+    port = free_port()
+    cluster = KUBERNETES / "cluster"
+    configmap = load(cluster / "configmap.yaml")
+    configmap["data"]["docxy.toml"] = configured(
+        configmap["data"]["docxy.toml"],
+        port,
+        [f'upstream = "{upstream.url}"'],
+    )
+    deployment = load(cluster / "deployment.yaml")
+    on_host_network(deployment["spec"]["template"]["spec"], image, port)
+    manifest = tmp_path / "docxy-cluster.yaml"
+    manifest.write_text(
+        yaml.safe_dump_all([configmap, load(cluster / "pvc.yaml"), deployment])
+    )
+    # podman names a Deployment's pods <deployment>-pod-<n>, their
+    # containers <pod>-<container>.
+    name = "docxy-pod-0-docxy"
+    engine.kube_play(manifest)
+    try:
+        engine.wait_for_port(name, port)
+        image_info = upstream.images["library/alpine:3.20"]
+        out = tmp_path / "alpine"
+        skopeo_pull(f"{LOOPBACK}:{port}", "library/alpine:3.20", out)
+        assert file_digest(out / "manifest.json") == image_info.digest
+        # The mounted ConfigMap is what configured it.
+        assert f"token realm http://{LOOPBACK}:{port}/auth/token" in engine.logs(name)
+    finally:
+        engine.kube_down(manifest)
+    left = engine.podman("ps", "--all", "--quiet", "--filter", f"name={name}")
+    assert left.stdout == ""
+
+
+@pytest.fixture
+def containerd() -> Iterator[Containerd]:
+    if not (Path(CONTAINERD).exists() and Path(CTR).exists()):
+        pytest.skip("containerd is not installed")
+    base = short_dir("docxy-node-")
+    daemon = Containerd(base)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_node_local_daemonset_points_containerd_at_the_nodes_docxy(
+    engine: Engine,
+    image: str,
+    upstream: Upstream,
+    containerd: Containerd,
+    tmp_path: Path,
+) -> None:
+    """The init container's hosts.toml files are how containerd finds Docxy."""
+    port = free_port()
+    node = KUBERNETES / "node-local"
+    configmap = load(node / "configmap.yaml")
+    configmap["data"]["docxy.toml"] = configured(
+        configmap["data"]["docxy.toml"],
+        port,
+        # The presets' URLs are the real registries: the test one stands in.
+        [
+            f'upstream = "{upstream.url}"',
+            '[upstreams."ghcr.io"]',
+            f'url = "{upstream.url}"',
+        ],
+    )
+    hosts = load(node / "hosts-configmap.yaml")
+    for registry, text in hosts["data"].items():
+        hosts["data"][registry] = text.replace(MANIFEST_PORT, f"{LOOPBACK}:{port}")
+    daemonset = load(node / "daemonset.yaml")
+    pod = daemonset["spec"]["template"]["spec"]
+    on_host_network(pod, image, port)
+    pod["restartPolicy"] = "OnFailure"
+    certs, cache = tmp_path / "certs.d", tmp_path / "cache"
+    paths = {"containerd-certs": certs, "cache": cache}
+    for volume in pod["volumes"]:
+        if volume["name"] in paths:
+            volume["hostPath"]["path"] = str(paths[volume["name"]])
+    as_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": daemonset["metadata"]["name"],
+            "labels": daemonset["spec"]["template"]["metadata"]["labels"],
+        },
+        "spec": pod,
+    }
+    manifest = tmp_path / "docxy-node.yaml"
+    manifest.write_text(yaml.safe_dump_all([configmap, hosts, as_pod]))
+    name = "docxy-node-docxy"
+    engine.kube_play(manifest)
+    try:
+        engine.wait_for_port(name, port)
+        assert sorted(p.name for p in certs.iterdir()) == sorted(hosts["data"])
+        assert (cache.stat().st_uid, cache.stat().st_gid) == (DOCXY_UID, DOCXY_UID)
+        for ref, namespace_ref in (
+            ("library/alpine:3.20", "docker.io/library/alpine:3.20"),
+            ("someuser/tool:latest", "ghcr.io/someuser/tool:latest"),
+        ):
+            containerd.pull("k8s.io", namespace_ref, hosts_dir=certs)
+            digest = containerd.image_digest("k8s.io", namespace_ref)
+            assert digest == upstream.images[ref].digest, namespace_ref
+        logs = engine.logs(name)
+        for registry in ("docker.io", "ghcr.io"):  # routed by containerd's ?ns=
+            assert f'ns="{registry}"' in logs, logs[-3000:]
+            assert f"upstream={registry}" in logs, logs[-3000:]
+        assert any(cache.rglob("*")), "nothing cached in the node's cache"
+    finally:
+        engine.kube_down(manifest)
