@@ -12,8 +12,7 @@ mirror's public ports.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -21,27 +20,32 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .errors import unsupported_method, write_error
 from .metrics import CONTENT_TYPE, Metrics
 
+if TYPE_CHECKING:
+    from .cache.disk_health import DiskHealth
+
 READ_METHODS = (b"GET", b"HEAD")
 
 
 class Readiness:
-    """Ready unless shutting down or the cache directory cannot be written."""
+    """Ready unless shutting down or the cache directory does not take writes.
 
-    def __init__(self, cache_dir: Path | None) -> None:
-        self.cache_dir = cache_dir
+    The cache's own :class:`~docxy.cache.disk_health.DiskHealth` decides
+    (full, read-only, unwritable): while it says no, pulls still work,
+    uncached, but this instance should not take new traffic.
+    """
+
+    def __init__(self, health: DiskHealth | None = None) -> None:
+        self.health = health
         self.draining = False
 
     def problem(self) -> str | None:
-        """Why Docxy is not ready, or None. A few stat calls: cheap enough."""
+        """Why Docxy is not ready, or None. A statvfs per ask: cheap enough."""
         if self.draining:
             return "shutting down"
-        if self.cache_dir is not None:
-            for sub in ("blobs", "tmp"):
-                path = self.cache_dir / sub
-                if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-                    return (
-                        f"cache directory unusable: {path} is not a writable directory"
-                    )
+        if self.health is not None and not self.health.writable():
+            trouble = self.health.trouble
+            why = (trouble.strerror or str(trouble)) if trouble else "unknown"
+            return f"cache directory unusable: {self.health.root}: {why}"
         return None
 
 

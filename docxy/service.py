@@ -75,7 +75,7 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
         max_connections=config.max_connections,
     )
     metrics = Metrics({u.name: u.url for u in config.upstreams})
-    readiness = Readiness(config.cache_dir)
+    readiness = Readiness()
     client = UpstreamClient(
         reactor, agent, header_timeout=config.header_timeout, metrics=metrics
     )
@@ -104,6 +104,7 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
             config.idle_timeout,
         )
         metrics.watch_cache(cache)
+        readiness.health = cache.blobs.health
     root = build_tree(
         forwarder,
         router,

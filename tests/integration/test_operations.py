@@ -109,14 +109,21 @@ def test_readiness_follows_the_cache_directory(
     for base in (docxy.url, probes):
         ready = fetch(f"{base}/ready")
         assert (ready.status, json.loads(ready.body)) == (200, {"status": "ready"})
-    shutil.rmtree(cache / "tmp")  # an operator's mistake, a lost mount
+    # A directory the cache cannot recreate (it recreates removed ones).
+    shutil.rmtree(cache / "tmp")
+    (cache / "tmp").write_text("not a directory")
     for base in (docxy.url, probes):
         ready = fetch(f"{base}/ready")
         assert ready.status == 503
-        assert "cache directory unusable" in json.loads(ready.body)["reason"]
+        reason = json.loads(ready.body)["reason"]
+        assert reason.startswith(f"cache directory unusable: {cache}: "), reason
         assert fetch(f"{base}/health").status == 200  # alive all the same
-    (cache / "tmp").mkdir()
-    assert fetch(f"{docxy.url}/ready").status == 200
+    # Pulls still work meanwhile, uncached.
+    assert fetch(f"{docxy.url}/v2/").status == 401
+    (cache / "tmp").unlink()
+    # The cache retries by itself (a test write every few seconds).
+    wait_until(lambda: fetch(f"{docxy.url}/ready").status == 200, 30, "ready")
+    assert (cache / "tmp").is_dir()
 
 
 def test_sigterm_lets_a_big_transfer_finish_and_exits_0(

@@ -31,7 +31,7 @@ class FakeSite:
 
     def __init__(self) -> None:
         self.active: set[object] = set()
-        self.readiness = Readiness(None)
+        self.readiness = Readiness()
         self.cache = FakeCache()
         self._idle: list[defer.Deferred[None]] = []
         self.closing: list[defer.Deferred[None]] = []
