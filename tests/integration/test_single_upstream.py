@@ -54,10 +54,13 @@ class Site:
     docxy: Docxy
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["no-cache", "cache"])
 def site(
-    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+    upstream: Upstream,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Site]:
+    """As a pure proxy and as a cache (which checks access upstream too)."""
     workdir = tmp_path_factory.mktemp("plain")
     plain = start_plain_registry(workdir)
     docxy = None
@@ -67,7 +70,10 @@ def site(
         config.write_text(
             f'[upstreams.{ALIAS}]\nurl = "{plain.url}"\naliases = ["{ALIAS}"]\n'
         )
-        docxy = Docxy(upstream.url, workdir / "docxy.log", ["--config", str(config)])
+        args = ["--config", str(config)]
+        if request.param == "cache":
+            args += ["--cache-dir", str(workdir / "cache")]
+        docxy = Docxy(upstream.url, workdir / "docxy.log", args)
         yield Site(plain, image, docxy)
         assert docxy.alive(), docxy.log_text()[-3000:]
     finally:
