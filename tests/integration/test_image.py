@@ -13,28 +13,24 @@ manifests do.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.clients import Podman
+from tests.support.clients import PODMAN, Podman
+from tests.support.daemons import running
 from tests.support.engine import (
     DOCXY_UID,
+    NEEDS_ENGINE,
     Engine,
-    missing_tools,
-    short_dir,
     unique,
 )
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import Upstream, fetch
 from tests.support.skopeo import assert_pulled, file_digest, skopeo_pull
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="building images needs root"),
-    pytest.mark.skipif(bool(missing_tools()), reason=f"missing {missing_tools()}"),
-]
+pytestmark = NEEDS_ENGINE
 
 
 class Mirror:
@@ -81,14 +77,13 @@ def mirror(
 
 
 @pytest.fixture
-def podman_client(mirror: Mirror) -> Iterator[Podman]:
-    base = short_dir("docxy-client-")
-    client = Podman(base, mirror.hostport)
-    try:
-        yield client
-    finally:
-        client.stop()
-        shutil.rmtree(base, ignore_errors=True)
+def podman_client(
+    mirror: Mirror, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Podman]:
+    def start(base: Path) -> Podman:
+        return Podman(base, mirror.hostport)
+
+    yield from running(tmp_path_factory, "podman", [PODMAN], start)
 
 
 # --- the image --------------------------------------------------------------

@@ -19,8 +19,6 @@ template only as a Pod, and restarts a finished init container under
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,21 +27,18 @@ import pytest
 import yaml
 
 from tests.support.clients import CONTAINERD, CTR, Containerd
+from tests.support.daemons import running
 from tests.support.engine import (
     DOCXY_UID,
     KUBERNETES,
+    NEEDS_ENGINE,
     Engine,
-    missing_tools,
-    short_dir,
 )
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import Upstream
 from tests.support.skopeo import file_digest, skopeo_pull
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="podman kube play needs root"),
-    pytest.mark.skipif(bool(missing_tools()), reason=f"missing {missing_tools()}"),
-]
+pytestmark = NEEDS_ENGINE
 
 MANIFEST_PORT = "127.0.0.1:5000"
 
@@ -64,8 +59,10 @@ def on_host_network(pod: dict[str, Any], image: str, port: int) -> None:
                 container[probe]["httpGet"]["port"] = port
 
 
-def configured(toml: str, port: int, extra: list[str]) -> str:
-    """A ConfigMap's docxy.toml on ``port``, plus settings (tables last)."""
+def configmap_on(path: Path, port: int, extra: list[str]) -> dict[str, Any]:
+    """A ConfigMap whose docxy.toml listens on ``port``, plus settings."""
+    configmap = load(path)
+    toml: str = configmap["data"]["docxy.toml"]
     lines = [
         line
         for line in toml.replace(MANIFEST_PORT, f"{LOOPBACK}:{port}").splitlines()
@@ -75,9 +72,10 @@ def configured(toml: str, port: int, extra: list[str]) -> str:
         f'port = ["tcp:{port}:interface={LOOPBACK}"]',
         f'public-url = "http://{LOOPBACK}:{port}"',
         *lines,
-        *extra,
+        *extra,  # last: they may be tables
     ]
-    return "\n".join(lines) + "\n"
+    configmap["data"]["docxy.toml"] = "\n".join(lines) + "\n"
+    return configmap
 
 
 def test_cluster_deployment_serves_a_pull(
@@ -85,11 +83,8 @@ def test_cluster_deployment_serves_a_pull(
 ) -> None:
     port = free_port()
     cluster = KUBERNETES / "cluster"
-    configmap = load(cluster / "configmap.yaml")
-    configmap["data"]["docxy.toml"] = configured(
-        configmap["data"]["docxy.toml"],
-        port,
-        [f'upstream = "{upstream.url}"'],
+    configmap = configmap_on(
+        cluster / "configmap.yaml", port, [f'upstream = "{upstream.url}"']
     )
     deployment = load(cluster / "deployment.yaml")
     on_host_network(deployment["spec"]["template"]["spec"], image, port)
@@ -116,16 +111,8 @@ def test_cluster_deployment_serves_a_pull(
 
 
 @pytest.fixture
-def containerd() -> Iterator[Containerd]:
-    if not (Path(CONTAINERD).exists() and Path(CTR).exists()):
-        pytest.skip("containerd is not installed")
-    base = short_dir("docxy-node-")
-    daemon = Containerd(base)
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(base, ignore_errors=True)
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    yield from running(tmp_path_factory, "containerd", [CONTAINERD, CTR], Containerd)
 
 
 def test_node_local_daemonset_points_containerd_at_the_nodes_docxy(
@@ -138,9 +125,8 @@ def test_node_local_daemonset_points_containerd_at_the_nodes_docxy(
     """The init container's hosts.toml files are how containerd finds Docxy."""
     port = free_port()
     node = KUBERNETES / "node-local"
-    configmap = load(node / "configmap.yaml")
-    configmap["data"]["docxy.toml"] = configured(
-        configmap["data"]["docxy.toml"],
+    configmap = configmap_on(
+        node / "configmap.yaml",
         port,
         # The presets' URLs are the real registries: the test one stands in.
         [

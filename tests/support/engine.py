@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .clients import PODMAN, kill_leftovers, run, unmount_under
 from .processes import port_open, wait_until
 
@@ -42,6 +44,13 @@ DOCXY_UID = 10001
 
 def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+# ``pytestmark`` of the modules that build or run the image.
+NEEDS_ENGINE = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="podman builds and runs as root"),
+    pytest.mark.skipif(bool(missing_tools()), reason=f"missing {missing_tools()}"),
+]
 
 
 def short_dir(prefix: str) -> Path:
