@@ -11,6 +11,7 @@ on a node's network meets all of that, so the channel decides first:
 - the request head must be complete within ``header_timeout`` (408), like
   nginx's ``client_header_timeout``;
 - an over-long request line gets 414, over-long or too many headers 431;
+- a connection beyond :func:`~docxy.capacity.client_capacity` gets 503;
 - a TLS handshake on a plain port gets an immediate 400: containers/image
   clients (podman, skopeo, CRI-O) with an ``insecure`` mirror try https
   first and fall back to http at once instead of after a 10 s timeout.
@@ -31,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
 
+from .capacity import client_capacity
 from .errors import API_VERSION, API_VERSION_HEADER, RegistryError, unsupported_method
 from .tokens import MAX_TOKEN_FORM, TOKEN_METHODS
 
@@ -71,6 +73,16 @@ def _too_large_head(what: str) -> RegistryError:
     )
 
 
+def _too_many_connections() -> RegistryError:
+    return RegistryError(
+        503,
+        "UNAVAILABLE",
+        "too many client connections; try again",
+        {"limit": client_capacity()},
+        headers=((b"Retry-After", b"1"),),
+    )
+
+
 class DocxyChannel(HTTPChannel):
     """HTTP/1.1 with limits on what a client may send (see the module)."""
 
@@ -94,6 +106,10 @@ class DocxyChannel(HTTPChannel):
         self.header_timeout = getattr(self.factory, "header_timeout", None)
         if hasattr(self.factory, "channel_opened"):  # graceful shutdown
             self.factory.channel_opened(self)
+        channels = getattr(self.factory, "channels", None)
+        if channels is not None and len(channels) > client_capacity():
+            self._refuse(_too_many_connections(), b"-")
+            return
         self._start_head_timer()
 
     def dataReceived(self, data: bytes) -> None:

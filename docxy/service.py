@@ -12,6 +12,7 @@ from twisted.web.client import HTTPConnectionPool
 from . import __version__
 from .cache.directory import CacheLock
 from .cache.pullthrough import build_cache
+from .capacity import raise_soft_limit
 from .config import Config
 from .drain import Drain
 from .forward import Forwarder
@@ -136,6 +137,7 @@ class DocxyService(MultiService):
 def make_service(config: Config, reactor: Any) -> DocxyService:
     """Raises :class:`CacheDirError` if the cache directory is not Docxy's."""
     top = DocxyService()
+    raise_soft_limit()
     if config.cache_dir is not None:
         # Before the store scans it (and clears its tmp/): one owner only.
         top.cache_lock = CacheLock.acquire(config.cache_dir)

@@ -8,6 +8,7 @@ reached a Resource (nothing, for every refusal).
 from __future__ import annotations
 
 import json
+import resource as resource_module
 
 import pytest
 from twisted.internet.interfaces import ITCPTransport
@@ -16,6 +17,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from docxy import channel as channel_module
+from docxy.capacity import RESERVE, client_capacity
 from docxy.channel import LINGER_IDLE, LINGER_TOTAL, MAX_HEADERS, DocxyChannel
 from docxy.site import DocxySite
 from docxy.tokens import MAX_TOKEN_FORM
@@ -310,3 +313,26 @@ def test_a_refused_connection_closes_at_the_latest_after_the_linger(
     client.send(b"x")
     reactor.advance(1)
     assert client.transport.disconnected
+
+
+def test_a_connection_beyond_the_capacity_gets_503(
+    reactor: MemoryReactorClock,
+    site: DocxySite,
+    resource: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = Client(reactor, site)
+    monkeypatch.setattr(channel_module, "client_capacity", lambda: 1)
+    second = Client(reactor, site)
+    assert second.status() == 503
+    assert second.envelope()["code"] == "UNAVAILABLE"
+    assert b"Retry-After: 1\r\n" in second.received
+    second.send(b"GET /v2/ HTTP/1.1\r\nHost: m\r\n\r\n")
+    first.send(b"GET /v2/ HTTP/1.1\r\nHost: m\r\n\r\n")
+    assert first.status() == 200
+    assert resource.seen == [(b"GET", b"/v2/", b"")]
+
+
+def test_capacity_leaves_descriptors_for_the_transfers() -> None:
+    soft, _ = resource_module.getrlimit(resource_module.RLIMIT_NOFILE)
+    assert client_capacity() == max(1, (soft - RESERVE) // 2)
