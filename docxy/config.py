@@ -37,6 +37,13 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Config:
+    """Every setting, validated, in one immutable value.
+
+    Built once at start by :func:`build_config` and passed down, so no
+    module reads options or the environment on its own and a bad value
+    stops the daemon before anything listens.
+    """
+
     ports: tuple[str, ...] = ("tcp:5000",)
     public_url: str = "http://127.0.0.1:5000"
     public_url_given: bool = False
@@ -457,8 +464,6 @@ def _upstream_from_table(name: str, table: object, base: Upstream | None) -> Ups
     fields = {key.replace("-", "_"): value for key, value in parsed.items()}
     if fields.get("library_prefix", False) is None:
         fields["library_prefix"] = base.library_prefix
-    if "url" in fields:
-        fields["url"] = fields.pop("url")
     return replace(base, **fields)
 
 

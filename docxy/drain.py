@@ -40,8 +40,9 @@ def _after(d: defer.Deferred[Any]) -> defer.Deferred[None]:
 class Drain(MultiService):
     """Waits for the work in flight when the service stops (see the module).
 
-    Its children (the ``--metrics-port`` listener) stop only after that,
-    so monitoring sees the drain and ``/ready`` answers 503 meanwhile.
+    Its children stop only after that: the ``--metrics-port`` listener, so
+    monitoring sees the drain and ``/ready`` answers 503 meanwhile, and the
+    cache, whose disk threads the last transfers still read with.
     """
 
     def __init__(self, site: DocxySite, timeout: float, reactor: Any) -> None:

@@ -65,7 +65,6 @@ class RootResource(Resource):
         cache: PullThroughCache | None = None,
     ) -> None:
         super().__init__()
-        self.router = router
         self.putChild(b"v2", RegistryResource(forwarder, router, cache=cache))
         auth = NotFoundResource()
         # The mirror-wide realm (named by /v2/ pings): routes by alias too.

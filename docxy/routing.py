@@ -1,6 +1,6 @@
 """Which upstream a request is for, and how the client named things there.
 
-Order (issue #4, field-notes section 3): containerd's ``?ns=``, then a path
+Order (field-notes section 3): containerd's ``?ns=``, then a path
 prefix (``/<alias>/v2/...`` or ``/v2/<alias>/<name>/...``), then the Host
 header, then the default upstream. The Host header only *chooses* among
 configured upstreams; no URL is ever built from it, and nothing a client
@@ -96,6 +96,13 @@ def unknown_registry(ns: str) -> RegistryError:
 
 
 class Router:
+    """Picks the upstream of every request from the configured set only.
+
+    One place decides, in one order, so that a ``/v2/`` request and the
+    token request that follows it reach the same upstream: a client must
+    never get a token from one registry for content of another.
+    """
+
     def __init__(self, upstreams: UpstreamSet, mirrors: dict[str, Mirror]) -> None:
         self.upstreams = upstreams
         self.mirrors = mirrors

@@ -146,6 +146,9 @@ def make_service(config: Config, reactor: Any) -> DocxyService:
     Listeners(config.ports, site, reactor).setServiceParent(top)
     drain = Drain(site, config.shutdown_timeout, reactor)
     drain.setServiceParent(top)
+    if site.cache is not None:
+        # A child of the drain: its disk threads stop after the last transfer.
+        site.cache.setServiceParent(drain)
     if config.metrics_port is not None:
         assert site.metrics is not None and site.readiness is not None
         probes = probes_site(site.metrics, site.readiness, HealthResource())

@@ -4,7 +4,8 @@ Docxy speaks to upstreams with a plain ``twisted.web.client.Agent`` rather
 than treq's ``HTTPClient``: treq always stacks a gzip-decoding agent (which
 changes bytes and drops lengths, fatal for digest-checked content) and a
 cookie jar (which would share one user's upstream cookies with every other
-user). treq's testing tools still drive this client in the unit tests.
+user). The in-memory tests drive it through treq's
+``RequestTraversalAgent`` (``tests/support/memory.py``).
 """
 
 from __future__ import annotations

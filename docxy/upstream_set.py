@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 DOCKER_HUB_NAMESPACES = ("docker.io", "registry-1.docker.io", "index.docker.io")
@@ -35,10 +34,6 @@ class Upstream:
     hosts: tuple[str, ...] = ()
     realm: str | None = None
     service: str | None = None
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
 
 
 def _preset(name: str, url: str, *namespaces: str, library: bool = False) -> Upstream:

@@ -33,6 +33,7 @@ from .answers import CONDITIONAL, cached_headers, may_have
 from .blob_store import BlobStore, Entry
 from .counters import Counters
 from .disk_health import DiskHealth
+from .disk_pool import DiskPool
 from .fill import Fill, FillState
 from .sender import FileSender
 
@@ -68,6 +69,13 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | str | None
 
 
 class BlobCache:
+    """Serves blobs from disk, sharing each upstream transfer among its readers.
+
+    One upstream GET per digest however many clients ask at once (they
+    join the fill and read its file at their own pace), and shared bytes
+    only for clients the upstream would have served itself.
+    """
+
     def __init__(
         self,
         store: BlobStore,
@@ -78,6 +86,7 @@ class BlobCache:
         idle_timeout: float,
         counters: Counters | None = None,
         health: DiskHealth | None = None,
+        disk: DiskPool | None = None,
     ) -> None:
         self.store = store
         self.health = health or DiskHealth(store.root, reactor)
@@ -94,13 +103,10 @@ class BlobCache:
             _discard_unclaimed
         )
         self.verified: set[str] = set()
-        self.pool = ThreadPool(minthreads=1, maxthreads=4, name="docxy-disk")
+        self.disk = disk or DiskPool(reactor)
 
     def _pool(self) -> ThreadPool:
-        if not self.pool.started:
-            self.pool.start()
-            self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
-        return self.pool
+        return self.disk.threads()
 
     async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
         digest = exchange.digest

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.web.server import Request
 
@@ -25,13 +25,27 @@ from .offline import answer_ping
 log = Logger()
 
 
-@dataclass
-class PullThroughCache:
-    blobs: BlobCache
-    manifests: ManifestCache
-    counters: Counters
+class PullThroughCache(MultiService):
+    """The cache as the Resource tree sees it (blobs, manifests, the rest
+    relayed), and as the Service that owns its disk threads, so twistd
+    starts and stops them with Docxy.
+    """
 
-    relay: Relay
+    name = "cache"
+
+    def __init__(
+        self,
+        blobs: BlobCache,
+        manifests: ManifestCache,
+        counters: Counters,
+        relay: Relay,
+    ) -> None:
+        super().__init__()
+        self.blobs = blobs
+        self.manifests = manifests
+        self.counters = counters
+        self.relay = relay
+        blobs.disk.setServiceParent(self)
 
     async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
         kind = target.route.kind
