@@ -61,7 +61,10 @@ class Options(usage.Options):
             None,
             None,
             "URL of the default upstream registry (the one requests that name "
-            "no other upstream go to). [default: https://registry-1.docker.io]",
+            "no other upstream go to). Only its URL: its name stays docker.io "
+            "(so containerd's ?ns=docker.io is served) unless "
+            "--default-upstream names another. "
+            "[default: https://registry-1.docker.io]",
         ],
         [
             "default-upstream",
