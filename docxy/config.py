@@ -8,16 +8,15 @@ raises :class:`ConfigError` with a one-line reason before anything listens.
 from __future__ import annotations
 
 import difflib
-import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from . import config_values as parse
 from .cache.directory import default_cache_dir
+from .config_values import ConfigError as ConfigError
 from .upstream_set import (
     ALIAS_RE,
     DOCKER_HUB_URL,
@@ -29,10 +28,6 @@ from .upstream_set import (
 )
 
 DOCKER_HUB = DOCKER_HUB_URL
-
-
-class ConfigError(Exception):
-    """Bad configuration; the message is one line naming the setting."""
 
 
 @dataclass(frozen=True)
@@ -91,209 +86,33 @@ class Config:
         return self.token_realm(upstream)
 
 
-def _http_url(name: str, value: object, *, allow_path: bool) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: expected a URL string, got {value!r}")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"{name}: {value!r} must start with http:// or https://")
-    if not parts.hostname:
-        raise ConfigError(f"{name}: {value!r} has no host")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{name}: {value!r} must not contain credentials")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{name}: {value!r} must not have a query or fragment")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ConfigError(f"{name}: {value!r} has an invalid port") from None
-    path = parts.path.rstrip("/")
-    if path and not allow_path:
-        raise ConfigError(f"{name}: {value!r} must not have a path")
-    return f"{parts.scheme}://{parts.netloc}{path}"
-
-
-def _positive(name: str, value: object) -> float:
-    try:
-        number = float(str(value))
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{name}: expected a number of seconds, got {value!r}"
-        ) from None
-    if not number > 0:
-        raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
-    return number
-
-
-def _count(name: str, value: object) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise ConfigError(f"{name}: must be at least 1, got {value!r}")
-    return number
-
-
-def _file(name: str, value: object) -> Path:
-    path = Path(str(value))
-    if not path.is_file():
-        raise ConfigError(f"{name}: {value!r} is not a readable file")
-    return path
-
-
-def _ports(name: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(f"{name}: expected one or more endpoint strings")
-    if not all(isinstance(item, str) and item for item in value):
-        raise ConfigError(f"{name}: every endpoint must be a non-empty string")
-    for endpoint in value:
-        _check_endpoint(name, endpoint)
-    return tuple(value)
-
-
-def _check_endpoint(name: str, endpoint: str) -> None:
-    """Parse (without listening) so a typo fails at start, not at bind time."""
-    from twisted.internet import endpoints, reactor
-
-    try:
-        endpoints.serverFromString(reactor, endpoint)
-    except Exception as e:
-        reason = str(e) or type(e).__name__
-        if "systemd:" in endpoint and isinstance(e, (IndexError, KeyError)):
-            reason = (
-                "no such socket inherited from systemd: a systemd: port needs "
-                "socket activation (a .socket unit, see deploy/systemd/)"
-            )
-        raise ConfigError(f"{name}: invalid endpoint {endpoint!r}: {reason}") from None
-
-
-def _endpoint(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{name}: expected an endpoint string, got {value!r}")
-    _check_endpoint(name, value)
-    return value
-
-
-def _seconds(name: str, value: object) -> float:
-    """Like _positive, but 0 is allowed (no wait at all)."""
-    return 0.0 if str(value).strip() in ("0", "0.0") else _positive(name, value)
-
-
-def _log_format(name: str, value: object) -> str:
-    if value not in ("text", "json"):
-        raise ConfigError(f"{name}: expected text or json, got {value!r}")
-    return str(value)
-
-
-def _optional_str(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
-    return value
-
-
-_LIBRARY_PREFIX = {"auto": None, "on": True, "off": False, True: True, False: False}
-
-
-def _library_prefix(name: str, value: object) -> bool | None:
-    key = value.lower() if isinstance(value, str) else value
-    if key not in _LIBRARY_PREFIX:
-        raise ConfigError(f"{name}: expected auto, on or off, got {value!r}")
-    return _LIBRARY_PREFIX[key]
-
-
-_BOOLEANS = {"on": True, "off": False, "true": True, "false": False}
-
-
-def _flag(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in _BOOLEANS:
-        return _BOOLEANS[value.lower()]
-    raise ConfigError(f"{name}: expected true or false, got {value!r}")
-
-
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE_RE = re.compile(r"([0-9]*\.?[0-9]+)\s*(?:([KMGT])I?B?|B)?")
-
-
-def _size(name: str, value: object) -> int:
-    """Bytes, or a number with a binary unit: 500M, 20G, 20Gi, 20GiB, 1.5T."""
-    match = _SIZE_RE.fullmatch(str(value).strip().upper())
-    if match is None:
-        raise ConfigError(f"{name}: expected a size such as 20G, got {value!r}")
-    size = int(float(match[1]) * _SIZE_UNITS[match[2] or ""])
-    if size < 1:
-        raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
-    return size
-
-
-def _directory(name: str, value: object) -> Path:
-    path = Path(str(value))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{name}: cannot create {value!r}: {e.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"{name}: {value!r} is not writable")
-    return path
-
-
-def _names(name: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(v, str) and v for v in value
-    ):
-        raise ConfigError(f"{name}: expected a list of names, got {value!r}")
-    return tuple(value)
-
-
-def _url(name: str, value: object) -> str:
-    return _http_url(name, value, allow_path=False)
-
-
-def _realm(name: str, value: object) -> str:
-    return _http_url(name, value, allow_path=True)
-
-
-def _table(name: str, value: object) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name}: expected a table of upstreams")
-    return value
-
-
 # setting name -> parser. Settings marked legacy describe the default
 # upstream the simple way (one upstream on the command line).
 SETTINGS: dict[str, Callable[[str, Any], Any]] = {
-    "port": _ports,
-    "public-url": _url,
-    "upstream": _url,
-    "upstream-ca": _file,
-    "upstream-realm": _realm,
-    "upstream-service": _optional_str,
-    "library-prefix": _library_prefix,
-    "preset": _names,
-    "default-upstream": _optional_str,
-    "upstreams": _table,
-    "connect-timeout": _positive,
-    "header-timeout": _positive,
-    "idle-timeout": _positive,
-    "client-header-timeout": _positive,
-    "max-connections": _count,
-    "https-redirect": _flag,
-    "cache-dir": _directory,
-    "no-cache": _flag,
-    "cache-max-size": _size,
-    "cache-auth-ttl": _positive,
-    "cache-freshness": _positive,
-    "metrics-port": _endpoint,
-    "shutdown-timeout": _seconds,
-    "log-format": _log_format,
+    "port": parse.ports,
+    "public-url": parse.url,
+    "upstream": parse.url,
+    "upstream-ca": parse.file,
+    "upstream-realm": parse.realm,
+    "upstream-service": parse.optional_str,
+    "library-prefix": parse.library_prefix,
+    "preset": parse.names,
+    "default-upstream": parse.optional_str,
+    "upstreams": parse.table,
+    "connect-timeout": parse.positive,
+    "header-timeout": parse.positive,
+    "idle-timeout": parse.positive,
+    "client-header-timeout": parse.positive,
+    "max-connections": parse.count,
+    "https-redirect": parse.flag,
+    "cache-dir": parse.directory,
+    "no-cache": parse.flag,
+    "cache-max-size": parse.size,
+    "cache-auth-ttl": parse.positive,
+    "cache-freshness": parse.positive,
+    "metrics-port": parse.endpoint,
+    "shutdown-timeout": parse.seconds,
+    "log-format": parse.log_format,
 }
 _PLAIN_FIELDS = {
     "port": "ports",
@@ -316,13 +135,13 @@ _PLAIN_FIELDS = {
 
 # Keys of one [upstreams.<name>] table -> parser.
 UPSTREAM_KEYS: dict[str, Callable[[str, Any], Any]] = {
-    "url": _url,
-    "library-prefix": _library_prefix,
-    "namespaces": _names,
-    "aliases": _names,
-    "hosts": _names,
-    "realm": _realm,
-    "service": _optional_str,
+    "url": parse.url,
+    "library-prefix": parse.library_prefix,
+    "namespaces": parse.names,
+    "aliases": parse.names,
+    "hosts": parse.names,
+    "realm": parse.realm,
+    "service": parse.optional_str,
 }
 
 
