@@ -29,6 +29,11 @@ class TokenRealm:
     service: str | None
 
 
+# An upstream found open is asked again after this long, not on every token
+# request and access check (a plain registry may gain auth, rarely).
+OPEN_TTL = 300.0
+
+
 class NoTokenServiceError(Exception):
     """The upstream does not use bearer tokens (its ``/v2/`` is open)."""
 
@@ -48,6 +53,8 @@ class RealmDirectory:
         self._pinned = realm is not None
         self._current = TokenRealm(realm, service) if realm is not None else None
         self._service_override = service
+        # When a discovery last found /v2/ open (no token service).
+        self._open_at: float | None = None
         self._discovery: SingleFlight[None, TokenRealm] = SingleFlight()
 
     def observe(self, challenge: Challenge) -> None:
@@ -56,6 +63,7 @@ class RealmDirectory:
             return
         realm = challenge.get("realm")
         if realm and self._acceptable(realm):
+            self._open_at = None
             self._current = TokenRealm(
                 realm, self._service_override or challenge.get("service")
             )
@@ -68,6 +76,9 @@ class RealmDirectory:
     async def get(self) -> TokenRealm:
         if self._current is not None:
             return self._current
+        opened = self._open_at
+        if opened is not None and self.client.reactor.seconds() - opened < OPEN_TTL:
+            raise NoTokenServiceError()
         # One discovery at a time; concurrent callers wait for its result.
         waiter, _ = self._discovery.wait(None, self._discover)
         return await waiter
@@ -88,6 +99,7 @@ class RealmDirectory:
         ]
         challenge = find_bearer(values)
         if challenge is None:
+            self._open_at = self.client.reactor.seconds()
             raise NoTokenServiceError()
         self.observe(challenge)
         if self._current is None:

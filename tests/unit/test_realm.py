@@ -11,7 +11,7 @@ import pytest
 from twisted.internet import defer
 from twisted.web.server import Request
 
-from docxy.realm import RealmDirectory, TokenRealm
+from docxy.realm import OPEN_TTL, NoTokenServiceError, RealmDirectory, TokenRealm
 from docxy.upstream_client import UpstreamClient, UpstreamError, UpstreamTimeoutError
 from tests.support.memory import Held, MemoryNet, Scripted, result
 
@@ -86,3 +86,19 @@ def test_a_plain_http_realm_of_a_plain_http_upstream_is_used() -> None:
     net = MemoryNet(Scripted({"/v2/": unacceptable}))
     realm = result(get(directory(net), net))
     assert realm == TokenRealm("http://auth.test/token", "svc")
+
+
+def test_an_open_upstream_is_remembered_for_a_while() -> None:
+    """No token service: token requests and access checks of a plain
+    registry do not each cost a ``GET /v2/``."""
+    upstream = Scripted({"/v2/": lambda request: b"{}"})
+    net = MemoryNet(upstream)
+    realms = directory(net)
+    for _ in range(3):
+        with pytest.raises(NoTokenServiceError):
+            result(get(realms, net))
+    assert upstream.paths() == ["/v2/"]
+    net.advance(OPEN_TTL)
+    with pytest.raises(NoTokenServiceError):
+        result(get(realms, net))
+    assert upstream.paths() == ["/v2/", "/v2/"]
