@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from docxy.config import build_config, load_file
+from docxy.environment import settings_from_env
 from docxy.upstream_set import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,8 +117,19 @@ def test_every_pod_is_non_root_without_service_links() -> None:
         assert container["resources"]["requests"], name
         assert container["resources"]["limits"], name
         assert container["livenessProbe"]["httpGet"]["path"] == "/health", name
-        assert container["readinessProbe"]["httpGet"]["path"] == "/health", name
-        assert spec["terminationGracePeriodSeconds"] >= 30, name
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready", name
+
+
+@pytest.mark.parametrize(
+    ("workload", "configmap"),
+    [("docxy", "cluster/configmap.yaml"), ("docxy-node", "node-local/configmap.yaml")],
+)
+def test_the_pod_waits_longer_than_docxys_shutdown(
+    workload: str, configmap: str
+) -> None:
+    settings = docxy_toml(configmap)
+    grace = pod_specs()[workload]["terminationGracePeriodSeconds"]
+    assert grace > settings["shutdown-timeout"] > 0
 
 
 def test_shipped_configurations_load(tmp_path: Path) -> None:
@@ -134,6 +146,31 @@ def test_shipped_configurations_load(tmp_path: Path) -> None:
         assert config.cache_dir == tmp_path / name, name
 
 
+def test_metrics_only_on_the_metrics_port() -> None:
+    """Prometheus finds /metrics where Docxy serves it; clients never see it."""
+    cluster = docxy_toml("cluster/configmap.yaml")
+    (container,) = pod_specs()["docxy"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert cluster["metrics-port"] == f"tcp:{ports['metrics']}"
+    service = one("cluster/service.yaml")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    deployment = one("cluster/deployment.yaml")
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
+
+    (node,) = pod_specs()["docxy-node"]["containers"]
+    env = {e["name"]: e for e in node["env"]}
+    assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    value = env["DOCXY_METRICS_PORT"]["value"]
+    node_ports = {p["name"]: p["containerPort"] for p in node["ports"]}
+    assert value == f"tcp:{node_ports['metrics']}:interface=$(HOST_IP)"
+    # As the kubelet expands it, it is a setting Docxy takes.
+    expanded = {"DOCXY_METRICS_PORT": value.replace("$(HOST_IP)", "10.1.2.3")}
+    assert settings_from_env(expanded) == {
+        "metrics-port": f"tcp:{node_ports['metrics']}:interface=10.1.2.3"
+    }
+
+
 def test_cluster_public_url_is_the_service_name() -> None:
     service = one("cluster/service.yaml")
     settings = docxy_toml("cluster/configmap.yaml")
@@ -144,7 +181,7 @@ def test_cluster_public_url_is_the_service_name() -> None:
     assert settings["port"] == [f"tcp:{port['port']}"]
     deployment = one("cluster/deployment.yaml")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["ports"][0]["name"] == port["targetPort"]
+    assert container["ports"][0]["name"] == port["targetPort"] == "http"
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one cache owner
     assert (
         service["spec"]["selector"].items()
