@@ -250,3 +250,15 @@ def test_a_reached_descriptor_limit_refuses_new_connections_and_finishes_transfe
         assert "sha256:" + hasher.hexdigest() == big_blob.digest
     # Descriptors free again: served again.
     assert fetch(f"{docxy.url}/health").status == 200
+
+
+def test_an_idle_connection_is_closed_at_the_idle_timeout(
+    docxy_factory: DocxyFactory, upstream: Upstream
+) -> None:
+    """Between requests a connection may sit idle only ``idle-timeout``."""
+    docxy = docxy_factory(upstream.url, "--idle-timeout", "2")
+    with connect(docxy) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: m\r\n\r\n")
+        status, _, _ = read_answer(sock)
+        assert status == 200
+        assert closed_by_peer(sock)  # with nothing sent, Docxy hangs up
