@@ -40,10 +40,13 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     def mount(size: int) -> Path:
         where = tmp_path / f"disk{len(mounted)}"
         where.mkdir()
-        subprocess.run(
+        done = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-            check=True,
+            capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:  # root without CAP_SYS_ADMIN (a container)
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
         mounted.append(where)
         return where
 
