@@ -12,7 +12,12 @@ setup(
         "twisted.plugins",
     ],
     package_data={"docxy": ["py.typed"]},
-    entry_points={"console_scripts": ["docxy-prefetch = docxy.prefetch:main"]},
+    entry_points={
+        "console_scripts": [
+            "docxy-prefetch = docxy.prefetch:main",
+            "docxy-cache = docxy.cache.cli:run",
+        ]
+    },
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=24.7",

@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.blob_server import BlobServerProcess
-from tests.support.docxy import Docxy
+from tests.support.docxy import Docxy, twistd_env
 from tests.support.processes import LOOPBACK, free_port, port_open, wait_until
 from tests.support.registry import Upstream, fetch
 from tests.support.skopeo import skopeo_pull
@@ -237,3 +240,59 @@ def test_json_logs_carry_the_access_fields_and_no_token(
     assert line["outcome"] == "done"
     assert {"client", "bytes", "duration", "cache", "log_time"} <= set(line)
     assert "s3cret-value" not in docxy.log_text()
+
+
+def docxy_cache(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "docxy.cache.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **twistd_env()},
+        timeout=120,
+    )
+
+
+def test_docxy_cache_beside_a_running_docxy_and_after_it(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    image = upstream.images["library/alpine:3.20"]
+    sizes = {b: len(upstream.blob_bytes(image.repo, b)) for b in image.blobs}
+    cache = tmp_path / "cache"
+    docxy = docxy_factory(upstream.url, "--cache-dir", str(cache))
+    skopeo_pull(docxy.hostport, "alpine:3.20", tmp_path / "one" / "out")
+
+    listed = docxy_cache("--cache-dir", str(cache), "list", "--kind", "blob")
+    assert listed.returncode == 0
+    assert listed.stderr.startswith(
+        f"docxy-cache: warning: a Docxy (pid {docxy.pid}) is using {cache}"
+    )
+    rows = {
+        line.split()[1]: int(line.split()[2]) for line in listed.stdout.splitlines()
+    }
+    assert rows == sizes
+    refused = docxy_cache("--cache-dir", str(cache), "prune", "--max-size", "1")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"docxy-cache: {cache} is in use by a Docxy (pid {docxy.pid}): stop it "
+        "first (it keeps the cache's index in memory)\n"
+    )
+
+    docxy.stop()
+    checked = docxy_cache("--cache-dir", str(cache), "verify")
+    assert (checked.returncode, checked.stdout) == (0, "")
+    biggest = max(sizes, key=sizes.__getitem__)
+    evicted = docxy_cache("--cache-dir", str(cache), "evict", biggest)
+    assert (evicted.returncode, evicted.stdout) == (0, f"evicted blob {biggest}\n")
+    size = docxy_cache("--cache-dir", str(cache), "size")
+    left = sum(sizes.values()) - sizes[biggest]
+    assert f"blobs: {len(sizes) - 1} files, {left} bytes" in size.stdout
+    # The next Docxy fetches the evicted blob again, and only that one.
+    restarted = docxy_factory(upstream.url, "--cache-dir", str(cache))
+    before = len(upstream.requests())
+    skopeo_pull(restarted.hostport, "alpine:3.20", tmp_path / "two" / "out")
+    fetched = [
+        path
+        for method, path in upstream.requests()[before:]
+        if method == "GET" and "/blobs/" in path
+    ]
+    assert [p.rsplit("/", 1)[1] for p in fetched] == [biggest]
