@@ -10,11 +10,12 @@ and ``acme`` 5 no longer knows TLS-ALPN-01 anyway.
 from __future__ import annotations
 
 import email.utils
+import io
 import json
 import time
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import treq
 from cryptography import x509
@@ -24,7 +25,12 @@ from treq.client import HTTPClient
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
@@ -90,7 +96,13 @@ def make_http(
     pool.maxPersistentPerHost = 2
     pool.retryAutomatically = False
     agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=30)
-    return HTTPClient(agent), pool
+    # Request bodies are produced on this reactor too, not the global one.
+    cooperator = task.Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+
+    def producer(data: bytes) -> FileBodyProducer:
+        return FileBodyProducer(io.BytesIO(data), cooperator=cooperator)
+
+    return HTTPClient(agent, data_to_body_producer=producer), pool
 
 
 class AcmeClient:
@@ -128,7 +140,12 @@ class AcmeClient:
         if accept is not None:
             headers.setRawHeaders(b"accept", [accept])
         response: IResponse = await self.http.request(
-            method, url, data=body, headers=headers, timeout=self.timeout
+            method,
+            url,
+            data=body,
+            headers=headers,
+            timeout=self.timeout,
+            reactor=cast(Any, self.reactor),  # treq only times out on it
         )
         content: bytes = await treq.content(response)
         nonce = response.headers.getRawHeaders(b"replay-nonce")

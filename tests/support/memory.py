@@ -21,7 +21,7 @@ from typing import TypeVar
 from treq.testing import RequestTraversalAgent
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IProtocolFactory, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -263,7 +263,54 @@ class QueuedThreads:
         return done
 
 
-class InMemoryDocxy:
+class Wiring:
+    """Every ``connectTCP`` on a MemoryReactorClock, pumped over iosim to the
+    server factory ``serve`` names for its port; and the clock to move."""
+
+    def __init__(
+        self, reactor: MemoryReactorClock, serve: Callable[[int], IProtocolFactory]
+    ) -> None:
+        self.reactor = reactor
+        self.serve = serve
+        self.dialled: list[Socket] = []  # the connecting side of each
+        self.pumps: list[iosim.IOPump] = []
+        self._connected = 0
+
+    def _connect(self) -> None:
+        for _, port, factory, _, _ in self.reactor.tcpClients[self._connected :]:
+            self._connected += 1
+            client = factory.buildProtocol(None)
+            server = self.serve(port).buildProtocol(
+                IPv4Address("TCP", "127.0.0.1", 40001)
+            )
+            dialled = Socket(client, isServer=False)
+            self.dialled.append(dialled)
+            self.pumps.append(
+                iosim.connect(
+                    server,
+                    Socket(server, isServer=True),
+                    client,
+                    dialled,
+                    greet=False,
+                    clock=self.reactor,
+                )
+            )
+
+    def pump(self) -> None:
+        """Connect what was dialled and move bytes until nothing moves."""
+        for _ in range(100):
+            self._connect()
+            moved = [p.flush() for p in self.pumps]
+            if not any(moved) and self._connected == len(self.reactor.tcpClients):
+                return
+        raise AssertionError("the in-memory network never settled")
+
+    def advance(self, seconds: float) -> None:
+        self.reactor.advance(seconds)
+        self.pump()
+
+
+class InMemoryDocxy(Wiring):
     """Docxy's Site from ``build_site`` with an in-memory network and clock.
 
     The upstream is a twisted.web Resource at ``UPSTREAM``; every connection
@@ -273,7 +320,9 @@ class InMemoryDocxy:
     UPSTREAM = "http://127.0.0.1:5000"
 
     def __init__(self, upstream: Resource, **settings: object) -> None:
-        self.reactor = MemoryReactorClock()
+        reactor = MemoryReactorClock()
+        upstream_site = Site(upstream, reactor=reactor)
+        super().__init__(reactor, lambda port: upstream_site)
         config = build_config(
             {
                 "upstream": self.UPSTREAM,
@@ -284,47 +333,17 @@ class InMemoryDocxy:
             }
         )
         self.site, self.pool = build_site(config, self.reactor)
-        self.upstream_site = Site(upstream, reactor=self.reactor)
         self.connections: list[Connection] = []
-        self.upstream_sockets: list[Socket] = []
-        self._pumps: list[iosim.IOPump] = []
-        self._connected = 0
+
+    @property
+    def upstream_sockets(self) -> list[Socket]:
+        """Docxy's side of each upstream connection, in order."""
+        return self.dialled
 
     def get(self, path: str, *headers: str) -> Connection:
         """Open a connection and send ``GET path``; then ``pump``."""
         connection = open_client(self.site, self.reactor, path, *headers)
-        self._pumps.append(connection.pump)
+        self.pumps.append(connection.pump)
         self.connections.append(connection)
         self.pump()
         return connection
-
-    def _connect_upstreams(self) -> None:
-        for _, _, factory, _, _ in self.reactor.tcpClients[self._connected :]:
-            self._connected += 1
-            client = factory.buildProtocol(None)
-            server = self.upstream_site.buildProtocol(None)
-            docxy_side = Socket(client, isServer=False)
-            self.upstream_sockets.append(docxy_side)
-            self._pumps.append(
-                iosim.connect(
-                    server,
-                    Socket(server, isServer=True),
-                    client,
-                    docxy_side,
-                    greet=False,
-                    clock=self.reactor,
-                )
-            )
-
-    def pump(self) -> None:
-        """Connect what Docxy dialled and move bytes until nothing moves."""
-        for _ in range(100):
-            self._connect_upstreams()
-            moved = [p.flush() for p in self._pumps]
-            if not any(moved) and self._connected == len(self.reactor.tcpClients):
-                return
-        raise AssertionError("the in-memory network never settled")
-
-    def advance(self, seconds: float) -> None:
-        self.reactor.advance(seconds)
-        self.pump()

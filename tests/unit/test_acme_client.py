@@ -9,10 +9,8 @@ tests/integration/test_acme.py.
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from treq.client import HTTPClient
@@ -23,65 +21,11 @@ from twisted.web.server import Request
 
 from docxy.tls.acme import AcmeClient, AcmeError, AcmeServerError
 from docxy.tls.certs import new_key
-from tests.support.memory import Scripted, result
+from tests.support.acme_ca import ScriptedCA, problem
+from tests.support.memory import result
 
 CA = "https://ca.test"
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
-
-
-def unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class ScriptedCA(Scripted):
-    """A directory, nonces, and POST handlers by path; records each JWS."""
-
-    def __init__(self, posts: dict[str, Callable[[Request], bytes]]) -> None:
-        super().__init__(
-            {
-                "/dir": self.directory,
-                "/nonce": self.nonce,
-                **{path: self.signed(h) for path, h in posts.items()},
-            }
-        )
-        self.nonces = 0
-        self.protected: list[dict[str, Any]] = []
-
-    def directory(self, request: Request) -> bytes:
-        return json.dumps(
-            {
-                k: f"{CA}/{v}"
-                for k, v in {
-                    "newNonce": "nonce",
-                    "newAccount": "account",
-                    "newOrder": "order",
-                }.items()
-            }
-        ).encode()
-
-    def next_nonce(self, request: Request) -> None:
-        self.nonces += 1
-        request.setHeader(b"replay-nonce", f"n{self.nonces}".encode())
-
-    def nonce(self, request: Request) -> bytes:
-        self.next_nonce(request)
-        return b""
-
-    def signed(self, handler: Callable[[Request], bytes]) -> Callable[[Request], bytes]:
-        def post(request: Request) -> bytes:
-            assert request.content is not None
-            jws = json.loads(request.content.read())
-            self.protected.append(json.loads(unb64(jws["protected"])))
-            self.next_nonce(request)
-            return handler(request)
-
-        return post
-
-
-def problem(request: Request, status: int, kind: str, detail: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/problem+json")
-    return json.dumps({"type": kind, "detail": detail}).encode()
 
 
 def account(request: Request) -> bytes:
@@ -103,7 +47,7 @@ def test_a_bad_nonce_is_retried_with_the_nonce_the_error_brought() -> None:
             return problem(request, 400, BAD_NONCE, "stale")
         return account(request)
 
-    ca = ScriptedCA({"/account": once_bad})
+    ca = ScriptedCA(CA, {"/account": once_bad})
     acme = client(ca)
     assert result(defer.ensureDeferred(acme.register(None))) == f"{CA}/acct/1"
     assert [p["nonce"] for p in ca.protected] == ["n1", "n2"]
@@ -111,7 +55,7 @@ def test_a_bad_nonce_is_retried_with_the_nonce_the_error_brought() -> None:
 
 
 def test_bad_nonces_without_end_are_an_error_after_three_tries() -> None:
-    ca = ScriptedCA({"/account": lambda r: problem(r, 400, BAD_NONCE, "stale")})
+    ca = ScriptedCA(CA, {"/account": lambda r: problem(r, 400, BAD_NONCE, "stale")})
     with pytest.raises(AcmeServerError) as caught:
         result(defer.ensureDeferred(client(ca).register(None)))
     assert caught.value.kind == BAD_NONCE
@@ -125,7 +69,7 @@ def test_a_problem_document_becomes_a_one_line_error() -> None:
             request, 429, "urn:ietf:params:acme:error:rateLimited", "too many"
         )
 
-    ca = ScriptedCA({"/account": account, "/order": limited})
+    ca = ScriptedCA(CA, {"/account": account, "/order": limited})
     acme = client(ca)
     with pytest.raises(AcmeServerError) as caught:
         result(defer.ensureDeferred(acme.new_order(["mirror.test"])))
@@ -142,7 +86,7 @@ def polled(statuses: list[str], retry: bytes | None) -> ScriptedCA:
             request.setHeader(b"retry-after", retry)
         return json.dumps({"status": next(answers)}).encode()
 
-    return ScriptedCA({"/order/1": order})
+    return ScriptedCA(CA, {"/order/1": order})
 
 
 def test_polling_waits_as_long_as_retry_after_says() -> None:
@@ -175,7 +119,7 @@ def test_polling_gives_up_at_its_deadline() -> None:
 
 
 def test_a_directory_without_new_order_is_refused() -> None:
-    ca = ScriptedCA({})
+    ca = ScriptedCA(CA, {})
     ca.routes["/dir"] = lambda request: b'{"newNonce": "x", "newAccount": "y"}'
     with pytest.raises(AcmeError, match="the ACME directory has no newOrder"):
         result(defer.ensureDeferred(client(ca).directory()))
