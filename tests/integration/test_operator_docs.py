@@ -46,7 +46,9 @@ def help_options() -> dict[str, str]:
     options: dict[str, str] = {}
     name = None
     for line in result.stdout.splitlines():
-        match = re.match(r"\s+(?:-\w, )?--([a-z0-9-]+)=?\s*(.*)", line)
+        # An option starts near the margin; its text wraps far to the right
+        # (and may itself mention --another-option).
+        match = re.match(r" {1,8}(?:-\w, )?--([a-z0-9-]+)=?\s*(.*)", line)
         if match:
             name, text = match[1], match[2]
             options[name] = text
