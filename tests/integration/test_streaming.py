@@ -218,7 +218,7 @@ class Processes:
         self.started: list[ManagedProcess] = []
 
     def upstream(self, size: int = BIG, framing: str = "length") -> BlobServerProcess:
-        proc = BlobServerProcess(self.workdir, size, None, framing=framing)
+        proc = BlobServerProcess(self.workdir, size, framing=framing)
         self.started.append(proc)
         return proc
 
