@@ -29,6 +29,15 @@ from tests.support.registry import Upstream, fetch
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
 DocxyFactory = Callable[..., Docxy]
+
+
+@pytest.fixture
+def docxy(docxy_factory: DocxyFactory, upstream: Upstream) -> Docxy:
+    """A Docxy of its own for each test: the memory checks read the peak
+    RSS since the process started, which the session's shared one is not."""
+    return docxy_factory(upstream.url)
+
+
 MIB = 1024 * 1024
 
 
