@@ -55,7 +55,9 @@ class RealmDirectory:
         self._service_override = service
         # When a discovery last found /v2/ open (no token service).
         self._open_at: float | None = None
-        self._discovery: SingleFlight[None, TokenRealm] = SingleFlight()
+        self._discovery: SingleFlight[None, TokenRealm] = SingleFlight(
+            what="token realm discovery"
+        )
 
     def observe(self, challenge: Challenge) -> None:
         """Remember the realm of a challenge the upstream just sent."""

@@ -32,6 +32,10 @@ class Mirror:
     ping_realm: str  # named by challenges on /v2/
     realms: RealmDirectory
 
+    def content_url(self, repo: str, kind: str, reference: str) -> str:
+        """The upstream URL of a manifest or blob; ``repo`` in upstream naming."""
+        return f"{self.upstream.url}/v2/{repo}/{kind}/{reference}"
+
 
 @dataclass(frozen=True)
 class Target:

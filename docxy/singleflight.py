@@ -11,7 +11,10 @@ from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+log = Logger()
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -24,11 +27,15 @@ class SingleFlight(Generic[K, T]):
     went away) never cancels the work or another caller's wait. The result
     (or failure) goes to every caller still waiting, the one that started
     the work last. A result whose starter is gone is handed to
-    ``unclaimed`` (say, to discard a response body nobody will read). Once
+    ``unclaimed`` (say, to discard a response body nobody will read), a
+    failure nobody waits for any more is logged. Once
     delivered, the next call for the key starts a new run.
     """
 
-    def __init__(self, unclaimed: Callable[[T], object] | None = None) -> None:
+    def __init__(
+        self, unclaimed: Callable[[T], object] | None = None, what: str = "work"
+    ) -> None:
+        self.what = what  # for the log: "realm discovery", "blob fill", ...
         self._unclaimed = unclaimed
         self._flights: dict[K, list[defer.Deferred[T]]] = {}
 
@@ -50,12 +57,17 @@ class SingleFlight(Generic[K, T]):
 
     def _deliver(self, result: T | Failure, key: K) -> None:
         starter, *others = self._flights.pop(key)
-        for waiter in others:
-            _give(waiter, result)
-        taken = _give(starter, result)
-        unclaimed = self._unclaimed
-        if not (taken or unclaimed is None or isinstance(result, Failure)):
-            unclaimed(result)
+        taken = [_give(waiter, result) for waiter in others]
+        taken.append(_give(starter, result))
+        if isinstance(result, Failure):
+            if not any(taken):  # everyone left: say so, never swallow it
+                log.info(
+                    "{what} failed with nobody waiting: {why}",
+                    what=self.what,
+                    why=result.getErrorMessage(),
+                )
+        elif not taken[-1] and self._unclaimed is not None:
+            self._unclaimed(result)
 
 
 def _give(waiter: defer.Deferred[T], result: T | Failure) -> bool:

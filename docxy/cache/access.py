@@ -127,7 +127,7 @@ class AccessChecker:
             upstream, repo, digest, True
         ):
             return True
-        path = f"{mirror.upstream.url}/v2/{repo}/{kind}/{digest}"
+        path = mirror.content_url(repo, kind, digest)
         accept = ALL_MANIFEST_TYPES if kind == "manifests" else None
         unreachable: UpstreamError | None = None
         try:
@@ -160,7 +160,7 @@ class AccessChecker:
         self._probing.add(key)
 
         async def probe() -> None:
-            path = f"{mirror.upstream.url}/v2/{repo}/{kind}/{digest}"
+            path = mirror.content_url(repo, kind, digest)
             accept = ALL_MANIFEST_TYPES if kind == "manifests" else None
             try:
                 if await self._head(path, await self._anonymous(mirror, repo), accept):

@@ -100,7 +100,7 @@ class BlobCache:
         # The upstream GETs that open fills; a non-200 answer nobody takes
         # is read to its end so its connection is not left half-read.
         self._opening: SingleFlight[str, Fill | UpstreamResponse] = SingleFlight(
-            _discard_unclaimed
+            _discard_unclaimed, what="opening a blob fill"
         )
         self.verified: set[str] = set()
         self.disk = disk or DiskPool(reactor)

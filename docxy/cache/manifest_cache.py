@@ -184,7 +184,7 @@ class ManifestCache:
         key: str | None,
     ) -> None:
         """GET the manifest by digest, check it, store it, then answer."""
-        url = f"{target.mirror.upstream.url}/v2/{repo}/manifests/{digest}"
+        url = target.mirror.content_url(repo, "manifests", digest)
         headers = exchange.headers.copy()
         for name in CONDITIONAL:
             headers.removeHeader(name)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
+import pytest
 from twisted.internet import defer
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
+from docxy import singleflight
 from docxy.singleflight import SingleFlight
 
 
@@ -69,3 +74,17 @@ def test_keys_are_independent() -> None:
     assert started and work.runs == 2
     work.pending[1].callback("b")
     assert b.result == "b" and not a.called
+
+
+def test_a_failure_nobody_waits_for_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[dict[str, object]] = []
+    observer = cast(ILogObserver, events.append)
+    monkeypatch.setattr(singleflight, "log", Logger(observer=observer))
+    work, flights = Work(), SingleFlight[str, str](what="test work")
+    waiter, _ = flights.wait("k", work)
+    waiter.cancel()
+    waiter.addErrback(lambda f: f.trap(defer.CancelledError))
+    work.pending[0].errback(ValueError("upstream said no"))
+    assert [(e["what"], e["why"]) for e in events] == [
+        ("test work", "upstream said no")
+    ]
