@@ -41,6 +41,7 @@ def test_least_recently_used_goes_first(tmp_path: Path) -> None:
     assert set(store.entries) == {new, third}
     assert not store.path(old).exists()
     assert store.total == 200
+    assert store.counters.evictions == 1  # docxy_cache_evictions_total
 
 
 def test_lru_order_survives_restart(tmp_path: Path) -> None:
