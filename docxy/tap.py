@@ -53,8 +53,8 @@ class Options(usage.Options):
             None,
             "URL clients use to reach Docxy (scheme and host[:port], no path); "
             "the token realm is built from it, never from the Host header. "
-            "[default: http://127.0.0.1:<first tcp port>, or https://<first "
-            "domain> for an acme: port]",
+            "[default: http://127.0.0.1:<port> of a first tcp: port (https "
+            "for ssl:), or https://<first domain> for an acme: port]",
         ],
         [
             "upstream",
@@ -84,8 +84,9 @@ class Options(usage.Options):
             "upstream-realm",
             None,
             None,
-            "Token realm URL of the default upstream. "
-            "[default: discovered from the upstream's challenge]",
+            "Token realm URL of the default upstream; plain http for an https "
+            "upstream is refused. [default: discovered from the upstream's "
+            "challenge]",
         ],
         [
             "upstream-service",
