@@ -27,6 +27,7 @@ setup(
         "josepy>=1.14",
         "cryptography>=42",
         "prometheus-client>=0.20",
+        "bcrypt>=4.1",
     ],
     extras_require={
         "test": [

@@ -17,6 +17,7 @@ from typing import Any
 from . import config_values as parse
 from .cache.directory import default_cache_dir
 from .config_values import ConfigError as ConfigError
+from .credentials import load_credentials
 from .upstream_set import (
     ALIAS_RE,
     DOCKER_HUB_URL,
@@ -95,6 +96,10 @@ SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "upstream-ca": parse.file,
     "upstream-realm": parse.realm,
     "upstream-service": parse.optional_str,
+    "upstream-username": parse.optional_str,
+    "upstream-password-file": parse.optional_str,
+    "upstream-token-file": parse.optional_str,
+    "upstream-docker-config": parse.optional_str,
     "library-prefix": parse.library_prefix,
     "preset": parse.names,
     "default-upstream": parse.optional_str,
@@ -142,7 +147,14 @@ UPSTREAM_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "hosts": parse.names,
     "realm": parse.realm,
     "service": parse.optional_str,
+    "realm-hosts": parse.names,
+    "username": parse.optional_str,
+    "password-file": parse.optional_str,
+    "token-file": parse.optional_str,
+    "docker-config": parse.optional_str,
 }
+# The account keys (docxy.credentials), without their upstream- prefix.
+ACCOUNT_KEYS = ("username", "password-file", "token-file", "docker-config")
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -238,6 +250,14 @@ def build_upstreams(values: Mapping[str, Any]) -> tuple[tuple[Upstream, ...], st
     base = replace(base, **overrides)
     if values.get("library-prefix") is not None:
         base = replace(base, library_prefix=values["library-prefix"])
+    account = {k: values.get(f"upstream-{k}") for k in ACCOUNT_KEYS}
+    if any(v is not None for v in account.values()):
+        if base.credentials is not None:
+            raise ConfigError(
+                f"upstream-username: the account of {default!r} is also set in "
+                f"[upstreams.{default}]; set it once"
+            )
+        base = replace(base, credentials=_account("upstream", base.url, account))
     entries[default] = base
     upstreams = tuple(entries.values())
     for upstream in upstreams:
@@ -280,10 +300,25 @@ def _upstream_from_table(name: str, table: object, base: Upstream | None) -> Ups
     for alias in parsed.get("aliases", ()):
         if ALIAS_RE.fullmatch(alias) is None:
             raise ConfigError(f"{where}.aliases: {alias!r} is not a valid path prefix")
+    account = {k: parsed.pop(k, None) for k in ACCOUNT_KEYS}
     fields = {key.replace("-", "_"): value for key, value in parsed.items()}
     if fields.get("library_prefix", False) is None:
         fields["library_prefix"] = base.library_prefix
-    return replace(base, **fields)
+    upstream = replace(base, **fields)
+    if any(v is not None for v in account.values()):
+        upstream = replace(upstream, credentials=_account(where, upstream.url, account))
+    return upstream
+
+
+def _account(where: str, url: str, keys: dict[str, Any]) -> Any:
+    return load_credentials(
+        where,
+        url,
+        keys["username"],
+        keys["password-file"],
+        keys["token-file"],
+        keys["docker-config"],
+    )
 
 
 def default_public_url(ports: tuple[str, ...]) -> str:

@@ -35,7 +35,8 @@ from .errors import (
 from .forward import Forwarder
 from .notes import record
 from .probes import Readiness, ReadyResource
-from .routing import Mirror, Router
+from .relay import Exchange
+from .routing import Mirror, Router, Target
 from .tls.http01 import AcmeChallengeResource
 from .tokens import TokenResource
 
@@ -199,11 +200,17 @@ class RegistryResource(Resource):
             request.setHeader(b"oci-namespace", target.namespace.encode("ascii"))
         record(request, route=target.route.kind.value or "base")
         exchange = target.exchange(request)
-        if self.cache is not None:
-            self.forwarder.run(request, self.cache.serve(request, exchange, target))
-        else:
-            self.forwarder.forward(request, exchange)
+        self.forwarder.run(request, self._serve(request, exchange, target))
         return NOT_DONE_YET
+
+    async def _serve(
+        self, request: Request, exchange: Exchange, target: Target
+    ) -> None:
+        await target.use_mirror_token(exchange)
+        if self.cache is not None:
+            await self.cache.serve(request, exchange, target)
+        else:
+            await self.forwarder.relay.relay(request, exchange)
 
 
 def build_tree(

@@ -10,6 +10,7 @@ sends can make Docxy contact a host that is not configured.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, unquote
 
 from twisted.web.server import Request
@@ -22,6 +23,9 @@ from .realm import RealmDirectory
 from .relay import Exchange, Reissue
 from .upstream_set import Upstream, UpstreamSet, normalize_host
 
+if TYPE_CHECKING:
+    from .mirror_tokens import MirrorTokens
+
 
 @dataclass(frozen=True)
 class Mirror:
@@ -31,6 +35,14 @@ class Mirror:
     public_realm: str  # named by challenges on repository paths
     ping_realm: str  # named by challenges on /v2/
     realms: RealmDirectory
+    # Docxy's own upstream tokens (docxy.mirror_tokens): with an account for
+    # this upstream, or with Docxy's accounts on; else clients bring theirs.
+    tokens: MirrorTokens | None = None
+
+    @property
+    def serves_anonymous_tokens(self) -> bool:
+        """Whether an anonymous client's token is Docxy's, not the upstream's."""
+        return self.tokens is not None
 
     def content_url(self, repo: str, kind: str, reference: str) -> str:
         """The upstream URL of a manifest or blob; ``repo`` in upstream naming."""
@@ -74,6 +86,30 @@ class Target:
                 self.scope_to_client if self.prefix else None,
             ),
         )
+
+    @property
+    def pull_scope(self) -> str | None:
+        """The upstream scope this request needs, None for ``/v2/`` itself."""
+        if self.route.kind is Kind.BASE or not self.route.name:
+            return None
+        name = upstream_name(self.route.name, self.mirror.upstream.library_prefix)
+        return f"repository:{name}:pull"
+
+    async def use_mirror_token(self, exchange: Exchange) -> None:
+        """Docxy's own upstream token on ``exchange``, if the client brought none.
+
+        The client's own credentials win for that client; ``/v2/`` itself is
+        left to the client's challenge dance, so a client with credentials
+        still gets to send them.
+        """
+        tokens, scope = self.mirror.tokens, self.pull_scope
+        if tokens is None or scope is None:
+            return
+        if exchange.headers.hasHeader(b"authorization"):
+            return
+        value = await tokens.authorization(scope)
+        if value is not None:
+            exchange.headers.setRawHeaders(b"authorization", [value])
 
     def scope_to_client(self, scope: str) -> str:
         """Upstream naming -> the client's (alias prefix back on) in a scope."""

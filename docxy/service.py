@@ -18,6 +18,7 @@ from .drain import Drain
 from .forward import Forwarder
 from .listeners import Listeners
 from .metrics import Metrics
+from .mirror_tokens import MirrorTokens
 from .probes import Readiness, probes_site
 from .realm import RealmDirectory
 from .relay import Relay
@@ -64,6 +65,14 @@ class _Announce(Service):
                 hosts=",".join(upstream.hosts) or "-",
                 realm=c.ping_realm(upstream),
             )
+            if upstream.credentials is not None:
+                log.info(
+                    "upstream {name}: pulls for anonymous clients with the account "
+                    "{user} ({source})",
+                    name=upstream.name,
+                    user=upstream.credentials.username,
+                    source=upstream.credentials.source,
+                )
         for warning in start_warnings(c):
             log.warn("{warning}", warning=warning)
 
@@ -80,15 +89,19 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
     client = UpstreamClient(
         reactor, agent, header_timeout=config.header_timeout, metrics=metrics
     )
-    mirrors = {
-        upstream.name: Mirror(
+    mirrors = {}
+    for upstream in config.upstreams:
+        realms = RealmDirectory(client, upstream.url, upstream.realm, upstream.service)
+        tokens = None
+        if upstream.credentials is not None:
+            tokens = MirrorTokens(client, reactor, upstream, realms)
+        mirrors[upstream.name] = Mirror(
             upstream,
             config.token_realm(upstream),
             config.ping_realm(upstream),
-            RealmDirectory(client, upstream.url, upstream.realm, upstream.service),
+            realms,
+            tokens,
         )
-        for upstream in config.upstreams
-    }
     router = Router(UpstreamSet(config.upstreams, config.default), mirrors)
     relay = Relay(client, reactor, config.idle_timeout)
     forwarder = Forwarder(relay)

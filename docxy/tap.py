@@ -96,6 +96,34 @@ class Options(usage.Options):
             "[default: from the upstream's challenge]",
         ],
         [
+            "upstream-username",
+            None,
+            None,
+            "Docxy's own account at the default upstream: anonymous clients, "
+            "cache fills and access probes pull with it (see docs/access.md).",
+        ],
+        [
+            "upstream-password-file",
+            None,
+            None,
+            "File holding the password of --upstream-username (never the "
+            "password itself on the command line).",
+        ],
+        [
+            "upstream-token-file",
+            None,
+            None,
+            "File holding an access token of --upstream-username, sent as its "
+            "password (Docker Hub, GHCR, Quay personal access tokens).",
+        ],
+        [
+            "upstream-docker-config",
+            None,
+            None,
+            "A Docker config.json whose auths entry for the default upstream is "
+            "Docxy's account there.",
+        ],
+        [
             "library-prefix",
             None,
             None,

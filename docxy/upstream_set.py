@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .credentials import Credentials
+
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 DOCKER_HUB_NAMESPACES = ("docker.io", "registry-1.docker.io", "index.docker.io")
 
@@ -34,6 +36,10 @@ class Upstream:
     hosts: tuple[str, ...] = ()
     realm: str | None = None
     service: str | None = None
+    # Hosts besides its own that may receive ``credentials`` (realm-hosts).
+    realm_hosts: tuple[str, ...] = ()
+    # The mirror's own account there (docxy.credentials); never in a repr.
+    credentials: Credentials | None = field(default=None, repr=False, compare=False)
 
 
 def _preset(name: str, url: str, *namespaces: str, library: bool = False) -> Upstream:

@@ -177,7 +177,13 @@ class AccessChecker:
         defer.ensureDeferred(probe()).addErrback(_probe_failed, key)
 
     async def _anonymous(self, mirror: Mirror, repo: str) -> bytes | None:
-        """An anonymous token for pulling ``repo``, as any client would get."""
+        """A token for pulling ``repo``, as an anonymous client would get.
+
+        With Docxy's own upstream tokens (an account) that is the mirror's
+        token: every anonymous client of the mirror pulls with it.
+        """
+        if mirror.tokens is not None:
+            return await mirror.tokens.authorization(f"repository:{repo}:pull")
         try:
             realm = await mirror.realms.get()
         except NoTokenServiceError:
