@@ -212,11 +212,27 @@ def test_healthcheck_fails_when_docxy_does_not_answer(
         engine.remove(name)
 
 
-def test_bad_environment_stops_at_start_with_one_line(
-    engine: Engine, image: str
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (
+            "bad-variable",
+            "DOCXY_IDLE_TIMEOUT: expected a number of seconds, got 'soon'",
+        ),
+        # A volume or hostPath left owned by root (the DaemonSet's init
+        # container hands it to the image's user).
+        ("root-owned-cache", "cache-dir: '/var/cache/docxy' is not writable"),
+    ],
+)
+def test_bad_configuration_stops_at_start_with_one_line(
+    engine: Engine, image: str, tmp_path: Path, case: str, message: str
 ) -> None:
-    name = unique("docxy-image-bad-env")
-    engine.start(name, image, env={"DOCXY_IDLE_TIMEOUT": "soon"})
+    name = unique(f"docxy-image-{case}")
+    if case == "bad-variable":
+        engine.start(name, image, env={"DOCXY_IDLE_TIMEOUT": "soon"})
+    else:
+        assert tmp_path.stat().st_uid == 0
+        engine.start(name, image, volumes=[f"{tmp_path}:/var/cache/docxy"])
     try:
         assert engine.wait_exit(name) == 2
         lines = [
@@ -224,9 +240,6 @@ def test_bad_environment_stops_at_start_with_one_line(
             for line in engine.logs(name).splitlines()
             if "configuration error" in line
         ]
-        assert lines == [
-            "docxy: configuration error: DOCXY_IDLE_TIMEOUT: expected a number "
-            "of seconds, got 'soon'"
-        ]
+        assert lines == [f"docxy: configuration error: {message}"]
     finally:
         engine.remove(name)
