@@ -13,7 +13,8 @@
 #
 # Usage: deploy/image/build.sh [TAG]      (default TAG: localhost/docxy:<version>)
 # Environment:
-#   PODMAN      podman command (default: podman); tests point it at a private store
+#   PODMAN      podman command (default: podman); podman also reads
+#               CONTAINERS_STORAGE_CONF / CONTAINERS_CONF (the tests: a private store)
 #   PYTHON      python with pip, for the wheels (default: .venv/bin/python or python3)
 #   SUITE       Debian suite of the base (default: bookworm)
 #   BASE        use this existing image as the base instead of making one
