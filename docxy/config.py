@@ -92,7 +92,7 @@ class Config:
 SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "port": parse.ports,
     "public-url": parse.url,
-    "upstream": parse.url,
+    "upstream": parse.upstream_url,
     "upstream-ca": parse.file,
     "upstream-realm": parse.realm,
     "upstream-service": parse.optional_str,
@@ -140,7 +140,7 @@ _PLAIN_FIELDS = {
 
 # Keys of one [upstreams.<name>] table -> parser.
 UPSTREAM_KEYS: dict[str, Callable[[str, Any], Any]] = {
-    "url": parse.url,
+    "url": parse.upstream_url,
     "library-prefix": parse.library_prefix,
     "namespaces": parse.names,
     "aliases": parse.names,

@@ -184,6 +184,13 @@ def url(name: str, value: object) -> str:
     return http_url(name, value, allow_path=False)
 
 
+def upstream_url(name: str, value: object) -> str:
+    """An upstream's URL may have a path: another Docxy's ``/<alias>`` mount
+    (``http://regional:5000/ghcr.io``) is how a node tier reaches one of the
+    regional tier's upstreams other than its default."""
+    return http_url(name, value, allow_path=True)
+
+
 def realm(name: str, value: object) -> str:
     return http_url(name, value, allow_path=True)
 

@@ -57,6 +57,21 @@ def test_public_url_is_normalised() -> None:
     assert config.public_url_given
 
 
+def test_an_upstream_url_may_have_a_path_another_docxy_mount() -> None:
+    """A node tier reaches a regional Docxy's ``/<alias>/v2/`` mount."""
+    config = build_config(
+        {
+            "upstream": "http://regional:5000/",
+            "upstreams": {"ghcr.io": {"url": "http://regional:5000/ghcr.io/"}},
+        }
+    )
+    by_name = {u.name: u.url for u in config.upstreams}
+    assert by_name == {
+        "docker.io": "http://regional:5000",
+        "ghcr.io": "http://regional:5000/ghcr.io",
+    }
+
+
 def test_default_public_url_follows_first_port() -> None:
     assert build_config({"port": ["tcp:8080:interface=127.0.0.1"]}).public_url == (
         "http://127.0.0.1:8080"
