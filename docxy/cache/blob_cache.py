@@ -9,20 +9,16 @@ the client may have it (:mod:`docxy.cache.access`).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Request
 
 from ..names import upstream_name
 from ..notes import record
-from ..oci import Digest
 from ..relay import Exchange, Relay
 from ..routing import Target
 from ..singleflight import SingleFlight
@@ -35,37 +31,10 @@ from .counters import Counters
 from .disk_health import DiskHealth
 from .disk_pool import DiskPool
 from .fill import Fill, FillState
+from .hit import Hits
 from .sender import FileSender
 
 log = Logger()
-
-_RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)
-
-
-def parse_range(header: bytes | None, size: int) -> tuple[int, int] | str | None:
-    """``(start, end_exclusive)``, None for the whole blob, or "unsatisfiable".
-
-    Only single ranges are honoured; anything else gets the whole blob,
-    which HTTP allows.
-    """
-    if header is None:
-        return None
-    match = _RANGE.match(header)
-    if match is None:
-        return None
-    first, last = match.group(1), match.group(2)
-    if not first and not last:
-        return None
-    if not first:  # suffix: the last N bytes
-        length = int(last)
-        if length == 0:
-            return "unsatisfiable"
-        return (max(0, size - length), size)
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or end <= start:
-        return "unsatisfiable"
-    return (start, end)
 
 
 class BlobCache:
@@ -102,11 +71,16 @@ class BlobCache:
         self._opening: SingleFlight[str, Fill | UpstreamResponse] = SingleFlight(
             _discard_unclaimed, what="opening a blob fill"
         )
-        self.verified: set[str] = set()
         self.disk = disk or DiskPool(reactor)
-
-    def _pool(self) -> ThreadPool:
-        return self.disk.threads()
+        self.hits = Hits(
+            store,
+            self.disk,
+            reactor,
+            idle_timeout,
+            self._headers,
+            self._damaged,
+            self._sent,
+        )
 
     async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
         digest = exchange.digest
@@ -232,9 +206,7 @@ class BlobCache:
         return fill
 
     def _filled(self, digest: str) -> None:
-        fill = self.fills.pop(digest, None)
-        if fill is not None and fill.state is FillState.DONE:
-            self.verified.add(digest)
+        self.fills.pop(digest, None)
 
     def _headers(
         self, request: Request, digest: str, code: int, length: int | None
@@ -261,7 +233,7 @@ class BlobCache:
             0,
             fill.length,
             self.reactor,
-            self._pool(),
+            self.disk.threads(),
             fill=fill,
             on_end=lambda outcome, sent: self._sent(request, outcome, sent),
             resume=lambda offset: self._resume(request, exchange, offset),
@@ -308,63 +280,12 @@ class BlobCache:
     async def _serve_entry(
         self, request: Request, exchange: Exchange, entry: Entry
     ) -> None:
-        digest = entry.digest
-        wanted = parse_range(request.getHeader(b"range"), entry.size)
-        if wanted == "unsatisfiable":
-            request.setResponseCode(416)
-            request.setHeader(b"content-range", b"bytes */%d" % entry.size)
-            request.setHeader(b"content-length", b"0")
-            request.finish()
-            return
-        path = str(self.store.path(digest))
-        if wanted is not None and digest not in self.verified:
-            # A range cannot be checked on its own: check the file first.
-            self.store.pin(entry)
-            try:
-                good = await deferToThreadPool(
-                    self.reactor, self._pool(), Digest.parse(digest).matches_file, path
-                )
-            finally:
-                self.store.unpin(entry)
-            if not good:
-                self._damaged(digest)
-                await self.relay.relay(request, exchange)
-                return
-            self.verified.add(digest)
-        self.store.pin(entry)
-        if wanted is None or isinstance(wanted, str):
-            start, end, verify = 0, entry.size, Digest.parse(digest).hasher()
-            self._headers(request, digest, 200, entry.size)
-        else:
-            (start, end), verify = wanted, None
-            self._headers(request, digest, 206, end - start)
-            request.setHeader(
-                b"content-range", b"bytes %d-%d/%d" % (start, end - 1, entry.size)
-            )
-
-        def ended(outcome: str, sent: int) -> None:
-            self.store.unpin(entry)
-            if outcome == "digest-mismatch":
-                self._damaged(digest)
-            elif outcome == "done" and verify is not None:
-                self.verified.add(digest)
-            self._sent(request, outcome, sent)
-
-        FileSender(
-            request,
-            path,
-            start,
-            end,
-            self.reactor,
-            self._pool(),
-            verify=verify,
-            on_end=ended,
-            idle=(self.reactor, self.idle_timeout),
-        ).start()
+        await self.hits.serve(
+            request, entry, lambda: self.relay.relay(request, exchange)
+        )
 
     def _damaged(self, digest: str) -> None:
         self.counters.digest_mismatches += 1
-        self.verified.discard(digest)
         self.store.discard(digest)
         log.error("cached {digest} is damaged on disk; discarded", digest=digest)
 

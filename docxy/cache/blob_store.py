@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from ..oci import Digest, is_valid_digest
 from .counters import Counters
 from .directory import default_max_size
+from .integrity import Seal
 
 log = Logger()
 
@@ -34,6 +35,8 @@ class Entry:
     size: int
     last_used: float
     readers: int = 0
+    # Set while the file is known to hold its digest's bytes (see integrity).
+    seal: Seal | None = None
 
 
 class BlobStore:
@@ -87,21 +90,39 @@ class BlobStore:
             return None
         now = time.time()
         if now - entry.last_used > TOUCH_INTERVAL:
-            with contextlib.suppress(OSError):
-                os.utime(self.path(digest), (now, now))
+            self._touch(entry, now)
         entry.last_used = now
         return entry
+
+    def _touch(self, entry: Entry, now: float) -> None:
+        """Bump the file's mtime (LRU order); a seal that held still holds."""
+        path = self.path(entry.digest)
+        with contextlib.suppress(OSError):
+            held = entry.seal is not None and Seal.of(os.stat(path)) == entry.seal
+            os.utime(path, (now, now))
+            entry.seal = Seal.of(os.stat(path)) if held else None
+
+    def seal(self, entry: Entry, seal: Seal) -> None:
+        """The file was hashed whole and matched while it had ``seal``."""
+        if self.entries.get(entry.digest) is entry:
+            entry.seal = seal
+
+    def trusted(self, entry: Entry, seal: Seal) -> bool:
+        """May the file that now has ``seal`` be served without hashing?"""
+        return entry.seal is not None and entry.seal == seal
 
     def add(self, digest: str, temp: Path) -> Entry:
         """Make a verified temp file visible under its digest (atomic rename)."""
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
-        size = temp.stat().st_size
         os.replace(temp, final)
+        stat = final.stat()
+        size = stat.st_size
         old = self.entries.pop(digest, None)
         if old is not None:
             self.total -= old.size
         entry = Entry(digest, size, time.time(), old.readers if old else 0)
+        entry.seal = Seal.of(stat)  # its writer hashed every byte
         self.entries[digest] = entry
         self.total += size
         self.evict()

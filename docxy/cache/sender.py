@@ -1,17 +1,28 @@
-"""Serving a cached or still-filling blob file to one client.
+"""Serving a cached or still-filling blob file to one client, by reads.
 
-Reads happen in a small thread pool (``os.pread``), one chunk at a time and
-only while the client's connection asks for more, so a slow disk never
-stalls the reactor and a slow client only slows itself. A full read of a
-complete file is verified as it goes and the last chunk is held back until
-the digest matched: a file damaged on disk is never served as good (the
-client sees a short read and the entry is discarded).
+The path for clients the kernel cannot serve directly (TLS, files not yet
+trusted, fills): see :mod:`docxy.cache.kernel_sender` for plain TCP hits.
+
+Reads never wait for the disk on the reactor thread. A read first asks the
+page cache alone (``preadv`` with ``RWF_NOWAIT``: it copies what is cached
+and never blocks); only what is not cached is read in the disk threads.
+Hits of trusted files keep more than one large read in flight (read-ahead),
+delivered in order; a slow client only slows itself, and what is held for
+a paused client is at most ``window`` reads.
+
+A file that is not trusted (see :mod:`docxy.cache.integrity`) is hashed as
+it is read, in the disk threads, one read at a time, and the last chunk is
+held back until the digest matched: a file damaged on disk is never served
+as good (the client sees a short read and the entry is discarded).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.internet.interfaces import IPushProducer, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -28,16 +39,49 @@ from .fill import Fill, FillState
 log = Logger()
 
 CHUNK = 256 * 1024
+# Hits of trusted files: reads this large, this many in flight.
+HIT_CHUNK = 1024 * 1024
+HIT_WINDOW = 2
+
+# Cleared at the first filesystem that refuses RWF_NOWAIT.
+_nowait_works = hasattr(os, "RWF_NOWAIT")
+
+
+def read_cached(fd: int, size: int, offset: int) -> bytes | None:
+    """What of ``[offset, offset+size)`` the page cache holds, without waiting
+    for the disk; None if nothing (the caller reads in the disk threads)."""
+    global _nowait_works
+    if not _nowait_works:
+        return None
+    buffer = bytearray(size)
+    try:
+        count = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            _nowait_works = False
+        return None
+    if count <= 0:
+        return None
+    return bytes(buffer) if count == size else bytes(buffer[:count])
+
+
+@dataclass
+class _Read:
+    offset: int
+    size: int
+    data: bytes | None = None
 
 
 @implementer(IPushProducer)
 class FileSender:
-    """Sends bytes ``[start, end)`` of ``path``, which ``fill`` may still write."""
+    """Sends bytes ``[start, end)`` of a file, which ``fill`` may still write."""
 
     def __init__(
         self,
         request: Request,
-        path: str,
+        path: str | int,
         start: int,
         end: int | None,
         reactor: IReactorThreads,
@@ -47,12 +91,19 @@ class FileSender:
         on_end: Callable[[str, int], None] = lambda outcome, sent: None,
         resume: Callable[[int], None] | None = None,
         idle: tuple[IReactorTime, float] | None = None,
+        read_ahead: bool = False,
+        nowait: bool = True,
     ) -> None:
-        """``resume(offset)`` takes over the client if the fill loses its disk;
-        ``idle`` (clock, seconds): give up on a client that reads nothing."""
+        """``path``: a file name, or a descriptor the sender then owns.
+
+        ``resume(offset)`` takes over the client if the fill loses its disk;
+        ``idle`` (clock, seconds): give up on a client that reads nothing;
+        ``read_ahead``: large reads, several in flight (complete files).
+        """
         self.request = request
-        self.fd = os.open(path, os.O_RDONLY)
-        self.offset = start
+        self.fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY)
+        self.offset = start  # the next byte the client gets
+        self._next = start  # the next byte a read asks for
         self.end = end
         self.reactor = reactor
         self.pool = pool
@@ -61,9 +112,17 @@ class FileSender:
         self.on_end = on_end
         self.resume = resume
         self.watchdog = IdleWatchdog(*idle, self._idle) if idle else None
+        ahead = read_ahead and verify is None and fill is None
+        self.chunk = HIT_CHUNK if ahead else CHUNK
+        self.window = HIT_WINDOW if ahead else 1
+        # Hashing happens in the disk threads, so verified reads use them only.
+        self.nowait = nowait and verify is None
         self.sent = 0
+        self._queue: deque[_Read] = deque()
+        self._in_pool = 0
         self._paused = False
-        self._reading = False
+        self._pumping = False
+        self._listening = False
         self._done = False
         request.notifyFinish().addBoth(self._client_finished)
 
@@ -90,50 +149,97 @@ class FileSender:
         return self.end
 
     def _pump(self) -> None:
-        if self._paused or self._reading or self._done:
+        if self._pumping:  # a write paused or resumed us: the loop goes on
             return
-        if self.fill is not None and self.fill.state is FillState.FAILED:
-            if self.fill.disk_error is not None and self.resume is not None:
+        self._pumping = True
+        try:
+            while not (self._paused or self._done) and self._step():
+                pass
+        finally:
+            self._pumping = False
+
+    def _step(self) -> bool:
+        """One delivery or one read issued; False when there is nothing to do."""
+        queue = self._queue
+        if queue and queue[0].data is not None:
+            self._deliver(queue.popleft().data or b"")
+            return True
+        if len(queue) >= self.window:
+            return False  # waiting for a read in flight
+        fill = self.fill
+        if fill is not None and fill.state is FillState.FAILED:
+            if queue:
+                return False
+            if fill.disk_error is not None and self.resume is not None:
                 self._hand_over(self.resume)
             else:
                 self._finish("fill-failed")
-            return
+            return False
         limit = self._limit()
-        if self.offset >= limit:
-            if self.fill is not None and self.fill.state is FillState.FILLING:
-                self.fill.listen(self._pump)
+        if self._next >= limit:
+            if queue:
+                return False
+            if fill is not None and fill.state is FillState.FILLING:
+                if not self._listening:
+                    self._listening = True
+                    fill.listen(self._more_written)
             else:
                 self._finish("done")
-            return
-        self._reading = True
-        size = min(CHUNK, limit - self.offset)
+            return False
+        size = min(self.chunk, limit - self._next)
+        if not queue and self.nowait:
+            data = read_cached(self.fd, size, self._next)
+            if data is not None:
+                self._next += len(data)
+                self._deliver(data)
+                return True
+        read = _Read(self._next, size)
+        self._next += size
+        queue.append(read)
+        self._in_pool += 1
         d = deferToThreadPool(
-            self.reactor, self.pool, os.pread, self.fd, size, self.offset
+            self.reactor, self.pool, self._read_in_thread, size, read.offset
         )
-        d.addCallbacks(self._read, self._read_failed)
+        d.addCallbacks(self._arrived, self._read_failed, callbackArgs=(read,))
+        return True
 
-    def _read(self, data: bytes) -> None:
-        self._reading = False
+    def _read_in_thread(self, size: int, offset: int) -> bytes:
+        data = os.pread(self.fd, size, offset)
+        if self.verify is not None:
+            self.verify.update(data)
+        return data
+
+    def _more_written(self) -> None:
+        self._listening = False
+        self._pump()
+
+    def _arrived(self, data: bytes, read: _Read) -> None:
+        self._in_pool -= 1
         if self._done:
             self._close()
             return
-        if not data:
+        if len(data) != read.size:
             self._finish("short-file")
             return
+        read.data = data
+        self._pump()
+
+    def _deliver(self, data: bytes) -> None:
         self.offset += len(data)
-        if self.verify is not None:
-            self.verify.update(data)
-            if self.offset == self.end and not self.verify.matches():
-                self._finish("digest-mismatch")
-                return
+        if (
+            self.verify is not None
+            and self.offset == self.end
+            and not self.verify.matches()
+        ):
+            self._finish("digest-mismatch")
+            return
         self.sent += len(data)
         if self.watchdog is not None:
             self.watchdog.touch()
         self.request.write(data)
-        self._pump()
 
     def _read_failed(self, failure: Failure) -> None:
-        self._reading = False
+        self._in_pool -= 1
         if self._done:
             self._close()
             return
@@ -154,7 +260,8 @@ class FileSender:
         (its number could be reused by another file meanwhile)."""
         if self.watchdog is not None:
             self.watchdog.stop()
-        if not self._reading and self.fd >= 0:
+        self._queue.clear()
+        if not self._in_pool and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 

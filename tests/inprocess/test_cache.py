@@ -263,3 +263,58 @@ async def test_fill_survives_a_starter_that_leaves_before_upstream_answers(
     assert (reply.code, reply.body) == (200, BLOB)
     await until(lambda: DIGEST in cache.store.entries, "the blob to be cached")
     assert blob.gets == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_restart_the_first_read_is_hashed(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Damage done while Docxy was stopped (no seal to compare) is found by
+    the first read after the start: a short read, the entry dropped."""
+    blob = upstream.routes[PATH] = Blob()
+    settings = {"cache-dir": str(tmp_path / "cache")}
+    first = await start(upstream, settings)
+    try:
+        await first.request(b"GET", CLIENT_PATH)
+        await until(lambda: DIGEST in cache_of(first).store.entries, "the fill")
+    finally:
+        await first.stop()
+    path = cache_of(first).store.path(DIGEST)
+    damaged = bytearray(path.read_bytes())
+    damaged[-1] ^= 0x01
+    path.write_bytes(bytes(damaged))
+
+    restarted = await start(upstream, settings)
+    try:
+        cache = cache_of(restarted)
+        with pytest.raises(Exception):  # noqa: B017 (a short read)
+            await restarted.request(b"GET", CLIENT_PATH)
+        await until(lambda: DIGEST not in cache.store.entries, "the entry dropped")
+        assert cache.counters.digest_mismatches == 1
+        assert (await restarted.request(b"GET", CLIENT_PATH)).body == BLOB
+        assert blob.gets == 2
+    finally:
+        await restarted.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hashed_read_seals_the_file_for_later_hits(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.routes[PATH] = Blob()
+    settings = {"cache-dir": str(tmp_path / "cache")}
+    first = await start(upstream, settings)
+    try:
+        await first.request(b"GET", CLIENT_PATH)
+        await until(lambda: DIGEST in cache_of(first).store.entries, "the fill")
+    finally:
+        await first.stop()
+    restarted = await start(upstream, settings)
+    try:
+        entry = cache_of(restarted).store.entries[DIGEST]
+        assert entry.seal is None  # not trusted yet
+        assert (await restarted.request(b"GET", CLIENT_PATH)).body == BLOB
+        await until(lambda: entry.seal is not None, "the hashed read to seal it")
+        assert (await restarted.request(b"GET", CLIENT_PATH)).body == BLOB
+    finally:
+        await restarted.stop()

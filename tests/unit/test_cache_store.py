@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from docxy.cache.blob_cache import parse_range
 from docxy.cache.blob_store import BlobStore
+from docxy.cache.hit import parse_range
 
 
 def put(store: BlobStore, data: bytes, last_used: float | None = None) -> str:
