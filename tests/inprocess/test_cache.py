@@ -272,7 +272,7 @@ async def test_after_a_restart_the_first_read_is_hashed(
     """Damage done while Docxy was stopped (no seal to compare) is found by
     the first read after the start: a short read, the entry dropped."""
     blob = upstream.routes[PATH] = Blob()
-    settings = {"cache-dir": str(tmp_path / "cache")}
+    settings: dict[str, object] = {"cache-dir": str(tmp_path / "cache")}
     first = await start(upstream, settings)
     try:
         await first.request(b"GET", CLIENT_PATH)
@@ -302,7 +302,7 @@ async def test_a_hashed_read_seals_the_file_for_later_hits(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     upstream.routes[PATH] = Blob()
-    settings = {"cache-dir": str(tmp_path / "cache")}
+    settings: dict[str, object] = {"cache-dir": str(tmp_path / "cache")}
     first = await start(upstream, settings)
     try:
         await first.request(b"GET", CLIENT_PATH)
