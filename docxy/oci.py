@@ -88,10 +88,11 @@ class Digest:
     def matches(self, data: bytes) -> bool:
         return Digest.of(data, self.algorithm) == self
 
-    def matches_file(self, path: str | Path) -> bool:
-        """Hash a whole file (blocking: call it off the reactor thread)."""
+    def matches_file(self, path: str | Path | int) -> bool:
+        """Hash a whole file, named or open (blocking: off the reactor thread)."""
         hasher = self.hasher()
-        with open(path, "rb") as f:
+        with open(path, "rb", closefd=not isinstance(path, int)) as f:
+            f.seek(0)
             while chunk := f.read(1024 * 1024):
                 hasher.update(chunk)
         return hasher.matches()

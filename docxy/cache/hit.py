@@ -100,7 +100,10 @@ class Hits:
             if wanted is not None and not trusted:
                 # A range cannot be checked on its own: check the file first.
                 trusted = await deferToThreadPool(
-                    self.reactor, self.disk.threads(), _matches, fd, digest
+                    self.reactor,
+                    self.disk.threads(),
+                    Digest.parse(digest).matches_file,
+                    fd,
                 )
                 if not trusted:
                     os.close(fd)
@@ -156,13 +159,3 @@ class Hits:
             idle=(self.reactor, self.idle_timeout),
             read_ahead=True,
         ).start()
-
-
-def _matches(fd: int, digest: str) -> bool:
-    """Hash a whole open file (blocking: in the disk threads)."""
-    hasher = Digest.parse(digest).hasher()
-    offset = 0
-    while chunk := os.pread(fd, 1024 * 1024, offset):
-        hasher.update(chunk)
-        offset += len(chunk)
-    return hasher.matches()

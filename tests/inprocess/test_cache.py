@@ -265,13 +265,10 @@ async def test_fill_survives_a_starter_that_leaves_before_upstream_answers(
     assert blob.gets == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_after_a_restart_the_first_read_is_hashed(
+async def cached_then_stopped(
     upstream: FakeUpstream, tmp_path: Path
-) -> None:
-    """Damage done while Docxy was stopped (no seal to compare) is found by
-    the first read after the start: a short read, the entry dropped."""
-    blob = upstream.routes[PATH] = Blob()
+) -> dict[str, object]:
+    """A Docxy that cached the blob and stopped; the settings to start another."""
     settings: dict[str, object] = {"cache-dir": str(tmp_path / "cache")}
     first = await start(upstream, settings)
     try:
@@ -279,7 +276,18 @@ async def test_after_a_restart_the_first_read_is_hashed(
         await until(lambda: DIGEST in cache_of(first).store.entries, "the fill")
     finally:
         await first.stop()
-    path = cache_of(first).store.path(DIGEST)
+    return settings
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_restart_the_first_read_is_hashed(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Damage done while Docxy was stopped (no seal to compare) is found by
+    the first read after the start: a short read, the entry dropped."""
+    blob = upstream.routes[PATH] = Blob()
+    settings = await cached_then_stopped(upstream, tmp_path)
+    path = tmp_path / "cache" / "blobs" / "sha256" / DIGEST[7:9] / DIGEST[7:]
     damaged = bytearray(path.read_bytes())
     damaged[-1] ^= 0x01
     path.write_bytes(bytes(damaged))
@@ -302,13 +310,7 @@ async def test_a_hashed_read_seals_the_file_for_later_hits(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     upstream.routes[PATH] = Blob()
-    settings: dict[str, object] = {"cache-dir": str(tmp_path / "cache")}
-    first = await start(upstream, settings)
-    try:
-        await first.request(b"GET", CLIENT_PATH)
-        await until(lambda: DIGEST in cache_of(first).store.entries, "the fill")
-    finally:
-        await first.stop()
+    settings = await cached_then_stopped(upstream, tmp_path)
     restarted = await start(upstream, settings)
     try:
         entry = cache_of(restarted).store.entries[DIGEST]
