@@ -59,6 +59,16 @@ class Config:
     cache_auth_ttl: float = 300.0
     cache_freshness: float = 300.0
     metrics_port: str | None = None
+    # Who may use the mirror (docxy.access_control, docs/access.md).
+    allow: tuple[parse.Network, ...] = ()
+    trusted_proxies: tuple[parse.Network, ...] = ()
+    htpasswd: Path | None = None
+    anonymous: bool = False
+    token_key_file: Path | None = None
+    token_lifetime: float = 300.0
+    client_rate: float | None = None
+    client_burst: int = 20
+    ratelimit_warning: int | None = 10
     shutdown_timeout: float = 30.0
     log_format: str = "text"
 
@@ -116,6 +126,15 @@ SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "cache-auth-ttl": parse.positive,
     "cache-freshness": parse.positive,
     "metrics-port": parse.endpoint,
+    "allow": parse.networks,
+    "trusted-proxies": parse.networks,
+    "htpasswd": parse.file,
+    "anonymous": parse.flag,
+    "token-key-file": parse.optional_str,
+    "token-lifetime": parse.positive,
+    "client-rate": parse.rate,
+    "client-burst": parse.count,
+    "ratelimit-warning": parse.optional_count,
     "shutdown-timeout": parse.seconds,
     "log-format": parse.log_format,
 }
@@ -134,6 +153,14 @@ _PLAIN_FIELDS = {
     "cache-auth-ttl": "cache_auth_ttl",
     "cache-freshness": "cache_freshness",
     "metrics-port": "metrics_port",
+    "allow": "allow",
+    "trusted-proxies": "trusted_proxies",
+    "htpasswd": "htpasswd",
+    "anonymous": "anonymous",
+    "token-lifetime": "token_lifetime",
+    "client-rate": "client_rate",
+    "client-burst": "client_burst",
+    "ratelimit-warning": "ratelimit_warning",
     "shutdown-timeout": "shutdown_timeout",
     "log-format": "log_format",
 }
@@ -201,6 +228,8 @@ def build_config(
     fields["public_url_given"] = "public_url" in fields
     if "public_url" not in fields:
         fields["public_url"] = default_public_url(fields.get("ports", Config.ports))
+    if "token-key-file" in values:
+        fields["token_key_file"] = Path(values["token-key-file"])
     if values.get("no-cache"):  # wins over a cache-dir (e.g. from the file)
         fields["cache_dir"] = None
     elif "cache_dir" not in fields:

@@ -7,6 +7,7 @@ raises :class:`ConfigError`; :mod:`docxy.config` maps settings to them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -199,3 +200,39 @@ def table(name: str, value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{name}: expected a table of upstreams")
     return value
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(name: str, value: object) -> tuple[Network, ...]:
+    """CIDR blocks (IPv4 and IPv6); a bare address is a block of one."""
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[\s,]+", value.strip()) if v]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, str) for v in value
+    ):
+        raise ConfigError(f"{name}: expected a list of CIDR blocks, got {value!r}")
+    out = []
+    for item in value:
+        try:
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {item!r} is not an address or CIDR block"
+            ) from None
+    return tuple(out)
+
+
+def optional_count(name: str, value: object) -> int | None:
+    """A whole number, or off."""
+    if str(value).strip().lower() in ("off", "0", "false"):
+        return None
+    return count(name, value)
+
+
+def rate(name: str, value: object) -> float | None:
+    """Requests per second, or off."""
+    if str(value).strip().lower() in ("off", "0", "false"):
+        return None
+    return positive(name, value)

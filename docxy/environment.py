@@ -24,7 +24,12 @@ from .config import SETTINGS, ConfigError
 PREFIX = "DOCXY_"
 # [upstreams.<name>] tables have no one-line form: TOML only.
 _TABLES = frozenset({"upstreams"})
-_SPLIT = {"port": re.compile(r"\s+"), "preset": re.compile(r"[\s,]+")}
+_SPLIT = {
+    "port": re.compile(r"\s+"),
+    "preset": re.compile(r"[\s,]+"),
+    "allow": re.compile(r"[\s,]+"),
+    "trusted-proxies": re.compile(r"[\s,]+"),
+}
 # What the kubelet defines for a Service named "docxy" in the pod's
 # namespace ("Docker links" variables), unless enableServiceLinks is false.
 _SERVICE_LINK = re.compile(r"DOCXY_(SERVICE_HOST|SERVICE_PORT\w*|PORT_\d+_\w+)")

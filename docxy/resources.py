@@ -9,6 +9,9 @@
                                 URLs with a path)
     /auth/token                 TokenResource for the default upstream
     /auth/<upstream>/token      TokenResource for each upstream (docxy.tokens)
+                                (all of the above pass the AccessGate first:
+                                allow-list, accounts, client rate;
+                                docxy.access_control)
     /.well-known/acme-challenge ACME HTTP-01 answers (docxy.tls.http01)
     /health                     HealthResource: liveness, no upstream call
     /ready                      ReadyResource: readiness (docxy.probes)
@@ -22,6 +25,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from . import __version__
+from .access_control import AccessGate
 from .cache.pullthrough import PullThroughCache
 from .errors import (
     API_VERSION,
@@ -64,22 +68,32 @@ class RootResource(Resource):
         router: Router,
         https_redirect: str | None = None,
         cache: PullThroughCache | None = None,
+        gate: AccessGate | None = None,
     ) -> None:
         super().__init__()
-        self.putChild(b"v2", RegistryResource(forwarder, router, cache=cache))
+        self.gate = gate
+        self.putChild(
+            b"v2", RegistryResource(forwarder, router, cache=cache, gate=gate)
+        )
         auth = NotFoundResource()
         # The mirror-wide realm (named by /v2/ pings): routes by alias too.
         offline = cache is not None
         auth.putChild(
             b"token",
             TokenResource(
-                forwarder, router, router.default, by_alias=True, offline=offline
+                forwarder,
+                router,
+                router.default,
+                by_alias=True,
+                offline=offline,
+                gate=gate,
             ),
         )
         for name, mirror in router.mirrors.items():
             per_upstream = NotFoundResource()
             per_upstream.putChild(
-                b"token", TokenResource(forwarder, router, mirror, offline=offline)
+                b"token",
+                TokenResource(forwarder, router, mirror, offline=offline, gate=gate),
             )
             auth.putChild(name.encode("ascii"), per_upstream)
         self.putChild(b"auth", auth)
@@ -90,7 +104,7 @@ class RootResource(Resource):
                 mounted.putChild(
                     b"v2",
                     RegistryResource(
-                        forwarder, router, router.mirrors[upstream.name], cache
+                        forwarder, router, router.mirrors[upstream.name], cache, gate
                     ),
                 )
                 self.putChild(alias.encode("ascii"), mounted)
@@ -107,6 +121,11 @@ class RootResource(Resource):
             and path not in _SERVED_OVER_HTTP
         ):
             return RedirectResource(self.https_redirect)
+        if self.gate is not None and path not in _UNGUARDED:
+            # Who may use the mirror (docxy.access_control), before any work.
+            error = self.gate.admit(request, registry=path != b"auth")
+            if error is not None:
+                return ErrorResource(error)
         child: IResource = super().getChildWithDefault(path, request)
         return child
 
@@ -131,6 +150,8 @@ class NotFoundResource(Resource):
 
 # With https-redirect on, plain HTTP still serves these (ACME HTTP-01 needs it).
 _SERVED_OVER_HTTP = frozenset({b"health", b"ready", b".well-known"})
+# Open to everyone: probes, and ACME's CA (which is on no allow-list).
+_UNGUARDED = _SERVED_OVER_HTTP
 
 
 class RedirectResource(Resource):
@@ -178,12 +199,14 @@ class RegistryResource(Resource):
         router: Router,
         fixed: Mirror | None = None,
         cache: PullThroughCache | None = None,
+        gate: AccessGate | None = None,
     ) -> None:
         super().__init__()
         self.forwarder = forwarder
         self.router = router
         self.fixed = fixed
         self.cache = cache
+        self.gate = gate
 
     def render(self, request: Request) -> int:
         request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
@@ -191,6 +214,9 @@ class RegistryResource(Resource):
             if request.method not in READ_METHODS:
                 raise unsupported_method(request.method.decode("latin-1"), READ_METHODS)
             target = self.router.route(request, raw_postpath(request), self.fixed)
+            if self.gate is not None and self.gate.authorize(request, target):
+                _answer_ping(request)
+                return NOT_DONE_YET
         except RegistryError as error:
             write_error(request, error)
             return NOT_DONE_YET
@@ -213,14 +239,25 @@ class RegistryResource(Resource):
             await self.forwarder.relay.relay(request, exchange)
 
 
+def _answer_ping(request: Request) -> None:
+    """``/v2/`` for a client holding a valid token of Docxy's realm."""
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", b"2")
+    if request.method != b"HEAD":
+        request.write(b"{}")
+    request.finish()
+
+
 def build_tree(
     forwarder: Forwarder,
     router: Router,
     https_redirect: str | None = None,
     cache: PullThroughCache | None = None,
     readiness: Readiness | None = None,
+    gate: AccessGate | None = None,
 ) -> RootResource:
-    root = RootResource(forwarder, router, https_redirect, cache)
+    root = RootResource(forwarder, router, https_redirect, cache, gate)
     if readiness is not None:
         root.putChild(b"ready", ReadyResource(readiness))
     return root

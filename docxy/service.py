@@ -10,6 +10,7 @@ from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 
 from . import __version__
+from .access_setup import build_gate
 from .cache.directory import CacheLock
 from .cache.pullthrough import build_cache
 from .capacity import raise_soft_limit
@@ -89,11 +90,13 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
     client = UpstreamClient(
         reactor, agent, header_timeout=config.header_timeout, metrics=metrics
     )
+    gate = build_gate(config, reactor)
     mirrors = {}
     for upstream in config.upstreams:
         realms = RealmDirectory(client, upstream.url, upstream.realm, upstream.service)
         tokens = None
-        if upstream.credentials is not None:
+        # With accounts on, client tokens are Docxy's: it pulls with its own.
+        if upstream.credentials is not None or gate.accounts_on:
             tokens = MirrorTokens(client, reactor, upstream, realms)
         mirrors[upstream.name] = Mirror(
             upstream,
@@ -125,6 +128,7 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
         config.public_url if config.https_redirect else None,
         cache,
         readiness,
+        gate,
     )
     site = DocxySite(
         root, timeout=config.idle_timeout, reactor=reactor, metrics=metrics

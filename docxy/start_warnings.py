@@ -7,6 +7,9 @@ the service when it starts.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from .config import Config
 
 # Endpoint kinds that speak TLS; every other kind (tcp, tcp6, unix, systemd)
@@ -36,4 +39,29 @@ def start_warnings(config: Config) -> list[str]:
             "to port 80 will not reach Docxy and no certificate will be issued; "
             "add --port tcp:80 (or use challenge=tls-alpn-01)"
         )
+    if not (config.htpasswd or config.allow or config.anonymous):
+        exposed = [p for p in config.ports if not _loopback_only(p)]
+        if exposed:
+            warnings.append(
+                f"open relay: {exposed[0]} is not a loopback listener and "
+                "neither htpasswd nor allow is set: anyone who reaches it can "
+                "pull through this mirror (and spend its upstream budget and "
+                "account); set allow or htpasswd, or anonymous = true to say "
+                "this is meant"
+            )
     return warnings
+
+
+def _loopback_only(port: str) -> bool:
+    """Whether an endpoint string listens on loopback (or no network) only."""
+    kind = port.partition(":")[0]
+    if kind in ("unix",):
+        return True
+    found = re.search(r"(?:^|:)interface=((?:\\.|[^:])*)", port)
+    if found is None:
+        return False
+    address = found.group(1).replace("\\", "")
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"

@@ -19,7 +19,7 @@ from .config import Config, ConfigError, build_config, load_file
 from .environment import settings_from_env
 
 _DEFAULTS = Config()
-_FLAGS = frozenset({"https-redirect", "no-cache"})
+_FLAGS = frozenset({"https-redirect", "no-cache", "anonymous"})
 
 
 class Options(usage.Options):
@@ -43,6 +43,11 @@ class Options(usage.Options):
             "no-cache",
             None,
             "Cache nothing: a pure proxy (wins over --cache-dir).",
+        ],
+        [
+            "anonymous",
+            None,
+            "With --htpasswd: clients without an account may pull too.",
         ],
     ]
     optParameters: list[list[Any]] = [
@@ -212,6 +217,62 @@ class Options(usage.Options):
             "[default: text]",
         ],
         [
+            "allow",
+            None,
+            None,
+            "Only clients from these networks may use the mirror: CIDR blocks, "
+            "IPv4 and IPv6, comma-separated. [default: everyone]",
+        ],
+        [
+            "trusted-proxies",
+            None,
+            None,
+            "Proxies (CIDR blocks) whose X-Forwarded-For names the client. "
+            "[default: none]",
+        ],
+        [
+            "htpasswd",
+            None,
+            None,
+            "Accounts of the mirror (htpasswd file, bcrypt): clients log in to "
+            "Docxy's token realm and get Docxy's own tokens.",
+        ],
+        [
+            "token-key-file",
+            None,
+            None,
+            "Key signing Docxy's tokens (created if missing; the same file on "
+            "every replica). [default: token.key in the cache-dir]",
+        ],
+        [
+            "token-lifetime",
+            None,
+            None,
+            f"Seconds a token of Docxy's realm is valid. "
+            f"[default: {_DEFAULTS.token_lifetime:g}]",
+        ],
+        [
+            "client-rate",
+            None,
+            None,
+            "Requests per second one client (account, else address) may make, "
+            "on average. [default: off]",
+        ],
+        [
+            "client-burst",
+            None,
+            None,
+            f"Requests a client may make at once above --client-rate. "
+            f"[default: {_DEFAULTS.client_burst}]",
+        ],
+        [
+            "ratelimit-warning",
+            None,
+            None,
+            "Log once when an upstream's RateLimit-Remaining falls below this. "
+            f"[default: {_DEFAULTS.ratelimit_warning}]",
+        ],
+        [
             "max-connections",
             None,
             None,
@@ -275,6 +336,10 @@ def makeService(options: Options) -> IService:
         service = make_service(options.config, reactor)
     except CacheDirError as e:
         sys.stderr.write(f"docxy: configuration error: cache-dir: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None
+    except ConfigError as e:  # the accounts file or the token key
+        sys.stderr.write(f"docxy: configuration error: {e}\n")
         sys.stderr.flush()
         raise SystemExit(2) from None
     if options.config.log_format == "json":

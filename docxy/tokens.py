@@ -15,6 +15,7 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from .access_control import AccessGate
 from .cache.offline import answer_token
 from .challenge import rewrite_scope
 from .errors import RegistryError, not_found, unsupported_method, write_error
@@ -67,6 +68,7 @@ class TokenResource(Resource):
         mirror: Mirror,
         by_alias: bool = False,
         offline: bool = False,
+        gate: AccessGate | None = None,
     ) -> None:
         super().__init__()
         self.forwarder = forwarder
@@ -75,6 +77,8 @@ class TokenResource(Resource):
         self.by_alias = by_alias
         # With a cache: an offline token when the realm is unreachable.
         self.offline = offline
+        # With accounts on, Docxy's realm issues its own tokens instead.
+        self.gate = gate
 
     def render(self, request: Request) -> int:
         if request.postpath not in ([], [b""]):
@@ -104,6 +108,9 @@ class TokenResource(Resource):
             params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
         mirror, params = self._route(params)
         record(request, upstream=mirror.upstream.name)
+        if self.gate is not None and self.gate.accounts_on:
+            await self.gate.issue(request, mirror, params)
+            return
         try:
             realm = await mirror.realms.get()
         except NoTokenServiceError:

@@ -104,17 +104,23 @@ def test_systemd_port_without_socket_activation(
     assert "list index" not in str(info.value)
 
 
+def doubts(settings: dict[str, object]) -> list[str]:
+    """The start warnings but the open-relay one (its own tests are below)."""
+    warnings = start_warnings(build_config(settings))
+    return [w for w in warnings if not w.startswith("open relay")]
+
+
 def test_warning_for_a_defaulted_loopback_public_url() -> None:
-    (warning,) = start_warnings(build_config({}))
+    (warning,) = doubts({})
     assert "http://127.0.0.1:5000" in warning and "only clients on this host" in warning
-    assert start_warnings(build_config({"public-url": "https://m.example"})) == []
+    assert doubts({"public-url": "https://m.example"}) == []
 
 
 def test_warning_for_a_defaulted_acme_public_url_does_not_call_it_local(
     tmp_path: Path,
 ) -> None:
     port = f"acme:{tmp_path}:tcp:0:domains=docker.example.com"
-    (warning,) = start_warnings(build_config({"port": [port]}))
+    (warning,) = doubts({"port": [port]})
     assert "https://docker.example.com" in warning and "first domain" in warning
     assert "this host" not in warning
 
@@ -122,8 +128,29 @@ def test_warning_for_a_defaulted_acme_public_url_does_not_call_it_local(
 def test_http01_without_a_plain_listener_warns(tmp_path: Path) -> None:
     acme = f"acme:{tmp_path}:tcp:0:domains=m.example:challenge=http-01"
     public = {"public-url": "https://m.example"}
-    (warning,) = start_warnings(build_config({"port": [acme], **public}))
+    (warning,) = doubts({"port": [acme], **public})
     assert "challenge=http-01" in warning and "tcp:80" in warning
-    assert start_warnings(build_config({"port": [acme, "tcp:0"], **public})) == []
+    assert doubts({"port": [acme, "tcp:0"], **public}) == []
     alpn = f"acme:{tmp_path}:tcp:0:domains=m.example"
-    assert start_warnings(build_config({"port": [alpn], **public})) == []
+    assert doubts({"port": [alpn], **public}) == []
+
+
+@pytest.mark.parametrize(
+    ("port", "settings", "warned"),
+    [
+        ("tcp:5000", {}, True),
+        ("tcp6:5000:interface=\\:\\:", {"public-url": "http://m"}, True),
+        ("tcp:5000:interface=10.0.0.5", {}, True),
+        ("tcp:5000:interface=127.0.0.1", {}, False),
+        ("tcp6:5000:interface=\\:\\:1", {"public-url": "http://m"}, False),
+        ("unix:/run/docxy.sock", {"public-url": "http://127.0.0.1"}, False),
+        ("tcp:5000", {"allow": "10.0.0.0/8"}, False),
+        ("tcp:5000", {"anonymous": True}, False),
+    ],
+)
+def test_a_non_loopback_listener_without_access_control_is_an_open_relay(
+    port: str, settings: dict[str, object], warned: bool
+) -> None:
+    config = build_config({"port": [port], **settings})
+    relay = [w for w in start_warnings(config) if w.startswith("open relay")]
+    assert bool(relay) == warned, start_warnings(config)

@@ -1,0 +1,121 @@
+"""The tokens Docxy's own realm issues when accounts are on.
+
+Short, signed (HMAC-SHA256), expiring, and bound to the repositories they
+were granted for: a token for one repository opens no other. They are
+Docxy's alone: checked and removed as a request comes in
+(:mod:`docxy.access_control`), never sent upstream, where Docxy uses its
+own upstream tokens instead (:mod:`docxy.mirror_tokens`).
+
+The key is a file (``token-key-file``, by default ``token.key`` in the
+cache directory), created at first start: replicas given the same file
+accept each other's tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.internet.interfaces import IReactorTime
+
+PREFIX = "dxt1."
+KEY_BYTES = 32
+
+
+def is_client_token(authorization: bytes) -> bool:
+    """Whether an ``Authorization`` value carries a token of Docxy's realm."""
+    scheme, _, token = authorization.strip().partition(b" ")
+    return scheme.lower() == b"bearer" and token.strip().startswith(PREFIX.encode())
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who a valid token is for and which (upstream, repository) it opens."""
+
+    subject: str
+    repositories: frozenset[tuple[str, str]]
+    expires: float
+
+    def covers(self, upstream: str, name: str) -> bool:
+        return (upstream, name) in self.repositories
+
+
+class TokenSigner:
+    """Issues and verifies Docxy's tokens with one key."""
+
+    def __init__(self, key: bytes, clock: IReactorTime, lifetime: float) -> None:
+        if len(key) < KEY_BYTES:
+            raise ValueError("token key too short")
+        self._key = key
+        self.clock = clock
+        self.lifetime = lifetime
+
+    def issue(self, subject: str, repositories: set[tuple[str, str]]) -> str:
+        now = self.clock.seconds()
+        claims = {
+            "sub": subject,
+            "iat": int(now),
+            "exp": now + self.lifetime,
+            "acc": sorted([list(pair) for pair in repositories]),
+        }
+        body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        return f"{PREFIX}{body}.{_b64(self._sign(body))}"
+
+    def verify(self, token: str) -> Grant | None:
+        """The token's grant, or None: forged, damaged or expired."""
+        if not token.startswith(PREFIX):
+            return None
+        body, _, signature = token[len(PREFIX) :].partition(".")
+        try:
+            given = _unb64(signature)
+        except (binascii.Error, ValueError):
+            return None
+        if not hmac.compare_digest(given, self._sign(body)):
+            return None
+        try:
+            claims = json.loads(_unb64(body))
+            grant = Grant(
+                str(claims["sub"]),
+                frozenset((str(u), str(n)) for u, n in claims["acc"]),
+                float(claims["exp"]),
+            )
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return None
+        if grant.expires <= self.clock.seconds():
+            return None
+        return grant
+
+    def _sign(self, body: str) -> bytes:
+        message = (PREFIX + body).encode("ascii", "replace")
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The signing key in ``path`` (hex), created (mode 0600) if missing."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        text = path.read_text(encoding="ascii").strip()
+        key = bytes.fromhex(text)
+        if len(key) < KEY_BYTES:
+            raise ValueError(f"{path}: fewer than {KEY_BYTES} bytes of hex") from None
+        return key
+    key = secrets.token_bytes(KEY_BYTES)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key.hex() + "\n")
+    return key
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -1,0 +1,70 @@
+"""The mirror's own accounts: an htpasswd file of bcrypt hashes.
+
+``htpasswd -B`` writes it (Apache's tool, or distribution's own ``auth``
+file format). Only bcrypt is accepted: the older htpasswd hashes (MD5-crypt,
+SHA-1, crypt) are too cheap to guess. Passwords are checked by the
+maintained ``bcrypt`` library in a thread (a bcrypt check takes tens of
+milliseconds, too long for the reactor), and an unknown user costs the same
+as a wrong password, so response times do not tell which users exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bcrypt
+from twisted.internet import threads
+
+from .config_values import ConfigError
+
+_BCRYPT_PREFIXES = (b"$2a$", b"$2b$", b"$2y$")
+# Checked for unknown users so that they take as long as known ones.
+_DUMMY = bcrypt.hashpw(b"docxy-no-such-user", bcrypt.gensalt(rounds=10))
+
+
+class Accounts:
+    """Users and their bcrypt hashes, read once at start."""
+
+    def __init__(self, hashes: dict[str, bytes]) -> None:
+        self._hashes = hashes
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    @classmethod
+    def load(cls, path: Path) -> Accounts:
+        """Raises ConfigError (one line, no hash in it) for a bad file."""
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as e:
+            raise ConfigError(
+                f"htpasswd: cannot read {str(path)!r}: {e.strerror}"
+            ) from None
+        hashes: dict[str, bytes] = {}
+        for number, raw in enumerate(lines, 1):
+            line = raw.strip()
+            if not line or line.startswith(b"#"):
+                continue
+            user, sep, hashed = line.partition(b":")
+            if not sep or not user or not hashed.startswith(_BCRYPT_PREFIXES):
+                raise ConfigError(
+                    f"htpasswd: line {number} of {str(path)!r} is not user:bcrypt-hash "
+                    "(create entries with htpasswd -B)"
+                )
+            hashes[user.decode("utf-8", "replace")] = hashed
+        if not hashes:
+            raise ConfigError(f"htpasswd: {str(path)!r} has no accounts")
+        return cls(hashes)
+
+    def check_now(self, user: str, password: str) -> bool:
+        """Whether ``password`` is ``user``'s (blocking: call it in a thread)."""
+        hashed = self._hashes.get(user)
+        try:
+            ok = bcrypt.checkpw(password.encode("utf-8"), hashed or _DUMMY)
+        except ValueError:
+            return False
+        return ok and hashed is not None
+
+    async def check(self, user: str, password: str) -> bool:
+        result: bool = await threads.deferToThread(self.check_now, user, password)
+        return result

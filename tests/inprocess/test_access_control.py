@@ -1,0 +1,231 @@
+"""Who may use the mirror: allow-lists, Docxy's accounts and tokens, a rate
+per client, against a scripted upstream over real loopback sockets."""
+
+from __future__ import annotations
+
+import base64
+import json
+from io import BytesIO
+from pathlib import Path
+
+import bcrypt
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request
+
+from .harness import FakeUpstream, Harness, Reply, start
+
+MANIFEST = b'{"schemaVersion":2}'
+
+
+def serve_manifest(request: Request) -> bytes:
+    request.setHeader(b"content-type", b"application/vnd.oci.image.manifest.v1+json")
+    return MANIFEST
+
+
+def open_upstream() -> FakeUpstream:
+    """A registry without a token service: /v2/ is open."""
+    upstream = FakeUpstream()
+    upstream.routes[b"/v2/"] = lambda request: b"{}"
+    for name in (b"app", b"other"):
+        upstream.routes[b"/v2/library/" + name + b"/manifests/1"] = serve_manifest
+    return upstream
+
+
+@pytest.fixture
+def htpasswd(tmp_path: Path) -> Path:
+    path = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4)).decode()
+    path.write_text(f"# mirror users\nalice:{hashed}\n")
+    return path
+
+
+def basic(user: str, password: str) -> dict[bytes, list[bytes]]:
+    pair = base64.b64encode(f"{user}:{password}".encode())
+    return {b"authorization": [b"Basic " + pair]}
+
+
+def bearer(token: str) -> dict[bytes, list[bytes]]:
+    return {b"authorization": [f"Bearer {token}".encode()]}
+
+
+def error_of(reply: Reply) -> dict[str, object]:
+    entry: dict[str, object] = json.loads(reply.body)["errors"][0]
+    assert set(entry) == {"code", "message", "detail"}
+    return entry
+
+
+def challenge_of(reply: Reply) -> bytes:
+    values = reply.headers.getRawHeaders(b"www-authenticate") or [b""]
+    return values[0]
+
+
+async def from_address(docxy: Harness, source: str, path: str) -> Reply:
+    agent = Agent(reactor, bindAddress=(source, 0))
+    response = await agent.request(b"GET", (docxy.url + path).encode(), Headers())
+    body = await readBody(response)
+    return Reply(response.code, response.headers, body, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_allow_list_refuses_other_addresses_in_the_envelope() -> None:
+    upstream = open_upstream()
+    docxy = await start(upstream, {"allow": ["127.0.0.1/32", "fd00::/8"]})
+    try:
+        refused = await from_address(docxy, "127.0.0.2", "/v2/app/manifests/1")
+        assert refused.code == 403
+        assert error_of(refused)["code"] == "DENIED"
+        health = await from_address(docxy, "127.0.0.2", "/health")
+        assert health.code == 200  # probes stay open
+        served = await from_address(docxy, "127.0.0.1", "/v2/app/manifests/1")
+        assert served.code == 200 and served.body == MANIFEST
+    finally:
+        await docxy.stop()
+    assert len(upstream.seen) == 1  # the refused request cost upstream nothing
+
+
+@pytest_twisted.ensureDeferred
+async def test_x_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
+    upstream = open_upstream()
+    docxy = await start(
+        upstream, {"allow": ["10.1.0.0/16"], "trusted-proxies": ["127.0.0.1"]}
+    )
+    try:
+        inside = {b"x-forwarded-for": [b"192.0.2.9, 10.1.2.3"]}
+        reply = await docxy.request(b"GET", "/v2/app/manifests/1", inside)
+        assert reply.code == 200
+        outside = {b"x-forwarded-for": [b"10.1.2.3, 192.0.2.9"]}
+        reply = await docxy.request(b"GET", "/v2/app/manifests/1", outside)
+        assert reply.code == 403
+        assert error_of(reply)["detail"] == {"address": "192.0.2.9"}
+    finally:
+        await docxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_untrusted_peer_cannot_claim_an_address() -> None:
+    upstream = open_upstream()
+    docxy = await start(upstream, {"allow": ["10.1.0.0/16"]})
+    try:
+        claimed = {b"x-forwarded-for": [b"10.1.2.3"]}
+        reply = await docxy.request(b"GET", "/v2/app/manifests/1", claimed)
+        assert reply.code == 403
+    finally:
+        await docxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_log_in_get_docxys_token_bound_to_the_repository(
+    htpasswd: Path,
+) -> None:
+    upstream = open_upstream()
+    docxy = await start(upstream, {"htpasswd": str(htpasswd)})
+    try:
+        ping = await docxy.request(b"GET", "/v2/")
+        assert ping.code == 401
+        challenge = ping.headers.getRawHeaders(b"www-authenticate")
+        assert challenge == [
+            b'Bearer realm="https://mirror.example/auth/token",service="docxy"'
+        ]
+        repo = await docxy.request(b"GET", "/v2/app/manifests/1")
+        assert repo.code == 401
+        assert b'scope="repository:app:pull"' in challenge_of(repo)
+        assert error_of(repo)["code"] == "UNAUTHORIZED"
+
+        path = "/auth/token?service=docxy&scope=repository:app:pull"
+        missing = await docxy.request(b"GET", path)
+        assert missing.code == 401
+        assert missing.headers.getRawHeaders(b"www-authenticate") == [
+            b'Basic realm="docxy"'
+        ]
+        wrong = await docxy.request(b"GET", path, basic("alice", "wrong"))
+        assert wrong.code == 401
+        nobody = await docxy.request(b"GET", path, basic("mallory", "right"))
+        assert nobody.code == 401
+
+        granted = await docxy.request(b"GET", path, basic("alice", "right"))
+        assert granted.code == 200
+        token = json.loads(granted.body)["token"]
+        assert (await docxy.request(b"GET", "/v2/", bearer(token))).code == 200
+        reply = await docxy.request(b"GET", "/v2/app/manifests/1", bearer(token))
+        assert reply.code == 200 and reply.body == MANIFEST
+        other = await docxy.request(b"GET", "/v2/other/manifests/1", bearer(token))
+        assert other.code == 401
+        assert b'error="insufficient_scope"' in challenge_of(other)
+        forged = await docxy.request(
+            b"GET", "/v2/app/manifests/1", bearer(token[:-4] + "AAAA")
+        )
+        assert forged.code == 401
+    finally:
+        await docxy.stop()
+    # Neither the client's password nor Docxy's token ever went upstream.
+    for seen in upstream.seen:
+        assert not seen.headers.hasHeader(b"authorization"), seen.uri
+    assert [s.uri for s in upstream.seen if b"manifests" in s.uri] == [
+        b"/v2/library/app/manifests/1"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_oauth_password_grant_as_containerd_posts_it(htpasswd: Path) -> None:
+    upstream = open_upstream()
+    docxy = await start(upstream, {"htpasswd": str(htpasswd)})
+    try:
+        form = (
+            b"grant_type=password&username=alice&password=right&service=docxy"
+            b"&scope=repository%3Aapp%3Apull&client_id=ctr"
+        )
+        agent = Agent(reactor)
+        response = await agent.request(
+            b"POST",
+            (docxy.url + "/auth/token").encode(),
+            Headers({b"content-type": [b"application/x-www-form-urlencoded"]}),
+            FileBodyProducer(BytesIO(form)),
+        )
+        body = await readBody(response)
+        assert response.code == 200, body
+        token = json.loads(body)["access_token"]
+        reply = await docxy.request(b"GET", "/v2/app/manifests/1", bearer(token))
+        assert reply.code == 200
+    finally:
+        await docxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_anonymous_true_lets_clients_without_an_account_pull(
+    htpasswd: Path,
+) -> None:
+    upstream = open_upstream()
+    docxy = await start(upstream, {"htpasswd": str(htpasswd), "anonymous": True})
+    try:
+        token = await docxy.request(b"GET", "/auth/token?scope=repository:app:pull")
+        assert token.code == 200
+        reply = await docxy.request(b"GET", "/v2/app/manifests/1")
+        assert reply.code == 200
+        wrong = await docxy.request(b"GET", "/auth/token", basic("alice", "wrong"))
+        assert wrong.code == 401
+    finally:
+        await docxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_greedy_client_gets_429_with_retry_after() -> None:
+    upstream = open_upstream()
+    docxy = await start(upstream, {"client-rate": "0.01", "client-burst": "2"})
+    try:
+        codes = [
+            (await docxy.request(b"GET", "/v2/app/manifests/1")).code for _ in range(2)
+        ]
+        assert codes == [200, 200]
+        third = await docxy.request(b"GET", "/v2/app/manifests/1")
+        assert third.code == 429
+        assert error_of(third)["code"] == "TOOMANYREQUESTS"
+        retry = third.headers.getRawHeaders(b"retry-after")
+        assert retry is not None and int(retry[0]) > 0
+        other = await from_address(docxy, "127.0.0.2", "/v2/app/manifests/1")
+        assert other.code == 200  # another client has its own bucket
+    finally:
+        await docxy.stop()
