@@ -4,11 +4,31 @@ clients: the mirror's upstream account, Docxy's own accounts, allow-lists."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import bcrypt
+import pytest
+
 from tests.conftest import DocxyFactory
-from tests.support.registry import Upstream
-from tests.support.skopeo import skopeo_pull
+from tests.support.clients import (
+    CONTAINERD,
+    CTR,
+    DOCKER_CLI,
+    DOCKERD,
+    PODMAN,
+    Containerd,
+    Dockerd,
+    Podman,
+)
+from tests.support.daemons import running
+from tests.support.docxy import Docxy
+from tests.support.registry import Upstream, basic_auth, challenge, fetch
+from tests.support.skopeo import assert_pulled, skopeo_pull
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the daemons need root")
 
 PRIVATE = "private/secret:1"
 
@@ -42,3 +62,175 @@ def test_anonymous_clients_pull_private_images_of_the_mirrors_account(
     log = docxy.log_text()
     assert base64.b64encode(b"alice:secret").decode() not in log
     assert "account alice" in log
+
+
+# --- Docxy's own accounts, with real clients ---------------------------------
+
+MIRROR_USER, MIRROR_PASSWORD = "carol", "mirror-pass"
+
+
+@pytest.fixture(scope="module")
+def accounts_docxy(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Docxy]:
+    """Docxy with an htpasswd (carol) and alice's account upstream.
+
+    carol is no user of the upstream: a pull only works if Docxy checked her
+    at its own realm and pulled with its own upstream tokens.
+    """
+    workdir = tmp_path_factory.mktemp("accounts")
+    htpasswd = workdir / "htpasswd"
+    hashed = bcrypt.hashpw(MIRROR_PASSWORD.encode(), bcrypt.gensalt(rounds=4))
+    htpasswd.write_text(f"{MIRROR_USER}:{hashed.decode()}\n")
+    docxy = Docxy(
+        upstream.url,
+        workdir / "docxy.log",
+        [
+            "--htpasswd",
+            str(htpasswd),
+            "--upstream-username",
+            "alice",
+            "--upstream-password-file",
+            str(password_file(workdir)),
+            "--token-key-file",
+            str(workdir / "token.key"),
+        ],
+    )
+    try:
+        yield docxy
+    finally:
+        docxy.stop()
+
+
+def mirror_auth_file(directory: Path, hostport: str, password: str) -> None:
+    """The auth file skopeo reads (REGISTRY_AUTH_FILE of skopeo_env)."""
+    home = directory / "skopeo-home"
+    home.mkdir(parents=True, exist_ok=True)
+    pair = base64.b64encode(f"{MIRROR_USER}:{password}".encode()).decode()
+    (home / "auth.json").write_text(json.dumps({"auths": {hostport: {"auth": pair}}}))
+
+
+def test_skopeo_pulls_with_its_mirror_account_from_the_auth_file(
+    accounts_docxy: Docxy, upstream: Upstream, tmp_path: Path
+) -> None:
+    image = upstream.images[PRIVATE]
+    mirror_auth_file(tmp_path / "ok", accounts_docxy.hostport, MIRROR_PASSWORD)
+    skopeo_pull(accounts_docxy.hostport, PRIVATE, tmp_path / "ok" / "out")
+    assert_pulled(tmp_path / "ok" / "out", image.blobs, image.digest)
+    log = accounts_docxy.log_text()
+    assert MIRROR_PASSWORD not in log
+    assert base64.b64encode(b"alice:secret").decode() not in log
+
+
+@pytest.mark.parametrize("password", [None, "wrong"])
+def test_skopeo_without_the_right_mirror_password_is_refused(
+    accounts_docxy: Docxy, tmp_path: Path, password: str | None
+) -> None:
+    if password is not None:
+        mirror_auth_file(tmp_path, accounts_docxy.hostport, password)
+    result = skopeo_pull(
+        accounts_docxy.hostport, PRIVATE, tmp_path / "out", check=False
+    )
+    assert result.returncode != 0
+    assert "401" in result.stderr or "unauthorized" in result.stderr.lower(), (
+        result.stderr
+    )
+
+
+def test_wrong_or_missing_credentials_get_401_with_a_challenge(
+    accounts_docxy: Docxy,
+) -> None:
+    reply = fetch(f"{accounts_docxy.url}/v2/private/secret/manifests/1")
+    assert reply.status == 401
+    assert challenge(reply)["realm"] == f"{accounts_docxy.url}/auth/docker.io/token"
+    assert reply.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    token = fetch(
+        f"{accounts_docxy.url}/auth/token?scope=repository:private/secret:pull",
+        headers={"Authorization": basic_auth(MIRROR_USER, "wrong")},
+    )
+    assert token.status == 401
+    assert token.header("www-authenticate") == 'Basic realm="docxy"'
+
+
+@pytest.fixture(scope="module")
+def podman(
+    accounts_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Podman]:
+    yield from running(
+        tmp_path_factory,
+        "pod-acc",
+        (PODMAN,),
+        lambda base: Podman(base, accounts_docxy.hostport),
+    )
+
+
+@needs_root
+def test_podman_pulls_with_the_auth_file_entry_for_the_mirror(
+    podman: Podman, accounts_docxy: Docxy, upstream: Upstream
+) -> None:
+    image = upstream.images[PRIVATE]
+    podman.set_credentials(accounts_docxy.hostport, None)
+    denied = podman.pull(f"docker.io/{PRIVATE}", check=False)
+    assert denied.returncode != 0
+    podman.set_credentials(accounts_docxy.hostport, MIRROR_USER, MIRROR_PASSWORD)
+    try:
+        podman.pull(f"docker.io/{PRIVATE}")
+    finally:
+        podman.set_credentials(accounts_docxy.hostport, None)
+    assert image.digest in json.dumps(podman.inspect(f"docker.io/{PRIVATE}"))
+
+
+@pytest.fixture(scope="module")
+def containerd(
+    accounts_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Containerd]:
+    def start(base: Path) -> Containerd:
+        daemon = Containerd(base)
+        daemon.set_mirror(accounts_docxy.url)
+        return daemon
+
+    yield from running(
+        tmp_path_factory, "ctr-acc", (CONTAINERD, CTR), start
+    )
+
+
+@needs_root
+def test_containerd_ctr_pulls_with_user_through_hosts_toml(
+    containerd: Containerd, upstream: Upstream
+) -> None:
+    image = upstream.images[PRIVATE]
+    denied = containerd.pull("accounts", f"docker.io/{PRIVATE}", check=False)
+    assert denied.returncode != 0
+    containerd.pull(
+        "accounts", f"docker.io/{PRIVATE}", user=f"{MIRROR_USER}:{MIRROR_PASSWORD}"
+    )
+    assert containerd.image_digest("accounts", f"docker.io/{PRIVATE}") == image.digest
+
+
+@pytest.fixture(scope="module")
+def dockerd(
+    accounts_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dockerd]:
+    yield from running(
+        tmp_path_factory,
+        "dkr-acc",
+        (DOCKERD, DOCKER_CLI),
+        lambda base: Dockerd(base, [accounts_docxy.url]),
+    )
+
+
+@needs_root
+def test_dockerd_pulls_with_the_mirror_account_as_its_hub_login(
+    dockerd: Dockerd, upstream: Upstream
+) -> None:
+    image = upstream.images[PRIVATE]
+    dockerd.remove(PRIVATE)
+    try:
+        dockerd.set_hub_credentials(MIRROR_USER, "wrong")
+        denied = dockerd.pull(PRIVATE, check=False)
+        assert denied.returncode != 0
+        dockerd.set_hub_credentials(MIRROR_USER, MIRROR_PASSWORD)
+        dockerd.pull(PRIVATE)
+    finally:
+        dockerd.set_hub_credentials(None)
+    assert image.digest in json.dumps(dockerd.inspect(PRIVATE)["RepoDigests"])
