@@ -189,9 +189,7 @@ def containerd(
         daemon.set_mirror(accounts_docxy.url)
         return daemon
 
-    yield from running(
-        tmp_path_factory, "ctr-acc", (CONTAINERD, CTR), start
-    )
+    yield from running(tmp_path_factory, "ctr-acc", (CONTAINERD, CTR), start)
 
 
 @needs_root
