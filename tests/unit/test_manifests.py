@@ -47,7 +47,7 @@ def pod_specs() -> dict[str, dict[str, Any]]:
     specs = {}
     for path in MANIFESTS:
         for doc in documents(path):
-            if doc["kind"] in ("Deployment", "DaemonSet"):
+            if doc["kind"] in ("Deployment", "DaemonSet", "StatefulSet"):
                 specs[doc["metadata"]["name"]] = doc["spec"]["template"]["spec"]
     return specs
 
@@ -65,8 +65,10 @@ def test_there_are_manifests_and_kustomizations() -> None:
         "Deployment",
         "Service",
         "PersistentVolumeClaim",
+        "StatefulSet",
+        "Ingress",
     } <= kinds
-    assert len(KUSTOMIZATIONS) == 4
+    assert len(KUSTOMIZATIONS) == 5
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -105,7 +107,7 @@ def test_top_kustomization_holds_every_manifest() -> None:
 
 def test_every_pod_is_non_root_without_service_links() -> None:
     specs = pod_specs()
-    assert set(specs) == {"docxy", "docxy-node"}
+    assert set(specs) == {"docxy", "docxy-node", "docxy-replica"}
     for name, spec in specs.items():
         # A Service "docxy" would define DOCXY_PORT=tcp://... (see
         # docxy/environment.py): Docxy would refuse to start.
@@ -122,7 +124,11 @@ def test_every_pod_is_non_root_without_service_links() -> None:
 
 @pytest.mark.parametrize(
     ("workload", "configmap"),
-    [("docxy", "cluster/configmap.yaml"), ("docxy-node", "node-local/configmap.yaml")],
+    [
+        ("docxy", "cluster/configmap.yaml"),
+        ("docxy-node", "node-local/configmap.yaml"),
+        ("docxy-replica", "replicas/configmap.yaml"),
+    ],
 )
 def test_the_pod_waits_longer_than_docxys_shutdown(
     workload: str, configmap: str
@@ -138,6 +144,7 @@ def test_shipped_configurations_load(tmp_path: Path) -> None:
         "image": (REPO / "deploy" / "image" / "docxy.toml").read_text(),
         "cluster": one("cluster/configmap.yaml")["data"]["docxy.toml"],
         "node-local": one("node-local/configmap.yaml")["data"]["docxy.toml"],
+        "replicas": one("replicas/configmap.yaml")["data"]["docxy.toml"],
     }
     for name, text in texts.items():
         path = tmp_path / f"{name}.toml"
@@ -221,3 +228,37 @@ def test_node_local_hosts_toml_for_every_preset() -> None:
     assert volumes["cache"]["hostPath"]["path"] == "/var/cache/docxy"
     (init,) = spec["initContainers"]
     assert "hosts.toml" in init["command"][-1]
+
+
+def test_replicas_share_the_ingress_url_and_each_has_its_own_volume() -> None:
+    """Digest-affine replicas: one public-url (the Ingress's host, so a token
+    from any replica's realm is good everywhere), a hash over the path
+    without the query string, and a cache volume per replica."""
+    settings = docxy_toml("replicas/configmap.yaml")
+    ingress = one("replicas/ingress.yaml")
+    (rule,) = ingress["spec"]["rules"]
+    assert settings["public-url"] == f"http://{rule['host']}"
+    annotations = ingress["metadata"]["annotations"]
+    key = annotations["nginx.ingress.kubernetes.io/upstream-hash-by"]
+    assert key == "$uri"  # not $request_uri: ?ns= must not scatter a blob
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    (path,) = rule["http"]["paths"]
+    service = one("replicas/service.yaml")
+    assert path["backend"]["service"]["name"] == service["metadata"]["name"]
+    assert path["backend"]["service"]["port"]["name"] == "http"
+
+    statefulset = one("replicas/statefulset.yaml")
+    spec = statefulset["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    labels = spec["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    (container,) = spec["template"]["spec"]["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == settings["cache-dir"]
+    volumes = {v["name"] for v in spec["template"]["spec"]["volumes"]}
+    assert claim["metadata"]["name"] not in volumes  # one claim per replica
+    assert settings["port"] == [f"tcp:{container['ports'][0]['containerPort']}"]
