@@ -28,9 +28,16 @@ _OWN = frozenset({ANONYMOUS_TOKEN.encode(), OFFLINE_TOKEN.encode()})
 
 
 def is_own_token(authorization: bytes) -> bool:
-    """Whether an ``Authorization`` value carries one of Docxy's own tokens."""
+    """Whether an ``Authorization`` value carries one of Docxy's own tokens.
+
+    An offline token may say whose it is (``docxy-offline.<who>.<mac>``,
+    see :mod:`docxy.cache.offline`): the cache reads that, nothing else.
+    """
     scheme, _, token = authorization.strip().partition(b" ")
-    return scheme.lower() == b"bearer" and token.strip() in _OWN
+    token = token.strip()
+    return scheme.lower() == b"bearer" and (
+        token in _OWN or token.startswith(OFFLINE_TOKEN.encode() + b".")
+    )
 
 
 def write_token(request: Request, token: str, expires_in: int) -> None:

@@ -8,6 +8,7 @@ Configuration can pin both instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -58,6 +59,8 @@ class RealmDirectory:
         self._discovery: SingleFlight[None, TokenRealm] = SingleFlight(
             what="token realm discovery"
         )
+        # Called with each newly seen realm (the cache keeps it for restarts).
+        self.on_change: Callable[[TokenRealm], None] | None = None
 
     def observe(self, challenge: Challenge) -> None:
         """Remember the realm of a challenge the upstream just sent."""
@@ -66,9 +69,16 @@ class RealmDirectory:
         realm = challenge.get("realm")
         if realm and self._acceptable(realm):
             self._open_at = None
-            self._current = TokenRealm(
-                realm, self._service_override or challenge.get("service")
-            )
+            seen = TokenRealm(realm, self._service_override or challenge.get("service"))
+            if seen != self._current:
+                self._current = seen
+                if self.on_change is not None:
+                    self.on_change(seen)
+
+    def restore(self, realm: TokenRealm) -> None:
+        """The realm seen before a restart, until the upstream names another."""
+        if self._current is None and self._acceptable(realm.url):
+            self._current = realm
 
     @property
     def known(self) -> TokenRealm | None:

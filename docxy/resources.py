@@ -77,7 +77,7 @@ class RootResource(Resource):
         )
         auth = NotFoundResource()
         # The mirror-wide realm (named by /v2/ pings): routes by alias too.
-        offline = cache is not None
+        offline = cache.tokens if cache is not None else None
         auth.putChild(
             b"token",
             TokenResource(

@@ -119,6 +119,7 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
             client,
             reactor,
             config.idle_timeout,
+            mirrors,
         )
         metrics.watch_cache(cache)
         readiness.health = cache.blobs.health

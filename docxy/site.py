@@ -35,6 +35,7 @@ class DocxyRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.notes: dict[str, object] = {}
+        self.own_token: bytes | None = None
         self._started = time.monotonic()
 
     def process(self) -> None:
@@ -46,7 +47,9 @@ class DocxyRequest(Request):
         # Docxy's own tokens grant nothing: from here on the request is
         # anonymous, and they never reach an upstream.
         values = self.requestHeaders.getRawHeaders(b"authorization", [])
-        if any(is_own_token(value) for value in values):
+        own = [value for value in values if is_own_token(value)]
+        if own:
+            self.own_token = own[0]  # for the cache: an offline token says who
             self.requestHeaders.removeHeader(b"authorization")
         self.notifyFinish().addBoth(self._log_access)
         super().process()

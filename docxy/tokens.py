@@ -8,6 +8,7 @@ forced, scopes translated to upstream naming, and the client's credentials.
 
 from __future__ import annotations
 
+import json
 from io import BytesIO
 from urllib.parse import parse_qsl, urlencode
 
@@ -16,21 +17,25 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .access_control import AccessGate
-from .cache.offline import answer_token
+from .cache.offline import TokenBook, answer_token
 from .challenge import rewrite_scope
 from .errors import RegistryError, not_found, unsupported_method, write_error
 from .forward import Forwarder
-from .headers import upstream_request_headers
+from .headers import relayed_response_headers, upstream_request_headers
 from .notes import record
 from .own_tokens import ANONYMOUS_TOKEN, write_token
+from .ratelimit import is_unavailable, unavailable
 from .realm import NoTokenServiceError
 from .relay import Exchange, Reissue
 from .routing import Mirror, Router
-from .upstream_client import UpstreamError
+from .upstream_client import UpstreamError, read_small_body
 
 TOKEN_METHODS = (b"GET", b"POST")
 MAX_TOKEN_FORM = 64 * 1024
 ANONYMOUS_TOKEN_LIFETIME = 300
+MAX_TOKEN_ANSWER = 64 * 1024
+# A token answer without expires_in lasts 60 s (the distribution spec).
+DEFAULT_TOKEN_LIFETIME = 60.0
 
 
 def token_params(
@@ -67,7 +72,7 @@ class TokenResource(Resource):
         router: Router,
         mirror: Mirror,
         by_alias: bool = False,
-        offline: bool = False,
+        offline: TokenBook | None = None,
         gate: AccessGate | None = None,
     ) -> None:
         super().__init__()
@@ -75,7 +80,8 @@ class TokenResource(Resource):
         self.router = router
         self.mirror = mirror
         self.by_alias = by_alias
-        # With a cache: an offline token when the realm is unreachable.
+        # With a cache: an offline token when the realm is unreachable (or
+        # rate-limiting), and a note of who asked for each upstream token.
         self.offline = offline
         # With accounts on, Docxy's realm issues its own tokens instead.
         self.gate = gate
@@ -93,19 +99,26 @@ class TokenResource(Resource):
         return NOT_DONE_YET
 
     async def _token_or_offline(self, request: Request) -> None:
-        try:
-            await self._token(request)
-        except UpstreamError:
-            if not self.offline or request.startedWriting:
-                raise
-            answer_token(request)
-
-    async def _token(self, request: Request) -> None:
         if request.method == b"POST":
             params = _form(request)
         else:
             _, _, query = request.uri.partition(b"?")
             params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        principal = None
+        if self.offline is not None:
+            principal = self.offline.principal(
+                request.getHeader(b"authorization"), params
+            )
+        try:
+            await self._token(request, params, principal)
+        except UpstreamError:
+            if self.offline is None or request.startedWriting:
+                raise
+            answer_token(request, self.offline.offline_token(principal))
+
+    async def _token(
+        self, request: Request, params: list[tuple[str, str]], principal: str | None
+    ) -> None:
         mirror, params = self._route(params)
         record(request, upstream=mirror.upstream.name)
         if self.gate is not None and self.gate.accounts_on:
@@ -135,7 +148,30 @@ class TokenResource(Resource):
             sep = "&" if "?" in realm.url else "?"
             url = f"{realm.url}{sep}{urlencode(params)}"
             exchange = Exchange(b"GET", url, headers, challenges=reissue)
-        await self.forwarder.relay.relay(request, exchange)
+        if self.offline is None:
+            await self.forwarder.relay.relay(request, exchange)
+            return
+        relay = self.forwarder.relay
+        answer = await relay.client.request(
+            exchange.method, exchange.url, exchange.headers, exchange.body
+        )
+        response = answer.response
+        if is_unavailable(response.code):
+            raise await unavailable(response)
+        if response.code != 200 or principal is None:
+            await relay.answer(request, exchange, answer)
+            return
+        issued = await read_small_body(response, MAX_TOKEN_ANSWER)
+        token, expires_in = _issued(issued)
+        if token is not None:
+            self.offline.issued(token, principal, expires_in)
+        record(request, upstream_status=200)
+        request.setResponseCode(200)
+        for name, values in relayed_response_headers(response.headers):
+            request.responseHeaders.setRawHeaders(name, values)
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(issued)])
+        request.write(issued)
+        request.finish()
 
     def _route(
         self, params: list[tuple[str, str]]
@@ -146,6 +182,17 @@ class TokenResource(Resource):
         )
         it = iter(translated)
         return mirror, [(k, next(it) if k == "scope" else v) for k, v in params]
+
+
+def _issued(body: bytes) -> tuple[str | None, float]:
+    """The token of a token service's answer, and its lifetime in seconds."""
+    try:
+        document = json.loads(body)
+        token = document.get("token") or document.get("access_token")
+        expires_in = float(document.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+    except (ValueError, AttributeError, TypeError):
+        return None, 0.0
+    return (token if isinstance(token, str) else None), expires_in
 
 
 def _form(request: Request) -> list[tuple[str, str]]:

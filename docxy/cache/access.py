@@ -11,25 +11,24 @@ does not count HEADs against the pull limit).
   every client for ``ttl`` seconds without asking again.
 - Else with the client's own credentials. A yes is remembered for ``ttl``
   seconds per (upstream, repository, digest, credential); the credential is
-  kept only as a SHA-256 of its ``Authorization`` header.
+  kept only as keyed hashes (:mod:`docxy.cache.evidence`).
 
-When the upstream cannot be reached, an expired yes is the best evidence
-there is: :meth:`AccessChecker.remembered` lets stale serving use it.
+When the upstream cannot be reached, or answers the check 429 or 5xx, an
+expired yes is the best evidence there is: :meth:`AccessChecker.remembered`
+lets stale serving use it, after a restart too (:mod:`docxy.cache.ledger`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
+from twisted.web.server import Request
 
 from ..oci import USER_AGENT
 from ..ratelimit import is_unavailable, unavailable
@@ -40,6 +39,7 @@ from ..upstream_client import (
     discard_body,
     read_small_body,
 )
+from .evidence import Evidence, Who
 from .manifest_store import ALL_MANIFEST_TYPES
 
 if TYPE_CHECKING:
@@ -47,85 +47,38 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-MAX_REMEMBERED = 100_000
-
-Key = tuple[str, str, str, str]
 Repo = tuple[str, str]
 
 
-def credential_id(authorization: bytes | None) -> str:
-    if not authorization:
-        return "-"
-    return hashlib.sha256(authorization).hexdigest()
-
-
 class AccessChecker:
-    """Three kinds of evidence, each from the upstream itself:
+    """Asks the upstream, and keeps what it answered as :class:`Evidence`."""
 
-    - a repository is public (an anonymous client may pull from it);
-    - a digest belongs to a repository (the upstream served it under it);
-    - a credential may have a digest of a repository.
-
-    Public repository + member digest = anyone may have it. Entries expire
-    after ``ttl`` for serving, but stay (bounded) as evidence for outages.
-    """
-
-    def __init__(self, client: UpstreamClient, clock: IReactorTime, ttl: float) -> None:
+    def __init__(self, client: UpstreamClient, evidence: Evidence) -> None:
         self.client = client
-        self.clock = clock
-        self.ttl = ttl
-        self._yes: OrderedDict[Key, float] = OrderedDict()
-        self._public: OrderedDict[Repo, float] = OrderedDict()
-        self._members: OrderedDict[Key, None] = OrderedDict()
+        self.evidence = evidence
         self._probing: set[Repo] = set()
 
-    def remember(
-        self, upstream: str, repo: str, digest: str, authorization: bytes | None
-    ) -> None:
-        """The upstream just gave this content to this credential."""
-        _put(
-            self._yes,
-            (upstream, repo, digest, credential_id(authorization)),
-            self._expiry(),
-        )
-        _put(self._members, (upstream, repo, digest, ""), None)
+    def who(self, request: Request) -> Who:
+        return self.evidence.who(request)
 
-    def _expiry(self) -> float:
-        return self.clock.seconds() + self.ttl
+    def remember(self, upstream: str, repo: str, digest: str, who: Who) -> None:
+        """The upstream just gave this content to this client."""
+        self.evidence.granted(upstream, repo, digest, who)
 
-    def _fresh(self, table: OrderedDict[Any, float], key: Any) -> bool:
-        expiry = table.get(key)
-        return expiry is not None and expiry >= self.clock.seconds()
-
-    def _public_member(
-        self, upstream: str, repo: str, digest: str, fresh: bool
-    ) -> bool:
-        if (upstream, repo, digest, "") not in self._members:
-            return False
-        if fresh:
-            return self._fresh(self._public, (upstream, repo))
-        return (upstream, repo) in self._public
-
-    def remembered(
-        self, upstream: str, repo: str, digest: str, authorization: bytes | None
-    ) -> bool:
-        """Was this ever allowed (public, or this credential), however long ago?"""
-        own = (upstream, repo, digest, credential_id(authorization))
-        return own in self._yes or self._public_member(upstream, repo, digest, False)
+    def remembered(self, upstream: str, repo: str, digest: str, who: Who) -> bool:
+        """Was this ever allowed (public, or this client), however long ago?"""
+        return self.evidence.remembered(upstream, repo, digest, who)
 
     async def allowed(
         self,
         mirror: Mirror,
         repo: str,
         digest: str,
-        authorization: bytes | None,
+        who: Who,
         kind: str = "blobs",
     ) -> bool:
         upstream = mirror.upstream.name
-        own = (upstream, repo, digest, credential_id(authorization))
-        if self._fresh(self._yes, own) or self._public_member(
-            upstream, repo, digest, True
-        ):
+        if self.evidence.fresh(upstream, repo, digest, who):
             return True
         path = mirror.content_url(repo, kind, digest)
         accept = ALL_MANIFEST_TYPES if kind == "manifests" else None
@@ -135,11 +88,12 @@ class AccessChecker:
         except UpstreamError as e:
             anyone, unreachable = False, e  # the client's own credentials decide
         if anyone:
-            _put(self._public, (upstream, repo), self._expiry())
-            _put(self._members, (upstream, repo, digest, ""), None)
+            self.evidence.public(upstream, repo)
+            self.evidence.member(upstream, repo, digest)
             return True
+        authorization = who.authorization
         if authorization and await self._head(path, authorization, accept):
-            self.remember(upstream, repo, digest, authorization)
+            self.remember(upstream, repo, digest, who)
             return True
         if unreachable is not None:
             # Not a no: whether it is public is unknown; evidence decides.
@@ -155,7 +109,7 @@ class AccessChecker:
         Once per repository and ``ttl``.
         """
         key = (mirror.upstream.name, repo)
-        if self._fresh(self._public, key) or key in self._probing:
+        if self.evidence.public_fresh(*key) or key in self._probing:
             return
         self._probing.add(key)
 
@@ -164,7 +118,7 @@ class AccessChecker:
             accept = ALL_MANIFEST_TYPES if kind == "manifests" else None
             try:
                 if await self._head(path, await self._anonymous(mirror, repo), accept):
-                    _put(self._public, key, self._expiry())
+                    self.evidence.public(*key)
                     log.info(
                         "{upstream} {repo} is public: its cached content may be "
                         "served to any client",
@@ -245,13 +199,3 @@ def _probe_failed(failure: Failure, key: Repo) -> None:
             upstream=upstream,
             repo=repo,
         )
-
-
-_V = TypeVar("_V")
-
-
-def _put(table: OrderedDict[Any, _V], key: Any, value: _V) -> None:
-    table[key] = value
-    table.move_to_end(key)
-    while len(table) > MAX_REMEMBERED:
-        table.popitem(last=False)

@@ -9,6 +9,7 @@ from ..routing import Target
 from ..upstream_client import UpstreamError
 from .access import AccessChecker
 from .counters import Counters
+from .evidence import Who
 
 # Not sent when the cache fetches for itself: it wants the whole thing.
 CONDITIONAL = (b"range", b"if-range", b"if-match", b"if-none-match")
@@ -39,15 +40,15 @@ async def may_have(
     target: Target,
     repo: str,
     digest: str,
-    authorization: bytes | None,
+    who: Who,
     kind: str,
 ) -> bool:
     """Ask the upstream (via ``access``); if it cannot be asked, use old evidence."""
     try:
-        return await access.allowed(target.mirror, repo, digest, authorization, kind)
+        return await access.allowed(target.mirror, repo, digest, who, kind)
     except UpstreamError:
         upstream = target.mirror.upstream.name
-        if access.remembered(upstream, repo, digest, authorization):
+        if access.remembered(upstream, repo, digest, who):
             counters.stale_serves += 1
             return True
         raise

@@ -87,14 +87,14 @@ class BlobCache:
         assert digest is not None
         upstream = target.mirror.upstream
         repo = upstream_name(target.route.name, upstream.library_prefix)
-        authorization = request.getHeader(b"authorization")
+        who = self.access.who(request)
         shared = (
             digest in self.store.entries
             or digest in self.fills
             or digest in self._opening
         )
         if shared and not await may_have(
-            self.access, self.counters, target, repo, digest, authorization, "blobs"
+            self.access, self.counters, target, repo, digest, who, "blobs"
         ):
             # Not ours to give: the client gets the upstream's own answer.
             self.counters.denied += 1
@@ -155,7 +155,7 @@ class BlobCache:
                     target.mirror.upstream.name,
                     repo,
                     digest,
-                    request.getHeader(b"authorization"),
+                    self.access.who(request),
                 )
                 self.counters.misses += 1
                 record(request, cache="miss", upstream_status=200)

@@ -6,20 +6,24 @@ The layout (see :mod:`docxy.cache.blob_store` and
     DIR/lock                              the owner's flock (directory.py)
     DIR/blobs/<algorithm>/<hh>/<hex>      verified blobs; mtime = last use
     DIR/manifests/<algorithm>/<hh>/<hex>  verified manifests (+ ``.type``)
-    DIR/tags.json                         tag -> digest entries
+    DIR/ledger.sqlite                     tags and evidence (ledger.py)
     DIR/tmp/                              fills in flight, or cut by a crash
 
-so ``docxy-cache`` needs no database to list, size or verify it.
+so ``docxy-cache`` needs no database to list, size or verify it (the
+ledger is only read, for its count of tags).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..oci import Digest, is_valid_digest
+from .ledger import DB_NAME
 
 KINDS = ("blob", "manifest")
 _DIRS = {"blob": "blobs", "manifest": "manifests"}
@@ -70,7 +74,17 @@ def temp_files(root: Path) -> list[Path]:
 
 
 def tag_count(root: Path) -> int:
-    try:
+    ledger = root / DB_NAME
+    if ledger.exists():
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+            ) as db:
+                count: int = db.execute("SELECT count(*) FROM tags").fetchone()[0]
+                return count
+        except sqlite3.Error:
+            return 0
+    try:  # an older Docxy's
         return len(json.loads((root / "tags.json").read_text()))
     except (FileNotFoundError, ValueError, TypeError):
         return 0

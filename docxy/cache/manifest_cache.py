@@ -39,7 +39,8 @@ from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
 from .counters import Counters
 from .disk_health import DiskHealth
-from .manifest_store import ManifestStore, accept_key
+from .evidence import Who
+from .manifest_store import ManifestStore, TagKey, accept_key
 
 log = Logger()
 
@@ -73,12 +74,12 @@ class ManifestCache:
         upstream = target.mirror.upstream
         repo = upstream_name(target.route.name, upstream.library_prefix)
         reference = target.route.reference
-        authorization = request.getHeader(b"authorization")
+        who = self.access.who(request)
         if ":" in reference:
             stored = self.store.get(reference)
             if stored is None:
                 await self._fetch(request, exchange, target, repo, reference, None)
-            elif await self._may(target, repo, reference, authorization):
+            elif await self._may(target, repo, reference, who):
                 self._send(request, reference, *stored, "hit")
             else:
                 self.counters.denied += 1
@@ -90,9 +91,7 @@ class ManifestCache:
         now = self.clock.seconds()
         if entry is not None and now - entry.checked < self.freshness:
             stored = self.store.get(entry.digest)
-            if stored is not None and await self._may(
-                target, repo, entry.digest, authorization
-            ):
+            if stored is not None and await self._may(target, repo, entry.digest, who):
                 self._send(request, entry.digest, *stored, "hit")
                 return
         try:
@@ -106,9 +105,7 @@ class ManifestCache:
             if (
                 entry is None
                 or stored is None
-                or not self.access.remembered(
-                    upstream.name, repo, entry.digest, authorization
-                )
+                or not self.access.remembered(upstream.name, repo, entry.digest, who)
             ):
                 if isinstance(why.__cause__, UpstreamError):
                     raise why.__cause__ from None
@@ -126,15 +123,18 @@ class ManifestCache:
             )
             self._send(request, entry.digest, *stored, "stale")
 
-    async def _may(
-        self, target: Target, repo: str, digest: str, authorization: bytes | None
-    ) -> bool:
+    async def _may(self, target: Target, repo: str, digest: str, who: Who) -> bool:
         return await may_have(
-            self.access, self.counters, target, repo, digest, authorization, "manifests"
+            self.access, self.counters, target, repo, digest, who, "manifests"
         )
 
     async def _revalidate(
-        self, request: Request, exchange: Exchange, target: Target, repo: str, key: str
+        self,
+        request: Request,
+        exchange: Exchange,
+        target: Target,
+        repo: str,
+        key: TagKey,
     ) -> None:
         headers = exchange.headers.copy()
         for name in CONDITIONAL:
@@ -161,15 +161,12 @@ class ManifestCache:
                 await self.relay.relay(request, exchange)
             return
         await discard_body(response)
-        authorization = request.getHeader(b"authorization")
-        self.access.remember(
-            target.mirror.upstream.name, repo, digest_text, authorization
-        )
+        who = self.access.who(request)
+        self.access.remember(target.mirror.upstream.name, repo, digest_text, who)
         stored = self.store.get(digest_text)
         if stored is not None:
-            self._write(
-                lambda: self.store.set_tag(key, digest_text, self.clock.seconds())
-            )
+            media = stored[1].decode("latin-1")
+            self.store.set_tag(key, digest_text, media, self.clock.seconds())
             self._send(request, digest_text, *stored, "revalidated")
             return
         await self._fetch(request, exchange, target, repo, digest_text, key)
@@ -181,7 +178,7 @@ class ManifestCache:
         target: Target,
         repo: str,
         digest: str,
-        key: str | None,
+        key: TagKey | None,
     ) -> None:
         """GET the manifest by digest, check it, store it, then answer."""
         url = target.mirror.content_url(repo, "manifests", digest)
@@ -209,16 +206,17 @@ class ManifestCache:
                 502, "MANIFEST_INVALID", "upstream manifest does not match its digest"
             )
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        if (
-            self._write(lambda: self.store.put(digest, body, content_type), len(body))
-            and key
-        ):
-            self._write(lambda: self.store.set_tag(key, digest, self.clock.seconds()))
+        stored = self._write(
+            lambda: self.store.put(digest, body, content_type), len(body)
+        )
+        if stored and key is not None:
+            media = content_type.decode("latin-1")
+            self.store.set_tag(key, digest, media, self.clock.seconds())
         self.access.remember(
             target.mirror.upstream.name,
             repo,
             digest,
-            request.getHeader(b"authorization"),
+            self.access.who(request),
         )
         self.access.probe_public(target.mirror, repo, digest, "manifests")
         record(request, upstream_status=200)

@@ -4,8 +4,9 @@ A manifest's digest is over its exact bytes, so they are stored and served
 byte for byte, with the Content-Type the upstream gave. Which manifest a
 tag names depends on the client's Accept (a Docker client and an OCI client
 may get different ones), so a tag entry is keyed by the Accept set too.
-Tag entries are kept in one JSON file, rewritten atomically, so pulls by
-tag still work after a restart while the upstream is down.
+Tag entries are rows of the cache's ledger (:mod:`docxy.cache.ledger`):
+a tag change writes one row, and pulls by tag still work after a restart
+while the upstream is down.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.logger import Logger
 
 from ..oci import Digest
+from .ledger import Ledger
 
 log = Logger()
 
@@ -51,31 +53,47 @@ class TagEntry:
     checked: float  # when the upstream last confirmed the tag
 
 
+TagKey = tuple[str, str, str, str]  # upstream, repository, tag, Accept set
+
+
 class ManifestStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ledger: Ledger) -> None:
         self.root = root / "manifests"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.index_path = root / "tags.json"
-        self.tags: dict[str, TagEntry] = {}
-        self._load()
+        self.tags = ledger.tags
+        # (upstream, repository, tag) -> the Accept sets it was resolved for.
+        self._accepts: dict[tuple[str, str, str], set[str]] = {}
+        for upstream, repo, tag, accept in self.tags.rows:
+            self._accepts.setdefault((upstream, repo, tag), set()).add(accept)
+        self._import(root / "tags.json")
 
     @staticmethod
-    def tag_key(upstream: str, repo: str, tag: str, accept: str) -> str:
-        return f"{upstream}\n{repo}\n{tag}\n{accept}"
+    def tag_key(upstream: str, repo: str, tag: str, accept: str) -> TagKey:
+        return (upstream, repo, tag, accept)
 
-    def _load(self) -> None:
+    def _import(self, old: Path) -> None:
+        """Tag entries of an older Docxy (one JSON file), moved into the ledger."""
         try:
-            raw = json.loads(self.index_path.read_text())
-            self.tags = {k: TagEntry(**v) for k, v in raw.items()}
+            raw = json.loads(old.read_text())
+            for key, value in raw.items():
+                upstream, repo, tag, accept = key.split("\n")
+                digest = value["digest"]
+                media = self._media_type(digest)
+                if media is not None:
+                    self.set_tag((upstream, repo, tag, accept), digest, media, 0.0)
         except FileNotFoundError:
-            pass
-        except (ValueError, TypeError) as e:
-            log.warn("tag index unreadable ({why}); starting empty", why=str(e))
+            return
+        except (ValueError, TypeError, KeyError) as e:
+            log.warn("old tag index unreadable ({why}); ignored", why=str(e))
+        old.unlink(missing_ok=True)
 
-    def _save(self) -> None:
-        temp = self.index_path.with_suffix(f".{os.getpid()}.tmp")
-        data = json.dumps({k: asdict(v) for k, v in self.tags.items()}).encode()
-        _write_atomically(temp, data, self.index_path)
+    def _media_type(self, digest: str) -> str | None:
+        try:
+            return (
+                self._path(digest).with_suffix(".type").read_bytes().decode("latin-1")
+            )
+        except (FileNotFoundError, ValueError):
+            return None
 
     def _path(self, digest: str) -> Path:
         return Digest.parse(digest).path(self.root)
@@ -101,33 +119,32 @@ class ManifestStore:
             temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             _write_atomically(temp, data, target)
 
-    def tag(self, key: str) -> TagEntry | None:
-        return self.tags.get(key)
+    def tag(self, key: TagKey) -> TagEntry | None:
+        row = self.tags.get(key)
+        return None if row is None else TagEntry(str(row[0][0]), row[1])
 
     def fallback_tag(
         self, upstream: str, repo: str, tag: str, accept: str
     ) -> TagEntry | None:
         """The latest entry of this tag under any Accept set, if acceptable."""
-        prefix = self.tag_key(upstream, repo, tag, "")
         accepted = set(accept.split(",")) if accept else set()
-        best: TagEntry | None = None
-        for key, entry in self.tags.items():
-            if not key.startswith(prefix) or (best and best.checked >= entry.checked):
+        best: tuple[float, str] | None = None
+        for other in self._accepts.get((upstream, repo, tag), ()):
+            row = self.tags.get((upstream, repo, tag, other))
+            if row is None or (best and best[0] >= row[1]):
                 continue
-            type_file = self._path(entry.digest).with_suffix(".type")
-            try:
-                media = type_file.read_bytes().decode("latin-1").lower()
-            except FileNotFoundError:
-                continue
-            if not accepted or "*/*" in accepted or media in accepted:
-                best = entry
-        return best
+            digest, media = (str(v) for v in row[0])
+            if not accepted or "*/*" in accepted or media.lower() in accepted:
+                best = (row[1], digest)
+        return None if best is None else TagEntry(best[1], best[0])
 
-    def set_tag(self, key: str, digest: str, checked: float) -> None:
-        old = self.tags.get(key)
-        self.tags[key] = TagEntry(digest, checked)
-        if old is None or old.digest != digest:
-            self._save()  # a freshness bump alone need not touch the disk
+    def set_tag(
+        self, key: TagKey, digest: str, media_type: str, checked: float
+    ) -> None:
+        """The upstream says (now) that this tag, for this Accept set, is ``digest``."""
+        self.tags.put(key, (digest, media_type), checked)
+        upstream, repo, tag, accept = key
+        self._accepts.setdefault((upstream, repo, tag), set()).add(accept)
 
 
 def _write_atomically(temp: Path, data: bytes, target: Path) -> None:

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..names import Kind
 from ..relay import Exchange, Relay
-from ..routing import Target
+from ..routing import Mirror, Target
 from ..upstream_client import UpstreamClient, UpstreamError
 from .access import AccessChecker
 from .blob_cache import BlobCache
 from .blob_store import BlobStore
 from .counters import Counters
 from .disk_health import DiskHealth
+from .evidence import Evidence
+from .ledger import PRUNE_INTERVAL, Ledger
 from .manifest_cache import ManifestCache
 from .manifest_store import ManifestStore
-from .offline import answer_ping
+from .offline import TokenBook, answer_ping, keep_challenges
 
 log = Logger()
 
@@ -39,12 +43,14 @@ class PullThroughCache(MultiService):
         manifests: ManifestCache,
         counters: Counters,
         relay: Relay,
+        tokens: TokenBook,
     ) -> None:
         super().__init__()
         self.blobs = blobs
         self.manifests = manifests
         self.counters = counters
         self.relay = relay
+        self.tokens = tokens
         blobs.disk.setServiceParent(self)
 
     async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
@@ -70,8 +76,19 @@ def build_cache(
     client: UpstreamClient,
     reactor: Any,
     idle_timeout: float,
+    mirrors: Mapping[str, Mirror],
 ) -> PullThroughCache:
     counters = Counters()
+    health = DiskHealth(directory, reactor)
+    ledger = Ledger(directory, reactor)
+    # One warning for the directory, however its trouble was first seen.
+    ledger.on_error(lambda error: reactor.callFromThread(health.failed, error))
+    reactor.addSystemEventTrigger("during", "shutdown", ledger.close)
+    LoopingCall(ledger.prune).start(PRUNE_INTERVAL, now=False).addErrback(
+        lambda f: log.failure("pruning the ledger failed", f)
+    )
+    keep_challenges(ledger, mirrors)
+    tokens = TokenBook(ledger)
     store = BlobStore(directory, max_size, counters)
     log.info(
         "cache {directory}: {entries} blobs, {total} of at most {max_size} bytes",
@@ -80,8 +97,13 @@ def build_cache(
         total=store.total,
         max_size=store.max_size,
     )
-    access = AccessChecker(client, reactor, auth_ttl)
-    health = DiskHealth(directory, reactor)
+    log.info(
+        "ledger: {public} public repositories, {grants} grants, {tags} tags known",
+        public=len(ledger.public),
+        grants=len(ledger.grants),
+        tags=len(ledger.tags),
+    )
+    access = AccessChecker(client, Evidence(ledger, tokens, reactor, auth_ttl))
     blobs = BlobCache(
         store,
         relay,
@@ -93,7 +115,7 @@ def build_cache(
         health,
     )
     manifests = ManifestCache(
-        ManifestStore(directory),
+        ManifestStore(directory, ledger),
         relay,
         client,
         access,
@@ -102,4 +124,4 @@ def build_cache(
         counters,
         health,
     )
-    return PullThroughCache(blobs, manifests, counters, relay)
+    return PullThroughCache(blobs, manifests, counters, relay, tokens)
