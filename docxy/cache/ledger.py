@@ -22,14 +22,15 @@ mode 0600).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
 import queue
 import sqlite3
 import threading
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from twisted.internet.interfaces import IReactorTime
@@ -42,6 +43,8 @@ SECRET_NAME = "secret"
 MAX_ROWS = 100_000
 MAX_AGE = 30 * 24 * 3600.0  # evidence older than this is no evidence
 PRUNE_INTERVAL = 3600.0
+MAX_BATCH = 500  # change sets per transaction
+MAX_UNWRITTEN = 10_000  # change sets kept while the disk takes no writes
 
 # One row per upstream, true until the upstream says otherwise: never aged out.
 AGELESS = frozenset({"challenges"})
@@ -170,12 +173,33 @@ class Ledger:
         self.path = root / DB_NAME
         self.clock = clock
         self.max_age = max_age
-        self.keys = Keys.in_directory(root)
         self._writer = _Writer(self.path)
+        try:
+            self.keys = Keys.in_directory(root)
+            tables = self._load(max_rows)
+        except (OSError, sqlite3.Error) as e:
+            # A cache directory in trouble must not stop Docxy: it starts
+            # knowing nothing, and writes what it learns once it can.
+            log.warn(
+                "cannot read {path} ({why}): starting with no evidence",
+                path=str(self.path),
+                why=str(e),
+            )
+            self.keys = Keys(os.urandom(32))
+            tables = {name: Table(self, name, max_rows, iter(())) for name in SCHEMA}
+        self.public = tables["public"]
+        self.members = tables["members"]
+        self.grants = tables["grants"]
+        self.tags = tables["tags"]
+        self.challenges = tables["challenges"]
+        self.tokens = tables["tokens"]
+        self._writer.start()
+
+    def _load(self, max_rows: int) -> dict[str, Table]:
+        tables = {}
         with contextlib.closing(_connect(self.path)) as db:
             _create(db)
-            before = clock.seconds() - max_age
-            tables = {}
+            before = self.clock.seconds() - self.max_age
             for name in SCHEMA:
                 if name not in AGELESS:
                     db.execute(f"DELETE FROM {name} WHERE stamp < ?", (before,))
@@ -184,20 +208,14 @@ class Ledger:
                     "LIMIT ?) ORDER BY stamp",
                     (max_rows,),
                 )
-                tables[name] = Table(self, name, max_rows, iter(rows.fetchall()))
+                table = tables[name] = Table(
+                    self, name, max_rows, iter(rows.fetchall())
+                )
                 # Over the cap (the cap was lowered): drop what was not loaded.
-                if len(tables[name]) == max_rows:
-                    db.execute(
-                        f"DELETE FROM {name} WHERE stamp < ?",
-                        (min(stamp for _, stamp in tables[name].rows.values()),),
-                    )
-        self.public = tables["public"]
-        self.members = tables["members"]
-        self.grants = tables["grants"]
-        self.tags = tables["tags"]
-        self.challenges = tables["challenges"]
-        self.tokens = tables["tokens"]
-        self._writer.start()
+                if len(table) == max_rows:
+                    oldest = min(stamp for _, stamp in table.rows.values())
+                    db.execute(f"DELETE FROM {name} WHERE stamp < ?", (oldest,))
+        return tables
 
     def write(self, statements: list[Statement]) -> None:
         """Queue statements that must be applied together (one transaction)."""
@@ -216,6 +234,10 @@ class Ledger:
     def close(self) -> None:
         """Commit what is queued and stop the writer."""
         self._writer.close()
+
+    def on_error(self, report: Callable[[OSError], None]) -> None:
+        """``report`` (called in the writer thread) instead of a log line."""
+        self._writer.on_error = report
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -239,7 +261,14 @@ def _create(db: sqlite3.Connection) -> None:
 
 
 class _Writer:
-    """The one thread that writes: batches of statements, one transaction each."""
+    """The one thread that writes: batches of statements, one transaction each.
+
+    The database is opened for each batch and closed once the queue is
+    empty, so an idle Docxy holds no file of the cache open for writing (a
+    read-only remount of the cache directory must not be refused). A batch
+    that cannot be written (disk full, read-only, directory removed) is
+    kept, bounded, and written with the next one that can.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -249,8 +278,10 @@ class _Writer:
         self._thread = threading.Thread(
             target=self._run, name="docxy-ledger", daemon=True
         )
+        self._unwritten: deque[list[Statement]] = deque(maxlen=MAX_UNWRITTEN)
         self._failing = False
-        self.committed = 0  # batches; for tests
+        # Called (in the writer thread) with the first error of a bad spell.
+        self.on_error: Callable[[OSError], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -271,55 +302,84 @@ class _Writer:
             self._thread.join()
 
     def _run(self) -> None:
-        db = _connect(self.path)
-        try:
+        while True:
+            item = self._queue.get()
+            events: list[threading.Event] = []
+            stop = False
+            taken = 0
             while True:
-                item = self._queue.get()
-                batch: list[list[Statement]] = []
-                events: list[threading.Event] = []
-                stop = False
-                while True:
-                    if item is None:
-                        stop = True
-                    elif isinstance(item, threading.Event):
-                        events.append(item)
-                    else:
-                        batch.append(item)
-                    if stop or len(batch) >= 500:
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                if batch:
-                    self._commit(db, batch)
-                for event in events:
-                    event.set()
-                if stop:
-                    return
-        finally:
-            db.close()
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    events.append(item)
+                else:
+                    self._unwritten.append(item)
+                    taken += 1
+                if stop or taken >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if self._unwritten:
+                self._commit()
+            for event in events:
+                event.set()
+            if stop:
+                return
 
-    def _commit(self, db: sqlite3.Connection, batch: list[list[Statement]]) -> None:
+    def _commit(self) -> None:
+        batch = list(self._unwritten)
         try:
-            db.execute("BEGIN IMMEDIATE")
+            with contextlib.closing(_connect(self.path)) as db:
+                try:
+                    self._apply(db, batch)
+                except sqlite3.OperationalError as e:
+                    if "no such table" not in str(e):
+                        raise
+                    _create(db)  # the file was removed under Docxy
+                    self._apply(db, batch)
+        except sqlite3.Error as e:
+            if not self._failing:
+                self._failing = True
+                self._report(e)
+            return
+        self._unwritten.clear()
+        if self._failing:
+            self._failing = False
+            log.info("writing {path} again", path=str(self.path))
+
+    @staticmethod
+    def _apply(db: sqlite3.Connection, batch: list[list[Statement]]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
             for statements in batch:
                 for sql, params in statements:
                     db.execute(sql, params)
             db.execute("COMMIT")
-        except sqlite3.Error as e:
+        except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            if not self._failing:
-                log.warn(
-                    "cannot write {path} ({why}): what Docxy learns now is kept "
-                    "in memory only",
-                    path=str(self.path),
-                    why=str(e),
-                )
-            self._failing = True
-            return
-        if self._failing:
-            log.info("writing {path} again", path=str(self.path))
-            self._failing = False
-        self.committed += len(batch)
+            raise
+
+    def _report(self, error: sqlite3.Error) -> None:
+        text = str(error)
+        code = next((n for words, n in _ERRNOS if words in text), errno.EIO)
+        failure = OSError(code, f"{os.strerror(code)} ({text})")
+        if self.on_error is not None:
+            self.on_error(failure)
+        else:
+            log.warn(
+                "cannot write {path} ({why}): what Docxy learns now is kept in "
+                "memory until it can",
+                path=str(self.path),
+                why=text,
+            )
+
+
+# SQLite's words for what the cache directory's health knows by errno.
+_ERRNOS = (
+    ("readonly", errno.EROFS),
+    ("disk is full", errno.ENOSPC),
+    ("unable to open", errno.ENOENT),
+)

@@ -30,9 +30,10 @@ from tests.support.clients import (
 )
 from tests.support.docxy import Docxy
 from tests.support.faulty import FaultyUpstream, start_faulty_upstream
-from tests.support.images import ImageSpec, copy_through
+from tests.support.images import ImageSpec
 from tests.support.processes import wait_until
 from tests.support.registry import basic_auth, fetch, parse_challenge
+from tests.support.skopeo import skopeo_pull
 
 Factory = Callable[..., Docxy]
 
@@ -51,7 +52,7 @@ def faulty(tmp_path: Path) -> Iterator[FaultyUpstream]:
 
 
 def skopeo(docxy: Docxy, name: str, out: Path, *flags: str, check: bool = True) -> bool:
-    return copy_through(docxy.hostport, name, out, *flags, check=check)
+    return skopeo_pull(docxy.hostport, name, out, *flags, check=check).returncode == 0
 
 
 def ledger_count(cache: Path, sql: str) -> int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -41,7 +43,6 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-from typing import cast
     from twisted.internet.task import Clock
     from docxy.cache.ledger import Ledger
 
@@ -219,3 +220,28 @@ def test_a_principal_survives_new_tokens_and_restarts(tmp_path: Path) -> None:
     for who in others:
         assert not evidence.remembered("up", "private/vault", "sha256:v", who)
     ledger.close()
+
+
+def test_changes_made_while_the_directory_is_gone_are_written_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cache"
+    root.mkdir()
+    ledger = open_ledger(root)
+    errors: list[OSError] = []
+    ledger.on_error(errors.append)
+    ledger.public.put(("up", "a"), (), 1.0)
+    ledger.sync()
+    shutil.rmtree(root)  # an operator wiping the cache under Docxy
+    ledger.public.put(("up", "b"), (), 2.0)
+    ledger.public.put(("up", "c"), (), 3.0)
+    ledger.sync()
+    assert [e.errno for e in errors] == [errno.ENOENT]  # one report, not two
+    root.mkdir()
+    ledger.public.put(("up", "d"), (), 4.0)
+    ledger.close()
+    assert rows(root, "SELECT repo FROM public ORDER BY stamp") == [
+        ("b",),
+        ("c",),
+        ("d",),
+    ]
