@@ -9,25 +9,12 @@ answer 429 themselves on demand (:mod:`tests.support.faulty`).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.support.clients import (
-    CONTAINERD,
-    CTR,
-    DOCKER_CLI,
-    DOCKERD,
-    PODMAN,
-    Containerd,
-    Dockerd,
-    Podman,
-)
+from tests.support.daemons import at_once, every_client
 from tests.support.docxy import Docxy
 from tests.support.faulty import FaultyUpstream, start_faulty_upstream
 from tests.support.images import ImageSpec
@@ -78,57 +65,39 @@ def assert_rate_limited(response_status: int, headers: list[tuple[str, str]]) ->
     assert values == [str(RETRY_AFTER)], headers
 
 
-def _short_base(name: str) -> Path:
-    """Unix sockets (108 bytes) and podman's runroot (50) want short paths."""
-    return Path(tempfile.mkdtemp(prefix=f"dx-{name}-"))
-
-
 def test_every_client_pulls_cached_images_at_once_while_everything_answers_429(
     docxy_factory: Factory,
     faulty: FaultyUpstream,
     tmp_path: Path,
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the container daemons need root")
-    for binary in (DOCKERD, DOCKER_CLI, CONTAINERD, CTR, PODMAN):
-        if not Path(binary).exists():
-            pytest.skip(f"{binary} is not installed")
     image = faulty.images[WEB.ref]
     docxy = docxy_factory(faulty.url, "--cache-dir", str(tmp_path / "cache"))
     warm(docxy, tmp_path)
-    base = _short_base("rl")
-    dockerd = Dockerd(base / "dockerd", [docxy.url])
-    containerd = Containerd(base / "containerd")
-    podman = Podman(base / "podman", docxy.hostport)
-    try:
-        containerd.set_mirror(docxy.url)
+    with every_client(docxy.url, docxy.hostport) as clients:
         faulty.rate_limit(RETRY_AFTER)
         reached = len(faulty.requests())
 
         def by_dockerd() -> str:
-            dockerd.pull("library/web:1")
-            return str(dockerd.inspect("library/web:1")["RepoDigests"])
+            clients.dockerd.pull("library/web:1")
+            return str(clients.dockerd.inspect("library/web:1")["RepoDigests"])
 
         def by_containerd() -> str:
             ref = "docker.io/library/web:1"
-            containerd.pull("rl", ref)
-            return containerd.image_digest("rl", ref)
+            clients.containerd.pull("rl", ref)
+            return clients.containerd.image_digest("rl", ref)
 
         def by_podman() -> str:
-            podman.pull("docker.io/library/web:1")
-            return str(podman.inspect("docker.io/library/web:1")["Digest"])
+            clients.podman.pull("docker.io/library/web:1")
+            return str(clients.podman.inspect("docker.io/library/web:1")["Digest"])
 
         def by_skopeo() -> str:
             out = tmp_path / "skopeo-429" / "out"
             skopeo_pull(docxy.hostport, "web:1", out)
             return (out / "manifest.json").read_text()
 
-        clients = [by_dockerd, by_containerd, by_podman, by_skopeo]
-        with ThreadPoolExecutor(len(clients)) as pool:
-            results = list(pool.map(lambda pull: pull(), clients))
-        for name, result in zip(
-            ["dockerd", "containerd", "podman"], results[:3], strict=True
-        ):
+        results = at_once(by_dockerd, by_containerd, by_podman, by_skopeo)
+        names = ["dockerd", "containerd", "podman"]
+        for name, result in zip(names, results[:3], strict=True):
             assert image.digest in result, (name, result)
         manifest = json.loads(results[3])
         assert {layer["digest"] for layer in manifest["layers"]} <= set(image.blobs)
@@ -136,11 +105,6 @@ def test_every_client_pulls_cached_images_at_once_while_everything_answers_429(
         assert faulty.requests()[reached:] == []
         assert any(m == "GET" and t == "/v2/" for m, t in faulty.limited())
         assert "cache=offline" in docxy.log_text()
-    finally:
-        for daemon in (dockerd, containerd):
-            daemon.stop()
-        podman.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_429_to_the_access_check_lets_remembered_evidence_decide(

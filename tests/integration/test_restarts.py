@@ -7,27 +7,14 @@ was allowed it. What Docxy learned lives in the cache directory's ledger.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.support.clients import (
-    CONTAINERD,
-    CTR,
-    DOCKER_CLI,
-    DOCKERD,
-    PODMAN,
-    Containerd,
-    Dockerd,
-    Podman,
-)
+from tests.support.daemons import at_once, every_client
 from tests.support.docxy import Docxy
 from tests.support.faulty import FaultyUpstream, start_faulty_upstream
 from tests.support.images import ImageSpec
@@ -178,11 +165,6 @@ def test_restarted_during_an_outage_serves_what_it_served_before(
 def test_every_client_pulls_after_a_restart_while_the_upstream_is_down(
     docxy_factory: Factory, faulty: FaultyUpstream, tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the container daemons need root")
-    for binary in (DOCKERD, DOCKER_CLI, CONTAINERD, CTR, PODMAN):
-        if not Path(binary).exists():
-            pytest.skip(f"{binary} is not installed")
     web = faulty.images[WEB.ref]
     vault = faulty.images[VAULT.ref]
     cache = tmp_path / "cache"
@@ -191,12 +173,8 @@ def test_every_client_pulls_after_a_restart_while_the_upstream_is_down(
     faulty.go_down()
     reached = len(faulty.requests())
     docxy = restart(docxy, docxy_factory, faulty.url, cache, signal.SIGKILL)
-    base = Path(tempfile.mkdtemp(prefix="dx-rs-"))
-    dockerd = Dockerd(base / "dockerd", [docxy.url])
-    containerd = Containerd(base / "containerd")
-    podman = Podman(base / "podman", docxy.hostport)
-    try:
-        containerd.set_mirror(docxy.url)
+    with every_client(docxy.url, docxy.hostport) as clients:
+        dockerd = clients.dockerd
         dockerd.set_hub_credentials(*ALICE)  # dockerd: alice, private too
 
         def by_dockerd() -> list[str]:
@@ -209,30 +187,23 @@ def test_every_client_pulls_after_a_restart_while_the_upstream_is_down(
 
         def by_containerd() -> list[str]:
             ref = "docker.io/library/web:1"
-            containerd.pull("rs", ref)
-            return [containerd.image_digest("rs", ref)]
+            clients.containerd.pull("rs", ref)
+            return [clients.containerd.image_digest("rs", ref)]
 
         def by_podman() -> list[str]:
-            podman.pull("docker.io/library/web:1")
-            return [str(podman.inspect("docker.io/library/web:1")["Digest"])]
+            clients.podman.pull("docker.io/library/web:1")
+            return [str(clients.podman.inspect("docker.io/library/web:1")["Digest"])]
 
-        clients = [by_dockerd, by_containerd, by_podman]
-        with ThreadPoolExecutor(len(clients)) as pool:
-            dockerd_saw, containerd_saw, podman_saw = pool.map(
-                lambda pull: pull(), clients
-            )
+        dockerd_saw, containerd_saw, podman_saw = at_once(
+            by_dockerd, by_containerd, by_podman
+        )
         assert web.digest in dockerd_saw[0] and vault.digest in dockerd_saw[1]
         assert containerd_saw == [web.digest]
         assert web.digest in podman_saw[0]
         # podman without credentials: vault is not for it.
-        refused = podman.pull("docker.io/private/vault:1", check=False)
+        refused = clients.podman.pull("docker.io/private/vault:1", check=False)
         assert refused.returncode != 0
         assert faulty.requests()[reached:] == []
-    finally:
-        for daemon in (dockerd, containerd):
-            daemon.stop()
-        podman.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_ledger_keeps_no_credential_and_its_secret_is_private(

@@ -8,12 +8,28 @@ stopped by PID at the end, however the tests went.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 import pytest
+
+from .clients import (
+    CONTAINERD,
+    CTR,
+    DOCKER_CLI,
+    DOCKERD,
+    PODMAN,
+    Containerd,
+    Dockerd,
+    Podman,
+)
 
 
 class Stoppable(Protocol):
@@ -21,6 +37,7 @@ class Stoppable(Protocol):
 
 
 T = TypeVar("T", bound=Stoppable)
+R = TypeVar("R")
 
 
 def state_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
@@ -50,3 +67,43 @@ def running(
         yield client
     finally:
         client.stop()
+
+
+@contextlib.contextmanager
+def every_client(mirror_url: str, mirror_hostport: str) -> Iterator[EveryClient]:
+    """dockerd, containerd and podman, each of its own, all using one mirror.
+
+    Skips where they cannot run (not root, not installed); stops them all.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the container daemons need root")
+    need(DOCKERD, DOCKER_CLI, CONTAINERD, CTR, PODMAN)
+    # Short: unix sockets (108 bytes) and podman's runroot (50).
+    base = Path(tempfile.mkdtemp(prefix="dx-"))
+    started: list[Stoppable] = []
+    try:
+        dockerd = Dockerd(base / "dockerd", [mirror_url])
+        started.append(dockerd)
+        containerd = Containerd(base / "containerd")
+        started.append(containerd)
+        containerd.set_mirror(mirror_url)
+        podman = Podman(base / "podman", mirror_hostport)
+        started.append(podman)
+        yield EveryClient(dockerd, containerd, podman)
+    finally:
+        for client in started:
+            client.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class EveryClient:
+    dockerd: Dockerd
+    containerd: Containerd
+    podman: Podman
+
+
+def at_once(*calls: Callable[[], R]) -> list[R]:
+    """Run ``calls`` concurrently (threads); their results, or the first error."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
