@@ -246,7 +246,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     # WAL + NORMAL: a crash of the process never loses a commit; a power
     # loss may lose the last few, and never corrupts the database.
     db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA busy_timeout=1000")
     return db
 
 
@@ -331,6 +331,8 @@ class _Writer:
     def _commit(self) -> None:
         batch = list(self._unwritten)
         try:
+            # Removed under Docxy (an operator wiping the cache): recreated.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(_connect(self.path)) as db:
                 try:
                     self._apply(db, batch)
@@ -339,7 +341,7 @@ class _Writer:
                         raise
                     _create(db)  # the file was removed under Docxy
                     self._apply(db, batch)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             if not self._failing:
                 self._failing = True
                 self._report(e)
@@ -362,12 +364,14 @@ class _Writer:
                 db.execute("ROLLBACK")
             raise
 
-    def _report(self, error: sqlite3.Error) -> None:
+    def _report(self, error: sqlite3.Error | OSError) -> None:
         text = str(error)
-        code = next((n for words, n in _ERRNOS if words in text), errno.EIO)
-        failure = OSError(code, f"{os.strerror(code)} ({text})")
-        if self.on_error is not None:
-            self.on_error(failure)
+        failure: OSError | None = error if isinstance(error, OSError) else None
+        for words, code in _ERRNOS:
+            if failure is None and words in text:
+                failure = OSError(code, f"{os.strerror(code)} ({text})")
+        if failure is not None and self.on_error is not None:
+            self.on_error(failure)  # the directory's trouble, not the ledger's
         else:
             log.warn(
                 "cannot write {path} ({why}): what Docxy learns now is kept in "
@@ -382,4 +386,5 @@ _ERRNOS = (
     ("readonly", errno.EROFS),
     ("disk is full", errno.ENOSPC),
     ("unable to open", errno.ENOENT),
+    ("disk I/O error", errno.EIO),
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import os
 import shutil
 import signal
@@ -222,7 +221,7 @@ def test_a_principal_survives_new_tokens_and_restarts(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_changes_made_while_the_directory_is_gone_are_written_once_it_is_back(
+def test_a_ledger_removed_under_docxy_is_recreated_with_what_came_since(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "cache"
@@ -234,13 +233,27 @@ def test_changes_made_while_the_directory_is_gone_are_written_once_it_is_back(
     ledger.sync()
     shutil.rmtree(root)  # an operator wiping the cache under Docxy
     ledger.public.put(("up", "b"), (), 2.0)
-    ledger.public.put(("up", "c"), (), 3.0)
+    ledger.close()
+    assert errors == []
+    assert rows(root, "SELECT repo FROM public ORDER BY stamp") == [("b",)]
+
+
+def test_changes_the_disk_refused_are_written_once_it_takes_them(
+    tmp_path: Path,
+) -> None:
+    ledger = open_ledger(tmp_path)
+    ledger.public.put(("up", "a"), (), 1.0)
     ledger.sync()
-    assert [e.errno for e in errors] == [errno.ENOENT]  # one report, not two
-    root.mkdir()
+    with contextlib.closing(sqlite3.connect(tmp_path / DB_NAME)) as db:
+        db.execute("BEGIN EXCLUSIVE")  # another writer holds it: writes fail
+        ledger.public.put(("up", "b"), (), 2.0)
+        ledger.public.put(("up", "c"), (), 3.0)
+        ledger.sync()
+        db.execute("ROLLBACK")
     ledger.public.put(("up", "d"), (), 4.0)
     ledger.close()
-    assert rows(root, "SELECT repo FROM public ORDER BY stamp") == [
+    assert rows(tmp_path, "SELECT repo FROM public ORDER BY stamp") == [
+        ("a",),
         ("b",),
         ("c",),
         ("d",),
