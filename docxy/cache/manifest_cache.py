@@ -40,7 +40,7 @@ from .answers import CONDITIONAL, cached_headers, may_have
 from .counters import Counters
 from .disk_health import DiskHealth
 from .evidence import Who
-from .manifest_store import ManifestStore, TagKey, accept_key
+from .manifest_store import ManifestStore, TagIndex, TagKey, accept_key
 
 log = Logger()
 
@@ -53,6 +53,7 @@ class ManifestCache:
     def __init__(
         self,
         store: ManifestStore,
+        tags: TagIndex,
         relay: Relay,
         client: UpstreamClient,
         access: AccessChecker,
@@ -62,6 +63,7 @@ class ManifestCache:
         health: DiskHealth | None = None,
     ) -> None:
         self.store = store
+        self.tags = tags
         self.health = health or DiskHealth(store.root.parent, clock)
         self.relay = relay
         self.client = client
@@ -86,8 +88,8 @@ class ManifestCache:
                 await self.relay.relay(request, exchange)
             return
         accept = accept_key(list(request.requestHeaders.getRawHeaders(b"accept", [])))
-        key = self.store.tag_key(upstream.name, repo, reference, accept)
-        entry = self.store.tag(key)
+        key = self.tags.tag_key(upstream.name, repo, reference, accept)
+        entry = self.tags.tag(key)
         now = self.clock.seconds()
         if entry is not None and now - entry.checked < self.freshness:
             stored = self.store.get(entry.digest)
@@ -100,7 +102,7 @@ class ManifestCache:
             if entry is None:
                 # Another client's Accept set (say, prefetch's) may have seen
                 # this tag: its manifest will do if this client accepts it.
-                entry = self.store.fallback_tag(upstream.name, repo, reference, accept)
+                entry = self.tags.fallback_tag(upstream.name, repo, reference, accept)
             stored = self.store.get(entry.digest) if entry is not None else None
             if (
                 entry is None
@@ -166,7 +168,7 @@ class ManifestCache:
         stored = self.store.get(digest_text)
         if stored is not None:
             media = stored[1].decode("latin-1")
-            self.store.set_tag(key, digest_text, media, self.clock.seconds())
+            self.tags.set_tag(key, digest_text, media, self.clock.seconds())
             self._send(request, digest_text, *stored, "revalidated")
             return
         await self._fetch(request, exchange, target, repo, digest_text, key)
@@ -211,7 +213,7 @@ class ManifestCache:
         )
         if stored and key is not None:
             media = content_type.decode("latin-1")
-            self.store.set_tag(key, digest, media, self.clock.seconds())
+            self.tags.set_tag(key, digest, media, self.clock.seconds())
         self.access.remember(
             target.mirror.upstream.name,
             repo,

@@ -57,37 +57,13 @@ TagKey = tuple[str, str, str, str]  # upstream, repository, tag, Accept set
 
 
 class ManifestStore:
-    def __init__(self, root: Path, ledger: Ledger) -> None:
+    """Manifests by digest: files, byte for byte, with their Content-Type."""
+
+    def __init__(self, root: Path) -> None:
         self.root = root / "manifests"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.tags = ledger.tags
-        # (upstream, repository, tag) -> the Accept sets it was resolved for.
-        self._accepts: dict[tuple[str, str, str], set[str]] = {}
-        for upstream, repo, tag, accept in self.tags.rows:
-            self._accepts.setdefault((upstream, repo, tag), set()).add(accept)
-        self._import(root / "tags.json")
 
-    @staticmethod
-    def tag_key(upstream: str, repo: str, tag: str, accept: str) -> TagKey:
-        return (upstream, repo, tag, accept)
-
-    def _import(self, old: Path) -> None:
-        """Tag entries of an older Docxy (one JSON file), moved into the ledger."""
-        try:
-            raw = json.loads(old.read_text())
-            for key, value in raw.items():
-                upstream, repo, tag, accept = key.split("\n")
-                digest = value["digest"]
-                media = self._media_type(digest)
-                if media is not None:
-                    self.set_tag((upstream, repo, tag, accept), digest, media, 0.0)
-        except FileNotFoundError:
-            return
-        except (ValueError, TypeError, KeyError) as e:
-            log.warn("old tag index unreadable ({why}); ignored", why=str(e))
-        old.unlink(missing_ok=True)
-
-    def _media_type(self, digest: str) -> str | None:
+    def media_type(self, digest: str) -> str | None:
         try:
             return (
                 self._path(digest).with_suffix(".type").read_bytes().decode("latin-1")
@@ -118,6 +94,38 @@ class ManifestStore:
         for target, data in ((path.with_suffix(".type"), content_type), (path, body)):
             temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             _write_atomically(temp, data, target)
+
+
+class TagIndex:
+    """Tags -> digests per Accept set: rows of the ledger, one per change."""
+
+    def __init__(self, ledger: Ledger, store: ManifestStore) -> None:
+        self.tags = ledger.tags
+        # (upstream, repository, tag) -> the Accept sets it was resolved for.
+        self._accepts: dict[tuple[str, str, str], set[str]] = {}
+        for upstream, repo, tag, accept in self.tags.rows:
+            self._accepts.setdefault((upstream, repo, tag), set()).add(accept)
+        self._import(store.root.parent / "tags.json", store)
+
+    @staticmethod
+    def tag_key(upstream: str, repo: str, tag: str, accept: str) -> TagKey:
+        return (upstream, repo, tag, accept)
+
+    def _import(self, old: Path, store: ManifestStore) -> None:
+        """Tag entries of an older Docxy (one JSON file), moved into the ledger."""
+        try:
+            raw = json.loads(old.read_text())
+            for key, value in raw.items():
+                upstream, repo, tag, accept = key.split("\n")
+                digest = value["digest"]
+                media = store.media_type(digest)
+                if media is not None:
+                    self.set_tag((upstream, repo, tag, accept), digest, media, 0.0)
+        except FileNotFoundError:
+            return
+        except (ValueError, TypeError, KeyError) as e:
+            log.warn("old tag index unreadable ({why}); ignored", why=str(e))
+        old.unlink(missing_ok=True)
 
     def tag(self, key: TagKey) -> TagEntry | None:
         row = self.tags.get(key)

@@ -23,7 +23,7 @@ from .disk_health import DiskHealth
 from .evidence import Evidence
 from .ledger import PRUNE_INTERVAL, Ledger
 from .manifest_cache import ManifestCache
-from .manifest_store import ManifestStore
+from .manifest_store import ManifestStore, TagIndex
 from .offline import TokenBook, answer_ping, keep_challenges
 
 log = Logger()
@@ -114,8 +114,10 @@ def build_cache(
         counters,
         health,
     )
+    manifest_store = ManifestStore(directory)
     manifests = ManifestCache(
-        ManifestStore(directory, ledger),
+        manifest_store,
+        TagIndex(ledger, manifest_store),
         relay,
         client,
         access,
