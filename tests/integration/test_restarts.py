@@ -63,7 +63,9 @@ def warm(docxy: Docxy, cache: Path, tmp_path: Path, faulty: FaultyUpstream) -> N
     )
     docxy.wait_for_log("library/web is public")
     vault = faulty.images[VAULT.ref]
-    wanted = len(vault.blobs) + 1  # alice's grants: the manifest and each blob
+    # alice's grants: the manifest and each blob, each under her token's
+    # key and her principal's.
+    wanted = 2 * (len(vault.blobs) + 1)
     wait_until(
         lambda: (
             ledger_count(
