@@ -9,7 +9,6 @@ several Docxys in one process (tests) apart.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -37,7 +36,6 @@ disable_created_metrics()
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 # Seconds to an upstream's response headers (redirects followed).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-_RATELIMIT = re.compile(rb"^\s*(\d+)")
 # First path segment -> route label, for requests no resource labelled.
 _ROUTES = {
     "auth": "token",
@@ -92,18 +90,26 @@ class Metrics:
             ["upstream", "kind"],
             registry=r,
         )
+        # Set by docxy.pull_budget: "account" is Docxy's upstream account,
+        # "anonymous", or "client" (a client's own credentials).
         self.ratelimit_remaining = Gauge(
             "docxy_upstream_ratelimit_remaining",
             "Pulls left, from the upstream's last RateLimit-Remaining header.",
-            ["upstream"],
+            ["upstream", "account"],
             registry=r,
         )
         self.ratelimit_limit = Gauge(
             "docxy_upstream_ratelimit_limit",
             "Pull limit, from the upstream's last RateLimit-Limit header.",
-            ["upstream"],
+            ["upstream", "account"],
             registry=r,
         )
+
+    def name_like(self, url: str, upstream_url: str) -> None:
+        """Label ``url``'s host (a token realm) as the upstream of ``upstream_url``."""
+        origin = _origin(url)
+        if origin not in self._names:
+            self._names[origin] = self.upstream_name(upstream_url)
 
     def upstream_name(self, url: str) -> str:
         """The configured name of the upstream ``url`` belongs to, else its host.
@@ -127,13 +133,6 @@ class Metrics:
         if code == 429 or code >= 500:
             kind = "rate-limited" if code == 429 else "status-5xx"
             self.upstream_errors.labels(name, kind).inc()
-        for header, gauge in (
-            (b"ratelimit-remaining", self.ratelimit_remaining),
-            (b"ratelimit-limit", self.ratelimit_limit),
-        ):
-            value = _ratelimit(response.headers.getRawHeaders(header))
-            if value is not None:
-                gauge.labels(name).set(value)
 
     def upstream_failed(self, url: str, error: UpstreamError) -> None:
         self.upstream_errors.labels(self.upstream_name(url), error_kind(error)).inc()
@@ -220,14 +219,6 @@ def _gauges(
 ) -> Iterator[GaugeMetricFamily]:
     for name, help_text, value in rows:
         yield GaugeMetricFamily(name, help_text, value=value)
-
-
-def _ratelimit(values: list[bytes] | None) -> int | None:
-    """``100;w=21600`` -> 100 (Docker Hub's RateLimit-* headers)."""
-    if not values:
-        return None
-    match = _RATELIMIT.match(values[0])
-    return int(match.group(1)) if match else None
 
 
 def _origin(url: str) -> tuple[str, int]:

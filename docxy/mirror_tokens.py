@@ -61,8 +61,6 @@ class MirrorTokens:
         self._tokens: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._flights: SingleFlight[str, bytes | None] = SingleFlight()
         self._refused: set[str] = set()
-        # Every Authorization value Docxy made: whose budget a request spends.
-        self.issued: dict[bytes, str] = {}
 
     @property
     def account_name(self) -> str:
@@ -87,8 +85,11 @@ class MirrorTokens:
             query.insert(0, ("service", realm.service))
         headers = Headers({b"user-agent": [USER_AGENT]})
         if self.account is not None and self._may_receive(realm.url):
-            headers.setRawHeaders(b"authorization", [self.account.basic()])
+            basic = self.account.basic()
+            headers.setRawHeaders(b"authorization", [basic])
             who = self.account.username
+            if self.client.budget is not None:
+                self.client.budget.learn(basic, who)
         else:
             who = "anonymous"
         sep = "&" if "?" in realm.url else "?"
@@ -116,9 +117,8 @@ class MirrorTokens:
         self._tokens.move_to_end(scope)
         while len(self._tokens) > MAX_SCOPES:
             self._tokens.popitem(last=False)
-        self.issued[value] = who
-        while len(self.issued) > MAX_SCOPES:
-            self.issued.pop(next(iter(self.issued)))
+        if self.client.budget is not None:
+            self.client.budget.learn(value, who)
         return value
 
     def _may_receive(self, realm: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from .errors import RegistryError
@@ -55,8 +56,13 @@ class RateLimitedError(UpstreamError):
 
 
 def kept_headers(response: IResponse) -> tuple[tuple[bytes, bytes], ...]:
+    return kept_headers_of(response.headers)
+
+
+def kept_headers_of(headers: Headers) -> tuple[tuple[bytes, bytes], ...]:
+    """Retry-After (if well-formed) and the rate-limit headers, to relay."""
     kept: list[tuple[bytes, bytes]] = []
-    for name, values in response.headers.getAllRawHeaders():
+    for name, values in headers.getAllRawHeaders():
         value = values[0].strip() if values else b""
         if name.lower() == b"retry-after":
             if _RETRY_AFTER.match(value):

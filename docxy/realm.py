@@ -53,6 +53,8 @@ class RealmDirectory:
         self.upstream = upstream
         self._pinned = realm is not None
         self._current = TokenRealm(realm, service) if realm is not None else None
+        if realm is not None and client.metrics is not None:
+            client.metrics.name_like(realm, upstream)
         self._service_override = service
         # When a discovery last found /v2/ open (no token service).
         self._open_at: float | None = None
@@ -69,6 +71,9 @@ class RealmDirectory:
         realm = challenge.get("realm")
         if realm and self._acceptable(realm):
             self._open_at = None
+            if self.client.metrics is not None:
+                # Its answers (and pull budget) count as the upstream's.
+                self.client.metrics.name_like(realm, self.upstream)
             seen = TokenRealm(realm, self._service_override or challenge.get("service"))
             if seen != self._current:
                 self._current = seen
@@ -79,6 +84,8 @@ class RealmDirectory:
         """The realm seen before a restart, until the upstream names another."""
         if self._current is None and self._acceptable(realm.url):
             self._current = realm
+            if self.client.metrics is not None:
+                self.client.metrics.name_like(realm.url, self.upstream)
 
     @property
     def known(self) -> TokenRealm | None:

@@ -21,6 +21,7 @@ from .listeners import Listeners
 from .metrics import Metrics
 from .mirror_tokens import MirrorTokens
 from .probes import Readiness, probes_site
+from .pull_budget import PullBudget
 from .realm import RealmDirectory
 from .relay import Relay
 from .resources import HealthResource, build_tree
@@ -89,6 +90,9 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
     readiness = Readiness()
     client = UpstreamClient(
         reactor, agent, header_timeout=config.header_timeout, metrics=metrics
+    )
+    client.budget = PullBudget(
+        reactor, metrics.upstream_name, config.ratelimit_warning, metrics
     )
     gate = build_gate(config, reactor)
     mirrors = {}

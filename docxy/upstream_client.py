@@ -38,6 +38,7 @@ from .oci import MAX_REDIRECTS
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .pull_budget import PullBudget
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 # Dropped when a redirect leaves the origin the client's credentials were for.
@@ -189,6 +190,8 @@ class UpstreamClient:
         self.header_timeout = header_timeout
         self.max_redirects = max_redirects
         self.metrics = metrics
+        # The upstream's pull budget, watched and respected (service wiring).
+        self.budget: PullBudget | None = None
 
     async def request(
         self,
@@ -198,16 +201,25 @@ class UpstreamClient:
         body: IBodyProducer | None = None,
         follow_redirects: bool = True,
     ) -> UpstreamResponse:
+        budget = self.budget
+        account = budget.account_of(headers) if budget is not None else ""
+        if budget is not None:
+            budget.check(url, account)  # a 429 at once while Retry-After runs
         started = self.reactor.seconds()
         try:
             answer = await self._follow(method, url, headers, body, follow_redirects)
-        except UpstreamError as e:
-            if self.metrics is not None:
+        except BaseException as e:
+            if budget is not None:
+                budget.failed(url, account)
+            if self.metrics is not None and isinstance(e, UpstreamError):
                 self.metrics.upstream_failed(url, e)
             raise
         if self.metrics is not None:
             elapsed = self.reactor.seconds() - started
             self.metrics.upstream_answered(url, answer.response, elapsed)
+        if budget is not None:
+            response = answer.response
+            budget.observe(url, account, response.code, response.headers)
         return answer
 
     async def _follow(

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import DocxyFactory
+from tests.conftest import STANDARD_REPOSITORIES, DocxyFactory
 from tests.support.clients import (
     CONTAINERD,
     CTR,
@@ -25,7 +26,14 @@ from tests.support.clients import (
 )
 from tests.support.daemons import running
 from tests.support.docxy import Docxy
-from tests.support.registry import Upstream, basic_auth, challenge, fetch
+from tests.support.processes import free_port
+from tests.support.registry import (
+    Upstream,
+    basic_auth,
+    challenge,
+    fetch,
+    start_upstream,
+)
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the daemons need root")
@@ -232,3 +240,76 @@ def test_dockerd_pulls_with_the_mirror_account_as_its_hub_login(
     finally:
         dockerd.set_hub_credentials(None)
     assert image.digest in json.dumps(dockerd.inspect(PRIVATE)["RepoDigests"])
+
+
+# --- the pull budget ----------------------------------------------------------
+
+
+@pytest.fixture
+def budgeted(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Upstream]:
+    """The session's images behind a token service with pull budgets:
+    alice may pull once, each anonymous address five times."""
+    up = start_upstream(
+        tmp_path_factory.mktemp("budgeted"),
+        STANDARD_REPOSITORIES,
+        storage=upstream.registry.storage,
+        readonly=True,
+        budgets={"alice": 1, "anonymous": 5},
+    )
+    up.images = upstream.images
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+def metric_samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = fetch(f"http://127.0.0.1:{port}/metrics").body.decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_budget_counts_the_mirrors_account_and_a_spent_one_is_not_hammered(
+    budgeted: Upstream, docxy_factory: DocxyFactory, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    docxy = docxy_factory(
+        budgeted.url,
+        "--upstream-username",
+        "alice",
+        "--upstream-password-file",
+        str(password_file(tmp_path)),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--metrics-port",
+        f"tcp:{metrics_port}:interface=127.0.0.1",
+    )
+    image = budgeted.images[PRIVATE]
+    skopeo_pull(docxy.hostport, PRIVATE, tmp_path / "first" / "out")
+    asked = budgeted.token_requests()
+    assert [(e["user"], e["status"]) for e in asked] == [("alice", 200)], asked
+    budget = (("account", "alice"), ("upstream", "docker.io"))
+    found = metric_samples(metrics_port)
+    assert found[("docxy_upstream_ratelimit_remaining", budget)] == 0
+    assert found[("docxy_upstream_ratelimit_limit", budget)] == 1
+    docxy.wait_for_log("pull budget of docker.io for alice: 0 of 1 left")
+
+    # Spent: an uncached image gets Docker Hub's 429, in the envelope, and
+    # every retry is answered by Docxy without asking upstream again.
+    for _ in range(3):
+        reply = fetch(f"{docxy.url}/v2/library/alpine/manifests/3.20")
+        assert reply.status == 429
+        assert reply.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+        assert int(reply.header("retry-after") or 0) > 3500
+    refused = [e for e in budgeted.token_requests() if e["status"] == 429]
+    assert len(refused) == 1, budgeted.token_requests()
+
+    # What is cached keeps flowing.
+    skopeo_pull(docxy.hostport, PRIVATE, tmp_path / "again" / "out")
+    assert_pulled(tmp_path / "again" / "out", image.blobs, image.digest)
+    assert len(budgeted.token_requests()) == 2

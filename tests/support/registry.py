@@ -546,8 +546,11 @@ def start_upstream(
     cdn: bool = False,
     tls: bool = False,
     service: str = SERVICE,
+    budgets: dict[str, int] | None = None,
 ) -> Upstream:
     """Start a token service and a registry (variant a, b or c) in ``workdir``.
+
+    ``budgets``: pull budgets per account for the token service.
 
     ``service`` is the token service name the registry's challenge names
     (give each of several upstreams its own to tell their tokens apart).
@@ -561,7 +564,12 @@ def start_upstream(
         ca_path, cert, key = make_test_ca(workdir / "pki")
         tls_pair = (cert, key)
     token = TokenService(
-        workdir / "token", service, ISSUER, repositories=repositories, tls=tls_pair
+        workdir / "token",
+        service,
+        ISSUER,
+        repositories=repositories,
+        tls=tls_pair,
+        budgets=budgets,
     )
     cdn_server = None
     registry = None

@@ -21,7 +21,14 @@ Policy (like Docker Hub):
   answers 401 ``insufficient_scope`` (not 404);
 - ``pusher:pushpass`` and ``admin:adminpass`` may push anywhere (a push
   grant makes the repository known);
-- bad credentials: 401 from the token endpoint.
+- bad credentials: 401 from the token endpoint;
+- pull budgets, when given (``--budget alice=3``, ``--budget anonymous=5``
+  for each client address without an account): every token granting a
+  ``pull`` spends one pull of its account (Docker Hub counts manifest GETs;
+  behind Docxy, one token per scope is the same count). Answers carry
+  Docker Hub's ``ratelimit-limit``, ``ratelimit-remaining`` and
+  ``docker-ratelimit-source``; once spent: 429 with ``Retry-After`` and Hub's
+  ``TOOMANYREQUESTS`` body.
 
 Every request appends one JSON line to the log: method, path, params (in
 order, duplicates kept; values of ``password`` / ``refresh_token`` are
@@ -75,6 +82,12 @@ PUSHERS = frozenset({"pusher", "admin"})
 PRIVATE_NAMESPACE = "private/"
 PRIVATE_READERS = frozenset({"alice", "admin"})
 REDACTED_KEYS = frozenset({"password", "refresh_token"})
+BUDGET_WINDOW = 21600
+BUDGET_RETRY_AFTER = 3600
+HUB_LIMIT_MESSAGE = (
+    "You have reached your pull rate limit. You may increase the limit by "
+    "authenticating and upgrading: https://www.docker.com/increase-rate-limit"
+)
 
 
 # --------------------------------------------------------------------------
@@ -204,8 +217,12 @@ class TokenServer(ThreadingHTTPServer):
         issuer: str,
         log_path: Path,
         policy: Policy,
+        budgets: dict[str, int] | None = None,
     ) -> None:
         super().__init__(address, TokenHandler)
+        # account ("anonymous": per client address) -> pulls per window.
+        self.budgets = budgets or {}
+        self.spent: dict[str, int] = {}
         self.key = key
         self.service = service
         self.issuer = issuer
@@ -308,6 +325,7 @@ class TokenHandler(BaseHTTPRequestHandler):
     ) -> None:
         """Common tail of GET and POST: check service, then issue or refuse."""
         services = [v for k, v in params if k == "service"]
+        body: dict[str, Any]
         if auth_error is not None:
             status, body = 401, {"details": auth_error}
             extra = {"WWW-Authenticate": 'Basic realm="test token service"'}
@@ -315,9 +333,48 @@ class TokenHandler(BaseHTTPRequestHandler):
             status, body, extra = 400, {"details": "missing or wrong service"}, {}
         else:
             scopes = [v for k, v in params if k == "scope"]
-            status, body, extra = 200, self._issue(user, scopes, refresh), {}
+            status, extra = 200, self._spend(user, scopes)
+            if extra.get("Retry-After"):
+                status = 429
+                body = {
+                    "errors": [
+                        {
+                            "code": "TOOMANYREQUESTS",
+                            "message": HUB_LIMIT_MESSAGE,
+                            "detail": None,
+                        }
+                    ]
+                }
+            else:
+                body = self._issue(user, scopes, refresh)
         self._record(params, basic_user, status)
         self._send_json(status, body, extra)
+
+    def _spend(self, user: str | None, scopes: list[str]) -> dict[str, str]:
+        """Docker Hub's budget headers; with Retry-After once it is spent."""
+        account = user or "anonymous"
+        limit = self.server.budgets.get(account)
+        if limit is None:
+            return {}
+        source = user or self.client_address[0]
+        pulls = any(s.endswith(":pull") or ":pull," in s for s in scopes)
+        with self.server.log_lock:
+            spent = self.server.spent.get(source, 0)
+            if pulls and spent >= limit:
+                return {
+                    "ratelimit-limit": f"{limit};w={BUDGET_WINDOW}",
+                    "ratelimit-remaining": f"0;w={BUDGET_WINDOW}",
+                    "docker-ratelimit-source": source,
+                    "Retry-After": str(BUDGET_RETRY_AFTER),
+                }
+            if pulls:
+                spent += 1
+                self.server.spent[source] = spent
+        return {
+            "ratelimit-limit": f"{limit};w={BUDGET_WINDOW}",
+            "ratelimit-remaining": f"{limit - spent};w={BUDGET_WINDOW}",
+            "docker-ratelimit-source": source,
+        }
 
     def _check_user(self, user: str | None, password: str | None) -> str | None:
         """Error text for bad credentials, or None."""
@@ -398,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repository", action="append", default=[], help="a known repo"
     )
+    parser.add_argument(
+        "--budget", action="append", default=[], help="ACCOUNT=PULLS (or anonymous=)"
+    )
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
     args = parser.parse_args(argv)
@@ -411,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         args.issuer,
         args.log,
         Policy(known=set(args.repository)),
+        {k: int(v) for k, _, v in (b.partition("=") for b in args.budget)},
     )
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -434,6 +495,7 @@ class TokenService(ManagedProcess):
         issuer: str,
         repositories: Sequence[str] = (),
         tls: tuple[Path, Path] | None = None,
+        budgets: dict[str, int] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -467,6 +529,8 @@ class TokenService(ManagedProcess):
         ]
         for repo in repositories:
             argv += ["--repository", repo]
+        for account, pulls in (budgets or {}).items():
+            argv += ["--budget", f"{account}={pulls}"]
         if tls:
             argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         super().__init__(argv, workdir / "token-service.log", cwd=REPO_ROOT)
