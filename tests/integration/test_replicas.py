@@ -10,6 +10,7 @@ own blobs, which the others fetch once more.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from docxy.own_tokens import ANONYMOUS_TOKEN
 from tests.support.balancer import BALANCERS, BINARIES, Balancer
-from tests.support.daemons import need
+from tests.support.clients import CONTAINERD, CTR, Containerd
+from tests.support.daemons import need, running
 from tests.support.docxy import AccessLog, Docxy
 from tests.support.processes import LOOPBACK, free_port
-from tests.support.registry import Upstream, fetch, get_token
+from tests.support.registry import Registry, Upstream, fetch, get_token
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
 Factory = Callable[..., Docxy]
@@ -143,6 +146,33 @@ def test_a_token_from_one_replica_works_on_every_replica(
         assert blob.body == upstream.blob_bytes("library/alpine", layer)
 
 
+def test_docxys_own_tokens_are_good_on_every_replica(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    """An open upstream: one replica's realm hands out Docxy's anonymous
+    token (the client still wants one); another replica takes it. It is the
+    same constant everywhere (no per-process key a replica could lack)."""
+    image = upstream.images["library/alpine:3.20"]
+    plain = Registry(tmp_path / "plain", upstream.registry.storage, None, readonly=True)
+    try:
+        public = f"http://{LOOPBACK}:{free_port()}"
+        first, second = (
+            docxy_factory(plain.url, "--public-url", public) for _ in range(2)
+        )
+        answer = fetch(f"{first.url}/auth/token?scope=repository:library/alpine:pull")
+        assert answer.status == 200, answer.body
+        token = answer.json()["token"]
+        assert token == ANONYMOUS_TOKEN
+        manifest = fetch(
+            f"{second.url}/v2/library/alpine/manifests/{image.digest}",
+            headers={"Authorization": f"Bearer {token}", "Accept": image.media_type},
+        )
+        assert manifest.status == 200, manifest.body
+        assert manifest.header("docker-content-digest") == image.digest
+    finally:
+        plain.stop()
+
+
 def test_a_removed_replica_moves_only_its_own_blobs(
     replica_set: ReplicaSet, upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -191,3 +221,27 @@ def test_one_blob_under_several_names_lands_on_one_replica(
             answer = fetch(f"{replica_set.balancer.url}{path}", headers=auth)
             assert answer.status == 200, (path, answer.body)
         assert len(served_by(replica_set, layer)) == 1, layer
+
+
+@pytest.fixture
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    yield from running(tmp_path_factory, "containerd", (CONTAINERD, CTR), Containerd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs root")
+def test_containerd_pulls_through_the_balancer(
+    replica_set: ReplicaSet, containerd: Containerd, upstream: Upstream
+) -> None:
+    """containerd never pings, sends ``?ns=docker.io`` and gets tokens from
+    the realm a replica named: the balancer's."""
+    image = upstream.images["library/multi:1.0"]
+    ref = "docker.io/library/multi:1.0"
+    containerd.set_mirror(replica_set.balancer.url)
+    since = len(upstream.requests())
+    containerd.pull("multi", ref)
+    assert containerd.image_digest("multi", ref) == image.digest
+    wanted = [image.configs["linux/amd64"], *image.layers["linux/amd64"]]
+    gets = blob_gets(upstream, since, wanted)
+    assert set(gets.values()) == {1}, gets
+    for blob in wanted:
+        assert len(served_by(replica_set, blob)) == 1, blob
