@@ -100,9 +100,10 @@ class AccessGate:
         headers = request.requestHeaders
         values = headers.getRawHeaders(b"authorization", [])
         grant: Grant | None = None
-        presented = any(is_client_token(value) for value in values)
+        ours = [value for value in values if is_client_token(value)]
+        presented = bool(ours)
         if presented and self.signer is not None:
-            token = values[0].strip().partition(b" ")[2].strip()
+            token = ours[0].strip().partition(b" ")[2].strip()
             grant = self.signer.verify(token.decode("latin-1"))
         if presented or (registry and self.accounts_on):
             # Docxy's tokens, and with accounts on whatever a client sends

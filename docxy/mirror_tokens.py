@@ -59,7 +59,9 @@ class MirrorTokens:
         self.account = upstream.credentials
         self._allowed = realm_hosts(upstream.url, upstream.realm, upstream.realm_hosts)
         self._tokens: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._flights: SingleFlight[str, bytes | None] = SingleFlight()
+        self._flights: SingleFlight[str, bytes | None] = SingleFlight(
+            what="upstream token request"
+        )
         self._refused: set[str] = set()
 
     @property

@@ -97,6 +97,7 @@ class DocxyRequest(Request):
             cache=self.notes.get("cache"),
             redirects=self.notes.get("redirects"),
             upstream_error=self.notes.get("upstream_error"),
+            account=self.notes.get("account"),
             extra=_extra(self.notes) + _quoted(ns=ns, ua=agent),
         )
 
@@ -129,6 +130,9 @@ def _extra(notes: dict[str, object]) -> str:
         parts.append(f" cache={notes['cache']}")
     if notes.get("redirects"):
         parts.append(f" redirects={notes['redirects']}")
+    if notes.get("account"):
+        # A mirror account (docxy.access_control); never a credential.
+        parts.append(f" account={notes['account']}")
     if notes.get("upstream_error"):
         parts.append(f' upstream_error="{notes["upstream_error"]}"')
     return "".join(parts)

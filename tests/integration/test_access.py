@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import STANDARD_REPOSITORIES, DocxyFactory
+from tests.integration.test_prefetch import prefetch
 from tests.support.clients import (
     CONTAINERD,
     CTR,
@@ -158,6 +159,17 @@ def test_wrong_or_missing_credentials_get_401_with_a_challenge(
     )
     assert token.status == 401
     assert token.header("www-authenticate") == 'Basic realm="docxy"'
+
+
+def test_docxy_prefetch_warms_with_a_mirror_account(accounts_docxy: Docxy) -> None:
+    without = prefetch(accounts_docxy, PRIVATE)
+    assert without.returncode != 0
+    result = prefetch(
+        accounts_docxy,
+        PRIVATE,
+        DOCXY_PREFETCH_USER=f"{MIRROR_USER}:{MIRROR_PASSWORD}",
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
