@@ -77,6 +77,10 @@ class MirrorTokens:
         waiter, _ = self._flights.wait(scope, lambda: self._fetch(scope))
         return await waiter
 
+    def forget(self, scope: str) -> None:
+        """Drop the cached token of ``scope`` (the upstream no longer takes it)."""
+        self._tokens.pop(scope, None)
+
     async def _fetch(self, scope: str) -> bytes | None:
         try:
             realm = await self.realms.get()

@@ -232,11 +232,13 @@ class RegistryResource(Resource):
     async def _serve(
         self, request: Request, exchange: Exchange, target: Target
     ) -> None:
-        await target.use_mirror_token(exchange)
+        ours = await target.use_mirror_token(exchange)
         if self.cache is not None:
             await self.cache.serve(request, exchange, target)
         else:
             await self.forwarder.relay.relay(request, exchange)
+        if ours and request.code == 401:
+            target.mirror_token_refused()
 
 
 def _answer_ping(request: Request) -> None:

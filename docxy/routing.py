@@ -95,7 +95,7 @@ class Target:
         name = upstream_name(self.route.name, self.mirror.upstream.library_prefix)
         return f"repository:{name}:pull"
 
-    async def use_mirror_token(self, exchange: Exchange) -> None:
+    async def use_mirror_token(self, exchange: Exchange) -> bool:
         """Docxy's own upstream token on ``exchange``, if the client brought none.
 
         The client's own credentials win for that client; ``/v2/`` itself is
@@ -104,12 +104,19 @@ class Target:
         """
         tokens, scope = self.mirror.tokens, self.pull_scope
         if tokens is None or scope is None:
-            return
+            return False
         if exchange.headers.hasHeader(b"authorization"):
-            return
+            return False
         value = await tokens.authorization(scope)
-        if value is not None:
-            exchange.headers.setRawHeaders(b"authorization", [value])
+        if value is None:
+            return False
+        exchange.headers.setRawHeaders(b"authorization", [value])
+        return True
+
+    def mirror_token_refused(self) -> None:
+        """The upstream answered 401 to Docxy's own token: fetch a new one next."""
+        if self.mirror.tokens is not None and self.pull_scope is not None:
+            self.mirror.tokens.forget(self.pull_scope)
 
     def scope_to_client(self, scope: str) -> str:
         """Upstream naming -> the client's (alias prefix back on) in a scope."""

@@ -250,3 +250,24 @@ async def test_a_listed_realm_host_gets_the_account(
     assert [s.headers.getRawHeaders(b"authorization") for s in foreign.seen] == [
         [BASIC]
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_the_upstream_refuses_is_not_used_again(
+    password_file: Path,
+) -> None:
+    upstream = FakeUpstream()
+    docxy = await with_account(upstream, password_file)
+    issued = iter(["revoked-token", "fresh-token"])
+    upstream.routes[b"/v2/"] = challenge_to(f"{upstream.url}/token")
+    upstream.routes[b"/token"] = lambda request: token_answer(next(issued))
+    upstream.routes[b"/v2/library/app/manifests/1"] = manifest_for(
+        b"Bearer fresh-token"
+    )
+    try:
+        first = await docxy.request(b"GET", "/v2/app/manifests/1")
+        assert first.code == 401  # the client is told to come again
+        second = await docxy.request(b"GET", "/v2/app/manifests/1")
+        assert second.code == 200, second.body
+    finally:
+        await docxy.stop()
