@@ -15,8 +15,19 @@ done
 if ((${#need[@]})); then
     echo "==> installing Debian packages (missing: ${need[*]})"
     export DEBIAN_FRONTEND=noninteractive
+    # The tests start their own dockerd, containerd, nginx and haproxy on
+    # loopback: the packages' services (nginx and haproxy on *:80) must not
+    # start. policy-rc.d is what invoke-rc.d and deb-systemd-invoke ask.
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        own_policy=1
+    fi
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${debs[@]}" python3-venv
+    if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
