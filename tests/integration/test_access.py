@@ -325,3 +325,48 @@ def test_the_budget_counts_the_mirrors_account_and_a_spent_one_is_not_hammered(
     skopeo_pull(docxy.hostport, PRIVATE, tmp_path / "again" / "out")
     assert_pulled(tmp_path / "again" / "out", image.blobs, image.digest)
     assert len(budgeted.token_requests()) == 2
+
+
+def test_with_the_cache_a_token_for_one_repository_opens_no_cached_other(
+    upstream: Upstream, docxy_factory: DocxyFactory, tmp_path: Path
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(MIRROR_PASSWORD.encode(), bcrypt.gensalt(rounds=4))
+    htpasswd.write_text(f"{MIRROR_USER}:{hashed.decode()}\n")
+    docxy = docxy_factory(
+        upstream.url,
+        "--htpasswd",
+        str(htpasswd),
+        "--upstream-username",
+        "alice",
+        "--upstream-password-file",
+        str(password_file(tmp_path)),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
+    image = upstream.images[PRIVATE]
+    for attempt in ("cold", "warm"):
+        mirror_auth_file(tmp_path / attempt, docxy.hostport, MIRROR_PASSWORD)
+        skopeo_pull(docxy.hostport, PRIVATE, tmp_path / attempt / "out")
+        assert_pulled(tmp_path / attempt / "out", image.blobs, image.digest)
+    assert "cache=hit" in docxy.log_text()
+
+    login = {"Authorization": basic_auth(MIRROR_USER, MIRROR_PASSWORD)}
+    answer = fetch(
+        f"{docxy.url}/auth/token?scope=repository:library/alpine:pull", headers=login
+    )
+    assert answer.status == 200
+    other = {"Authorization": f"Bearer {answer.json()['token']}"}
+    for path in (
+        f"/v2/private/secret/manifests/{image.digest}",
+        f"/v2/private/secret/blobs/{image.blobs[0]}",
+    ):
+        reply = fetch(docxy.url + path, headers=other)
+        assert reply.status == 401, path
+        assert challenge(reply).get("error") == "insufficient_scope"
+    accept = "application/vnd.docker.distribution.manifest.v2+json"
+    alpine = fetch(
+        f"{docxy.url}/v2/library/alpine/manifests/3.20",
+        headers={**other, "Accept": accept},
+    )
+    assert alpine.status == 200
