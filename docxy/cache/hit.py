@@ -2,9 +2,11 @@
 
 The file is opened and ``fstat``-ed first: if it still has the seal it had
 when it was verified (:mod:`docxy.cache.integrity`) it is served without
-hashing; otherwise this read hashes it in the disk threads (a full read
-holds its last chunk back until the digest matched; a Range hashes the
-whole file first), and a match seals it again.
+hashing, by the kernel on plain TCP (:mod:`docxy.cache.kernel_sender`) and
+by reads with read-ahead on TLS (:mod:`docxy.cache.sender`); otherwise
+this read hashes it in the disk threads (a full read holds its last chunk
+back until the digest matched; a Range hashes the whole file first), and
+a match seals it again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..oci import Digest
 from .blob_store import BlobStore, Entry
 from .disk_pool import DiskPool
 from .integrity import Seal
+from .kernel_sender import KernelSender, kernel_transport
 from .sender import FileSender
 
 _RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)
@@ -147,6 +150,19 @@ class Hits:
                 self.store.seal(entry, seal)
             self.sent(request, outcome, sent)
 
+        transport = kernel_transport(request) if trusted else None
+        if transport is not None:
+            KernelSender(
+                request,
+                transport,
+                fd,
+                start,
+                end,
+                self.reactor,
+                self.idle_timeout,
+                ended,
+            ).start()
+            return
         FileSender(
             request,
             fd,

@@ -187,3 +187,42 @@ def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout(
     assert client.docxy_side.aborted
     # The read that arrived while the client was paused was held, not sent.
     assert resource.outcomes == [("idle-timeout", CHUNK)]
+
+
+AHEAD = bytes(range(256)) * (10 * 1024)  # 2.5 MiB: three large reads
+
+
+class ServeAhead(Serve):
+    """Serve, a trusted hit: large reads, more than one in flight."""
+
+    def render_GET(self, request: Request) -> int:
+        request.setHeader(b"content-length", str(len(AHEAD)).encode())
+        FileSender(
+            request,
+            str(self.path),
+            0,
+            len(AHEAD),
+            cast(IReactorThreads, self.threads),
+            cast(ThreadPool, self.threads),
+            on_end=lambda outcome, sent: self.outcomes.append((outcome, sent)),
+            read_ahead=True,
+            nowait=False,
+        ).start()
+        return NOT_DONE_YET
+
+
+def test_read_ahead_keeps_two_reads_in_flight_and_sends_in_order(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "blob").write_bytes(AHEAD)
+    threads = QueuedThreads()
+    resource = ServeAhead(tmp_path / "blob", threads, None)
+    client = connect(resource)
+    assert len(threads.queue) == 2  # two reads asked for at once
+    threads.queue.reverse()  # the later read finishes first
+    threads.run(1)
+    client.pump.flush()
+    assert client.client.body == b""  # held until the earlier one is in
+    step(threads, client)
+    assert client.client.body == AHEAD
+    assert resource.outcomes == [("done", len(AHEAD))]

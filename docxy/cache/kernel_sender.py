@@ -1,0 +1,229 @@
+"""Cache hits on plain TCP: the file goes to the socket with ``sendfile(2)``.
+
+Twisted's transports have no sendfile, so the sender borrows the
+transport's write side for the length of the body, through the transport's
+own producer protocol:
+
+1. the response headers are written through the Request as usual, so they
+   sit in the transport's buffer;
+2. the channel (the transport's streaming producer) is unregistered and the
+   sender registers as a *pull* producer in its place. A transport asks its
+   pull producer for more only from ``doWrite``, when its buffer is empty
+   and the socket was writable: so no sendfile can overtake the headers or
+   anything else still buffered;
+3. each ``resumeProducing`` sends from the file until the socket would
+   block (a partial count or ``BlockingIOError``), or up to
+   :data:`TURN_BYTES` so other connections get their turn, then asks the
+   transport to call again when the socket is writable (``startWriting``);
+4. at the end the channel gets its producer slot back and the Request is
+   finished (or the connection aborted: a short read, never a wrong body).
+
+A client that disconnects stops the sender (the transport stops its
+producer on connection loss) and the file is closed; one that reads
+nothing is dropped after ``idle_timeout``. Bytes sent count in the
+Request's ``sentLength``, so the access log and metrics see them. The
+kernel holds no more than the socket's send buffer for a slow client.
+
+The seam for tests: the transport is anything with the few methods
+:class:`KernelTransport` names, and ``sendfile`` is a parameter.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPullProducer, IReactorTime, ISSLTransport
+from twisted.logger import Logger
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from ..streaming import IdleWatchdog, abort_client, client_gone
+
+log = Logger()
+
+# At most this much per writable event: other connections get their turn.
+TURN_BYTES = 8 * 1024 * 1024
+
+SendFile = Callable[[int, int, int, int], int]
+
+
+class KernelTransport(Protocol):
+    """What the sender needs of a transport (``tcp.Connection`` has it)."""
+
+    producer: Any
+    producerPaused: bool
+    disconnected: bool
+
+    def fileno(self) -> int: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def startWriting(self) -> None: ...
+    def abortConnection(self) -> None: ...
+
+
+def kernel_transport(request: Request) -> KernelTransport | None:
+    """The request's transport if sendfile can write to it, else None.
+
+    Plain TCP (and Unix) sockets only, and only while the channel is the
+    transport's producer as twisted.web left it: TLS encrypts in user
+    space, so its bytes never come from a file.
+    """
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None)
+    if not isinstance(transport, tcp.Connection):
+        return None
+    if ISSLTransport.providedBy(transport) or getattr(transport, "TLS", False):
+        return None
+    if transport.producer is not channel or transport.disconnected:
+        return None
+    return cast(KernelTransport, transport)
+
+
+@implementer(IPullProducer)
+class KernelSender:
+    """Sends bytes ``[start, end)`` of the open file ``fd`` (which it owns)."""
+
+    def __init__(
+        self,
+        request: Request,
+        transport: KernelTransport,
+        fd: int,
+        start: int,
+        end: int,
+        clock: IReactorTime,
+        idle_timeout: float,
+        on_end: Callable[[str, int], None] = lambda outcome, sent: None,
+        sendfile: SendFile | None = None,
+    ) -> None:
+        """``sendfile``: ``os.sendfile`` unless a test gives its own."""
+        self.request = request
+        self.transport = transport
+        self.fd = fd
+        self.offset = start
+        self.end = end
+        self.on_end = on_end
+        self.sendfile = sendfile or os.sendfile
+        self.sent = 0
+        self.watchdog = IdleWatchdog(clock, idle_timeout, self._idle)
+        self._channel: Any = None
+        self._channel_paused = False
+        self._taking = False
+        self._done = False
+        # Waiting for the socket to be writable (a test looks at this).
+        self.waiting = False
+        request.notifyFinish().addBoth(self._client_finished)
+
+    def start(self) -> None:
+        self.request.write(b"")  # the headers, into the transport's buffer
+        if self._done or client_gone(self.request):
+            self._finish("client-gone")
+            return
+        transport = self.transport
+        self._channel = transport.producer
+        self._channel_paused = transport.producerPaused
+        transport.unregisterProducer()
+        self._taking = True  # registering a pull producer resumes it at once
+        try:
+            transport.registerProducer(self, False)
+        finally:
+            self._taking = False
+        self.watchdog.start()
+        self._wait()  # doWrite flushes what is buffered, then resumes us
+
+    def _wait(self) -> None:
+        self.waiting = True
+        self.transport.startWriting()
+
+    # IPullProducer: the transport's buffer is empty and the socket writable
+    def resumeProducing(self) -> None:
+        if self._taking or self._done:
+            return
+        self.waiting = False
+        out = self.transport.fileno()
+        budget = TURN_BYTES
+        while self.offset < self.end:
+            count = min(self.end - self.offset, budget)
+            try:
+                sent = self.sendfile(out, self.fd, self.offset, count)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as e:
+                self._failed(e)
+                return
+            if sent == 0:  # the file ended early: it shrank under us
+                self._finish("short-file")
+                return
+            self.offset += sent
+            self.sent += sent
+            self.request.sentLength += sent
+            self.watchdog.touch()
+            budget -= sent
+            if sent < count or budget <= 0:
+                break  # the socket is full, or others' turn
+        if self.offset >= self.end:
+            self._finish("done")
+        else:
+            self._wait()
+
+    def stopProducing(self) -> None:
+        """The transport lost its connection."""
+        self._end("client-gone")
+
+    def _failed(self, error: OSError) -> None:
+        if error.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+            self._finish("client-gone")  # it closed before we noticed
+            return
+        log.warn("sendfile failed: {why}", why=os.strerror(error.errno or 0))
+        self._finish("send-error")
+
+    def _idle(self) -> None:
+        log.warn(
+            "no progress for {timeout}s after {bytes} bytes of a cached blob; "
+            "aborting transfer",
+            timeout=self.watchdog.timeout,
+            bytes=self.sent,
+        )
+        self._finish("idle-timeout")
+
+    def _give_back(self) -> None:
+        """The channel gets the transport's producer slot back."""
+        transport = self.transport
+        if transport.producer is self:
+            transport.unregisterProducer()
+        channel, self._channel = self._channel, None
+        if channel is None or transport.disconnected or transport.producer is not None:
+            return
+        transport.registerProducer(channel, True)
+        if self._channel_paused:  # the buffer it waited for is empty now
+            channel.resumeProducing()
+
+    def _finish(self, outcome: str) -> None:
+        if self._done:
+            return
+        self._end(outcome)
+        self._give_back()
+        if not client_gone(self.request):
+            if outcome == "done":
+                self.request.finish()
+            else:
+                abort_client(self.request)  # a short read, never a wrong body
+
+    def _end(self, outcome: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.waiting = False
+        self.watchdog.stop()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.on_end(outcome, self.sent)
+
+    def _client_finished(self, result: object) -> None:
+        self._end("client-gone")

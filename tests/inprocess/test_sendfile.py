@@ -1,0 +1,209 @@
+"""Cache hits on plain TCP through ``sendfile(2)``, with real sockets.
+
+Docxy's real Site on 127.0.0.1 in front of a scripted upstream; clients are
+twisted's Agent or raw sockets that read when the test says. What is
+checked: the body and a Range are exact and went out by sendfile; a client
+that leaves mid-transfer leaves no descriptor behind; a client that reads
+nothing holds nothing in Docxy's memory (the bytes wait in the file); the
+access log and the counters count the bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.logger import ILogObserver, globalLogPublisher
+from zope.interface import implementer
+
+from docxy.cache.kernel_sender import KernelSender
+
+from .harness import FakeUpstream, Harness, start
+from .test_cache import BLOB, CLIENT_PATH, DIGEST, PATH, Blob, cache_of, until
+
+BIG = os.urandom(24 * 1024 * 1024)
+BIG_DIGEST = "sha256:" + hashlib.sha256(BIG).hexdigest()
+BIG_PATH = f"/v2/library/alpine/blobs/{BIG_DIGEST}"
+BIG_CLIENT_PATH = f"/v2/alpine/blobs/{BIG_DIGEST}"
+
+
+@pytest_twisted.async_yield_fixture
+async def docxy(tmp_path: Path) -> AsyncIterator[Harness]:
+    upstream = FakeUpstream()
+    upstream.routes[PATH] = Blob()
+    upstream.routes[BIG_PATH.encode()] = Blob(BIG)
+    harness = await start(upstream, {"cache-dir": str(tmp_path / "cache")})
+    yield harness
+    await harness.stop()
+
+
+@pytest.fixture
+def sendfiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The byte count of every sendfile call Docxy makes."""
+    counts: list[int] = []
+    real = os.sendfile
+
+    def counting(out: int, fd: int, offset: int, count: int) -> int:
+        sent = real(out, fd, offset, count)
+        counts.append(sent)
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", counting)
+    yield counts
+
+
+@pytest.fixture
+def senders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[KernelSender]]:
+    started: list[KernelSender] = []
+    real = KernelSender.start
+
+    def start(self: KernelSender) -> None:
+        started.append(self)
+        real(self)
+
+    monkeypatch.setattr(KernelSender, "start", start)
+    yield started
+
+
+@pytest.fixture
+def access_events() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+
+    @implementer(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "docxy.access":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+async def cached(docxy: Harness, path: str, digest: str) -> None:
+    await docxy.request(b"GET", path)
+    await until(lambda: digest in cache_of(docxy).store.entries, "the fill")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def links() -> list[str]:
+    """What this process's descriptors point at."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+def raw_get(docxy: Harness, path: str, rcvbuf: int | None = None) -> socket.socket:
+    client = socket.socket()
+    if rcvbuf is not None:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    client.connect(("127.0.0.1", docxy.docxy_port.getHost().port))
+    client.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
+    client.setblocking(False)
+    return client
+
+
+def drain(client: socket.socket, into: bytearray) -> None:
+    """Read what has arrived, without waiting."""
+    while True:
+        try:
+            data = client.recv(1 << 20)
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        into += data
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hit_and_a_range_go_out_by_sendfile_with_their_bytes_counted(
+    docxy: Harness, sendfiles: list[int], access_events: list[dict[str, Any]]
+) -> None:
+    await cached(docxy, CLIENT_PATH, DIGEST)
+    assert sendfiles == []  # the miss was teed, not sent from the file
+    counters = cache_of(docxy).counters
+    served = counters.bytes_served
+    access_events.clear()
+
+    whole = await docxy.request(b"GET", CLIENT_PATH)
+    assert whole.code == 200 and whole.body == BLOB
+    assert sum(sendfiles) == len(BLOB)
+    part = await docxy.request(b"GET", CLIENT_PATH, {b"range": [b"bytes=1000-1048575"]})
+    assert (part.code, part.body) == (206, BLOB[1000:1048576])
+    assert sum(sendfiles) == len(BLOB) + len(part.body)
+
+    assert [(e["status"], e["bytes"]) for e in access_events] == [
+        (200, len(BLOB)),
+        (206, len(part.body)),
+    ]
+    assert counters.bytes_served - served == len(BLOB) + len(part.body)
+    metrics = docxy.site.metrics
+    if metrics is not None:
+        text = metrics.render().decode()
+        assert "docxy_response_bytes_total" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_mid_transfer_leaves_no_descriptor(
+    docxy: Harness, senders: list[KernelSender]
+) -> None:
+    await cached(docxy, BIG_CLIENT_PATH, BIG_DIGEST)
+    entry = cache_of(docxy).store.entries[BIG_DIGEST]
+    before = open_fds()
+    assert str(cache_of(docxy).store.path(BIG_DIGEST)) not in links()
+    client = raw_get(docxy, BIG_CLIENT_PATH, rcvbuf=64 * 1024)
+    received = bytearray()
+
+    def some_arrived() -> bool:
+        drain(client, received)
+        return len(received) > 1024 * 1024
+
+    await until(some_arrived, "the first MiB")
+    assert entry.readers == 1 and senders and senders[0].fd >= 0
+    assert str(cache_of(docxy).store.path(BIG_DIGEST)) in links()  # can fail
+    client.close()
+    await until(lambda: senders[0].fd == -1, "the sender to close its file")
+    await until(lambda: open_fds() <= before, "every descriptor closed")
+    assert str(cache_of(docxy).store.path(BIG_DIGEST)) not in links()
+    assert entry.readers == 0
+    assert len(received) < len(BIG)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_reads_nothing_holds_nothing_in_memory(
+    docxy: Harness, senders: list[KernelSender]
+) -> None:
+    await cached(docxy, BIG_CLIENT_PATH, BIG_DIGEST)
+    client = raw_get(docxy, BIG_CLIENT_PATH, rcvbuf=64 * 1024)
+    try:
+        await until(lambda: bool(senders), "the hit to start")
+        sender = senders[0]
+        await until(lambda: sender.sent > 0 and sender.waiting, "the socket to be full")
+        transport: Any = sender.transport
+        buffered = len(transport.dataBuffer) - transport.offset
+        assert buffered + transport._tempDataLen == 0  # nothing in user space
+        assert sender.sent < len(BIG)  # the rest waits in the file
+
+        received = bytearray()
+
+        def all_arrived() -> bool:
+            drain(client, received)
+            return b"\r\n\r\n" in received and received.endswith(BIG[-4096:])
+
+        await until(all_arrived, "the rest of the blob")
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert body == BIG
+    finally:
+        client.close()
