@@ -1,0 +1,67 @@
+"""The AccessGate's address rules: IPv4 and IPv6 blocks, trusted proxies."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import pytest
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyRequest
+
+from docxy.access_control import AccessGate
+from docxy.config_values import ConfigError, networks
+
+
+def request_from(host: str, forwarded: str | None = None) -> Request:
+    request = DummyRequest([b"v2", b""])
+    kind = IPv6Address if ":" in host else IPv4Address
+    request.client = kind("TCP", host, 40000)
+    request.notes = {}  # type: ignore[attr-defined]
+    if forwarded is not None:
+        request.requestHeaders.setRawHeaders(b"x-forwarded-for", [forwarded.encode()])
+    return cast(Request, request)
+
+
+ALLOW = networks("allow", ["10.0.0.0/8", "fd00::/8", "192.0.2.7"])
+
+
+@pytest.mark.parametrize(
+    ("host", "admitted"),
+    [
+        ("10.1.2.3", True),
+        ("11.0.0.1", False),
+        ("fd12::1", True),
+        ("fe80::1", False),
+        ("::ffff:10.9.9.9", True),  # an IPv4 client on a dual-stack socket
+        ("192.0.2.7", True),
+        ("192.0.2.8", False),
+    ],
+)
+def test_allow_list_of_ipv4_and_ipv6_blocks(host: str, admitted: bool) -> None:
+    error = AccessGate(ALLOW).admit(request_from(host), registry=True)
+    assert (error is None) == admitted
+    if error is not None:
+        assert (error.status, error.code) == (403, "DENIED")
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        ("10.0.0.2", "203.0.113.5", "203.0.113.5"),
+        ("10.0.0.2", "198.51.100.1, 203.0.113.5, 10.0.0.3", "203.0.113.5"),
+        ("10.0.0.2", "garbage", "10.0.0.2"),
+        ("203.0.113.9", "10.1.1.1", "203.0.113.9"),  # not a trusted proxy
+    ],
+)
+def test_x_forwarded_for_from_trusted_proxies_only(
+    peer: str, forwarded: str, client: str
+) -> None:
+    gate = AccessGate(trusted_proxies=networks("trusted-proxies", "10.0.0.0/24"))
+    assert str(gate.client_address(request_from(peer, forwarded))) == client
+
+
+def test_bad_blocks_stop_at_start() -> None:
+    with pytest.raises(ConfigError, match="not an address or CIDR block"):
+        networks("allow", ["10.0.0.0/33"])
+    assert len(networks("allow", "10.0.0.0/8, fd00::/8")) == 2
