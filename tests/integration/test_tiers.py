@@ -19,7 +19,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import STANDARD_REPOSITORIES
-from tests.support.clients import CONTAINERD, CTR, PODMAN, Containerd, Podman
+from tests.support.clients import (
+    CONTAINERD,
+    CTR,
+    DOCKER_CLI,
+    DOCKERD,
+    PODMAN,
+    Containerd,
+    Dockerd,
+    Podman,
+)
 from tests.support.daemons import running
 from tests.support.docxy import AccessLog, Docxy
 from tests.support.registry import (
@@ -369,3 +378,39 @@ def test_clients_pull_through_both_tiers_and_from_the_node_without_regional(
     # Nothing that was never pulled comes out of a node cut off from its region.
     never = skopeo_pull(node.hostport, "multi:list", tmp_path / "never", check=False)
     assert never.returncode != 0
+
+
+@pytest.fixture
+def dockerd(
+    chain: Chain, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dockerd]:
+    yield from running(
+        tmp_path_factory,
+        "dockerd",
+        (DOCKERD, DOCKER_CLI),
+        lambda base: Dockerd(base, [chain.node.url]),
+    )
+
+
+@root_only
+def test_dockerd_pulls_public_and_private_images_through_both_tiers(
+    chain: Chain, dockerd: Dockerd, upstream: Upstream
+) -> None:
+    """dockerd pings, sends its Hub login (Basic, ``account=``) to the
+    node's realm, which the regional tier relays to the token service."""
+
+    def pulled(ref: str) -> None:
+        dockerd.pull(ref)
+        digests = dockerd.inspect(ref)["RepoDigests"]
+        assert f"@{upstream.images[ref].digest}" in " ".join(digests), digests
+
+    pulled("library/alpine:3.20")
+    tokens_before = len(upstream.token_requests())
+    try:
+        dockerd.set_hub_credentials("alice", "secret")
+        pulled("private/secret:1")
+    finally:
+        dockerd.set_hub_credentials(None)
+    alice = [r for r in upstream.token_requests()[tokens_before:] if r["user"]]
+    assert alice, upstream.token_requests()[tokens_before:]
+    assert ("account", "alice") in [tuple(p) for p in alice[-1]["params"]]
