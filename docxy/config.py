@@ -286,7 +286,7 @@ def build_upstreams(values: Mapping[str, Any]) -> tuple[tuple[Upstream, ...], st
                 f"upstream-username: the account of {default!r} is also set in "
                 f"[upstreams.{default}]; set it once"
             )
-        base = replace(base, credentials=_account("upstream", base.url, account))
+        base = replace(base, credentials=_account("upstream-", base.url, account))
     entries[default] = base
     upstreams = tuple(entries.values())
     for upstream in upstreams:
@@ -335,7 +335,8 @@ def _upstream_from_table(name: str, table: object, base: Upstream | None) -> Ups
         fields["library_prefix"] = base.library_prefix
     upstream = replace(base, **fields)
     if any(v is not None for v in account.values()):
-        upstream = replace(upstream, credentials=_account(where, upstream.url, account))
+        credentials = _account(f"{where}.", upstream.url, account)
+        upstream = replace(upstream, credentials=credentials)
     return upstream
 
 

@@ -57,7 +57,7 @@ def read_secret(where: str, path: object) -> str:
 
 
 def load_credentials(
-    where: str,
+    prefix: str,
     url: str,
     username: str | None,
     password_file: object | None,
@@ -66,34 +66,50 @@ def load_credentials(
 ) -> Credentials | None:
     """The account configured for the upstream at ``url``, or None.
 
-    ``where`` prefixes every error (``upstreams.ghcr.io``); a missing or
-    contradictory piece stops Docxy at start with one line.
+    ``prefix`` makes the setting names of the errors (``upstreams.ghcr.io.``
+    for a table, ``upstream-`` for the default upstream's options); a
+    missing or contradictory piece stops Docxy at start with one line.
     """
-    files = [
-        (k, v)
-        for k, v in (("password-file", password_file), ("token-file", token_file))
-        if v is not None
-    ]
+    given = {
+        key: value
+        for key, value in (
+            ("username", username),
+            ("password-file", password_file),
+            ("token-file", token_file),
+            ("docker-config", docker_config),
+        )
+        if value is not None
+    }
+    name = {
+        key: prefix + key
+        for key in ("username", "password-file", "token-file", "docker-config")
+    }
     if docker_config is not None:
-        if files or username is not None:
+        if len(given) > 1:
             raise ConfigError(
-                f"{where}: docker-config replaces username and password-file/token-file"
+                f"{name['docker-config']}: replaces {name['username']} and "
+                f"{name['password-file']}/{name['token-file']}: set one way"
             )
-        return _from_docker_config(where, url, docker_config)
-    if len(files) > 1:
-        raise ConfigError(f"{where}: set password-file or token-file, not both")
+        return _from_docker_config(name["docker-config"], url, docker_config)
+    if password_file is not None and token_file is not None:
+        raise ConfigError(
+            f"{name['token-file']}: set {name['password-file']} or it, not both"
+        )
+    files = [k for k in ("password-file", "token-file") if k in given]
     if username is None:
         if files:
-            raise ConfigError(f"{where}: {files[0][0]} needs a username")
+            raise ConfigError(f"{name[files[0]]}: needs {name['username']}")
         return None
     if not files:
-        raise ConfigError(f"{where}: username needs a password-file or token-file")
-    key, path = files[0]
-    return Credentials(username, read_secret(f"{where}.{key}", path), f"{key} {path}")
+        raise ConfigError(
+            f"{name['username']}: needs {name['password-file']} or {name['token-file']}"
+        )
+    key = files[0]
+    path = given[key]
+    return Credentials(username, read_secret(name[key], path), f"{key} {path}")
 
 
-def _from_docker_config(where: str, url: str, path: object) -> Credentials:
-    name = f"{where}.docker-config"
+def _from_docker_config(name: str, url: str, path: object) -> Credentials:
     try:
         document = json.loads(Path(str(path)).read_text(encoding="utf-8"))
         auths = document.get("auths", {})

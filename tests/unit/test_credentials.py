@@ -62,8 +62,14 @@ def test_account_from_a_docker_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"upstream-username": "alice"}, "needs a password-file or token-file"),
-        ({"upstream-password-file": "PATH"}, "needs a username"),
+        (
+            {"upstream-username": "alice"},
+            "upstream-username: needs upstream-password-file or",
+        ),
+        (
+            {"upstream-password-file": "PATH"},
+            "upstream-password-file: needs upstream-username",
+        ),
         (
             {
                 "upstream-username": "a",
@@ -114,3 +120,13 @@ def test_realms_that_may_receive_the_account() -> None:
     assert realm_refusal(plain, listed, "https://sso.internal/other") is None
     assert realm_refusal(plain, listed, "http://auth.internal/t") is None
     assert realm_refusal(plain, listed, "http://other.internal/t") is not None
+
+
+def test_an_incomplete_table_account_names_its_keys() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config(
+            {"upstreams": {"ghcr.io": {"username": "bot"}}, "preset": ["ghcr.io"]}
+        )
+    assert str(caught.value).startswith(
+        "upstreams.ghcr.io.username: needs upstreams.ghcr.io.password-file"
+    )
