@@ -11,7 +11,6 @@ Docxy's access log count the transfers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import STANDARD_REPOSITORIES
-from tests.support.clients import (
-    CONTAINERD,
-    CTR,
-    DOCKER_CLI,
-    DOCKERD,
-    PODMAN,
-    Containerd,
-    Dockerd,
-    Podman,
-)
-from tests.support.daemons import running
+from tests.support.daemons import every_client
 from tests.support.docxy import AccessLog, Docxy
 from tests.support.registry import (
     Upstream,
@@ -41,10 +30,6 @@ from tests.support.registry import (
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
 Factory = Callable[..., Docxy]
-
-root_only = pytest.mark.skipif(
-    os.geteuid() != 0, reason="the container daemons need root"
-)
 
 
 @dataclass
@@ -310,107 +295,74 @@ def test_a_second_registry_of_the_regional_tier_by_its_alias_mount(
 # --- real clients, and the regional tier gone ------------------------------
 
 
-@pytest.fixture
-def chain(docxy_factory: Factory, upstream: Upstream, tmp_path: Path) -> Chain:
-    return start_chain(docxy_factory, upstream, tmp_path)
-
-
-@pytest.fixture
-def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
-    yield from running(tmp_path_factory, "containerd", (CONTAINERD, CTR), Containerd)
-
-
-@pytest.fixture
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    yield from running(
-        tmp_path_factory, "podman", (PODMAN,), lambda base: Podman(base, "unset")
-    )
-
-
-@root_only
 def test_clients_pull_through_both_tiers_and_from_the_node_without_regional(
-    chain: Chain,
-    containerd: Containerd,
-    podman: Podman,
-    upstream: Upstream,
-    tmp_path: Path,
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
 ) -> None:
-    """skopeo, containerd and podman; then the regional tier stops."""
+    """skopeo, dockerd (with its Hub login for a private image), containerd
+    and podman through both tiers; then the regional tier stops, and what
+    each pulled still pulls from the node."""
     alpine = upstream.images["library/alpine:3.20"]
     tool = upstream.images["someuser/tool:latest"]
     multi = upstream.images["library/multi:1.0"]
+    chain = start_chain(docxy_factory, upstream, tmp_path)
     node = chain.node
-    containerd.set_mirror(node.url)
-    podman.set_mirrors({"docker.io": [node.hostport]})
+    with every_client(node.url, node.hostport) as clients:
+        dockerd, containerd, podman = (
+            clients.dockerd,
+            clients.containerd,
+            clients.podman,
+        )
 
-    skopeo_pull(node.hostport, "multi:1.0", tmp_path / "skopeo", "--all")
-    assert_pulled(tmp_path / "skopeo", multi.blobs, multi.digest)
-    containerd.pull("tool", "docker.io/someuser/tool:latest")
-    assert containerd.image_digest("tool", "docker.io/someuser/tool:latest") == (
-        tool.digest
-    )
-    podman.pull("docker.io/library/alpine:3.20")
-    assert podman.inspect("docker.io/library/alpine:3.20")["Digest"] == alpine.digest
-    for repo in ("library/multi", "someuser/tool", "library/alpine"):
-        node.wait_for_log(f"{repo} is public")
+        def docker_pulled(ref: str) -> None:
+            dockerd.pull(ref)
+            digests = " ".join(dockerd.inspect(ref)["RepoDigests"])
+            assert f"@{upstream.images[ref].digest}" in digests, digests
 
-    chain.regional.stop()
-    node_log = AccessLog(node)
+        def containerd_pulled() -> None:
+            containerd.pull("tool", "docker.io/someuser/tool:latest")
+            pulled = containerd.image_digest("tool", "docker.io/someuser/tool:latest")
+            assert pulled == tool.digest
 
-    skopeo_pull(node.hostport, "multi:1.0", tmp_path / "skopeo-offline", "--all")
-    assert_pulled(tmp_path / "skopeo-offline", multi.blobs, multi.digest)
-    containerd.ctr("tool", "image", "rm", "docker.io/someuser/tool:latest")
-    containerd.ctr("tool", "content", "prune", "references", check=False)
-    containerd.pull("tool", "docker.io/someuser/tool:latest")
-    assert containerd.image_digest("tool", "docker.io/someuser/tool:latest") == (
-        tool.digest
-    )
-    podman.remove("docker.io/library/alpine:3.20")
-    podman.pull("docker.io/library/alpine:3.20")
-    assert podman.inspect("docker.io/library/alpine:3.20")["Digest"] == alpine.digest
-    entries = node_log.entries()
+        def podman_pulled() -> None:
+            podman.pull("docker.io/library/alpine:3.20")
+            digest = podman.inspect("docker.io/library/alpine:3.20")["Digest"]
+            assert digest == alpine.digest
+
+        skopeo_pull(node.hostport, "multi:1.0", tmp_path / "skopeo", "--all")
+        assert_pulled(tmp_path / "skopeo", multi.blobs, multi.digest)
+        tokens_before = len(upstream.token_requests())
+        try:
+            dockerd.set_hub_credentials("alice", "secret")
+            docker_pulled("private/secret:1")
+        finally:
+            dockerd.set_hub_credentials(None)
+        alice = [r for r in upstream.token_requests()[tokens_before:] if r["user"]]
+        assert alice, upstream.token_requests()[tokens_before:]
+        assert ("account", "alice") in [tuple(p) for p in alice[-1]["params"]]
+        docker_pulled("library/alpine:3.20")
+        containerd_pulled()
+        podman_pulled()
+        for repo in ("library/multi", "someuser/tool", "library/alpine"):
+            node.wait_for_log(f"{repo} is public")
+
+        chain.regional.stop()
+        node_log = AccessLog(node)
+
+        skopeo_pull(node.hostport, "multi:1.0", tmp_path / "offline", "--all")
+        assert_pulled(tmp_path / "offline", multi.blobs, multi.digest)
+        dockerd.remove("library/alpine:3.20")
+        docker_pulled("library/alpine:3.20")
+        containerd.ctr("tool", "image", "rm", "docker.io/someuser/tool:latest")
+        containerd.ctr("tool", "content", "prune", "references", check=False)
+        containerd_pulled()
+        podman.remove("docker.io/library/alpine:3.20")
+        podman_pulled()
+
     assert "cache=offline" in node_log.dump()
-    served = {(e.method, e.bare_path) for e in entries if e.status == 200}
+    served = {(e.method, e.bare_path) for e in node_log.entries() if e.status == 200}
     for layer in multi.blobs + alpine.blobs:
         assert any(p.endswith(f"/blobs/{layer}") for _, p in served), layer
-    tag = ("HEAD", "/v2/someuser/tool/manifests/latest")
-    assert tag in served, node_log.dump()
+    assert ("HEAD", "/v2/someuser/tool/manifests/latest") in served, node_log.dump()
     # Nothing that was never pulled comes out of a node cut off from its region.
     never = skopeo_pull(node.hostport, "multi:list", tmp_path / "never", check=False)
     assert never.returncode != 0
-
-
-@pytest.fixture
-def dockerd(
-    chain: Chain, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Dockerd]:
-    yield from running(
-        tmp_path_factory,
-        "dockerd",
-        (DOCKERD, DOCKER_CLI),
-        lambda base: Dockerd(base, [chain.node.url]),
-    )
-
-
-@root_only
-def test_dockerd_pulls_public_and_private_images_through_both_tiers(
-    chain: Chain, dockerd: Dockerd, upstream: Upstream
-) -> None:
-    """dockerd pings, sends its Hub login (Basic, ``account=``) to the
-    node's realm, which the regional tier relays to the token service."""
-
-    def pulled(ref: str) -> None:
-        dockerd.pull(ref)
-        digests = dockerd.inspect(ref)["RepoDigests"]
-        assert f"@{upstream.images[ref].digest}" in " ".join(digests), digests
-
-    pulled("library/alpine:3.20")
-    tokens_before = len(upstream.token_requests())
-    try:
-        dockerd.set_hub_credentials("alice", "secret")
-        pulled("private/secret:1")
-    finally:
-        dockerd.set_hub_credentials(None)
-    alice = [r for r in upstream.token_requests()[tokens_before:] if r["user"]]
-    assert alice, upstream.token_requests()[tokens_before:]
-    assert ("account", "alice") in [tuple(p) for p in alice[-1]["params"]]
