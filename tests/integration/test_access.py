@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tests.support.clients import (
     Podman,
 )
 from tests.support.daemons import running
-from tests.support.docxy import Docxy
+from tests.support.docxy import TWISTD, Docxy, twistd_env
 from tests.support.processes import free_port
 from tests.support.registry import (
     Upstream,
@@ -370,3 +371,47 @@ def test_with_the_cache_a_token_for_one_repository_opens_no_cached_other(
         headers={**other, "Accept": accept},
     )
     assert alpine.status == 200
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "reason"),
+    [
+        ("md5", ["--htpasswd", "FILE"], "not user:bcrypt-hash"),
+        ("none", ["--upstream-username", "alice"], "needs upstream-password-file"),
+        ("none", ["--allow", "10.0.0.0/33"], "not an address or CIDR block"),
+        ("short", ["--htpasswd", "HT", "--token-key-file", "FILE"], "fewer than"),
+    ],
+)
+def test_bad_access_configuration_is_one_line_and_nothing_listens(
+    tmp_path: Path, setup: str, args: list[str], reason: str
+) -> None:
+    path = tmp_path / "file"
+    if setup == "md5":
+        path.write_text("alice:$apr1$abc$0123456789abcdefghijkl\n")
+    elif setup == "short":
+        path.write_text("abcd\n")
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"a:{bcrypt.hashpw(b'p', bcrypt.gensalt(4)).decode()}\n")
+    args = [{"FILE": str(path), "HT": str(htpasswd)}.get(a, a) for a in args]
+    port = free_port()
+    result = subprocess.run(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "docxy",
+            "--port",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--no-cache",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env={**twistd_env(), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("docxy: configuration error: ")
+    assert reason in lines[0], lines[0]
