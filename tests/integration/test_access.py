@@ -415,3 +415,32 @@ def test_bad_access_configuration_is_one_line_and_nothing_listens(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("docxy: configuration error: ")
     assert reason in lines[0], lines[0]
+
+
+def test_replicas_sharing_a_token_key_file_accept_each_others_tokens(
+    upstream: Upstream, docxy_factory: DocxyFactory, tmp_path: Path
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(MIRROR_PASSWORD.encode(), bcrypt.gensalt(rounds=4))
+    htpasswd.write_text(f"{MIRROR_USER}:{hashed.decode()}\n")
+    shared = ["--htpasswd", str(htpasswd), "--token-key-file", str(tmp_path / "k")]
+    first = docxy_factory(upstream.url, *shared)
+    second = docxy_factory(upstream.url, *shared)
+    alone = docxy_factory(
+        upstream.url,
+        "--htpasswd",
+        str(htpasswd),
+        "--token-key-file",
+        str(tmp_path / "o"),
+    )
+    login = {"Authorization": basic_auth(MIRROR_USER, MIRROR_PASSWORD)}
+    answer = fetch(
+        f"{first.url}/auth/token?scope=repository:library/alpine:pull", headers=login
+    )
+    token = {
+        "Authorization": f"Bearer {answer.json()['token']}",
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json",
+    }
+    path = "/v2/library/alpine/manifests/3.20"
+    assert fetch(second.url + path, headers=token).status == 200
+    assert fetch(alone.url + path, headers=token).status == 401
