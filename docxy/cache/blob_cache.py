@@ -33,6 +33,7 @@ from .disk_pool import DiskPool
 from .fill import Fill, FillState
 from .hit import Hits
 from .sender import FileSender
+from .tee import TeeSender
 
 log = Logger()
 
@@ -195,6 +196,7 @@ class BlobCache:
                 self.idle_timeout,
                 self.counters,
                 self.health,
+                self.disk.hash_thread(),
             )
         except OSError as e:
             self.health.failed(e)
@@ -227,6 +229,20 @@ class BlobCache:
             await self.relay.relay(request, exchange)
             return
         self._headers(request, digest, 200, fill.length)
+        on_end = lambda outcome, sent: self._sent(request, outcome, sent)  # noqa: E731
+        resume = lambda offset: self._resume(request, exchange, offset)  # noqa: E731
+        # The fill's first client is fed from memory; the others read its file.
+        tee = TeeSender(
+            request,
+            fill,
+            self.reactor,
+            self.disk.threads(),
+            self.idle_timeout,
+            on_end,
+            resume,
+        )
+        if tee.start():
+            return
         FileSender(
             request,
             str(fill.temp),
@@ -235,8 +251,8 @@ class BlobCache:
             self.reactor,
             self.disk.threads(),
             fill=fill,
-            on_end=lambda outcome, sent: self._sent(request, outcome, sent),
-            resume=lambda offset: self._resume(request, exchange, offset),
+            on_end=on_end,
+            resume=resume,
             idle=(self.reactor, self.idle_timeout),
         ).start()
 

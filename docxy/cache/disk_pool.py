@@ -7,9 +7,12 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.python.threadpool import ThreadPool
 
+from .hashing import HashThread
+
 
 class DiskPool(Service):
-    """A few threads for blocking file reads and hashes, as a Service.
+    """A few threads for blocking file reads and hashes, and the one thread
+    fills hash in (:attr:`hashing`), as a Service.
 
     Under twistd it starts with Docxy and is stopped (its threads joined)
     when the service tree stops. A Site built outside a service tree (the
@@ -23,6 +26,7 @@ class DiskPool(Service):
         self._threads = ThreadPool(
             minthreads=1, maxthreads=max_threads, name="docxy-disk"
         )
+        self.hashing = HashThread(reactor)
 
     def threads(self) -> ThreadPool:
         """The pool, started."""
@@ -41,6 +45,12 @@ class DiskPool(Service):
         super().stopService()
         self._stop()
 
+    def hash_thread(self) -> HashThread:
+        """The fills' hash thread (started on first use)."""
+        self.threads()  # the shutdown trigger outside a service tree
+        return self.hashing
+
     def _stop(self) -> None:
+        self.hashing.stop()
         if self._threads.started and not self._threads.joined:
             self._threads.stop()

@@ -6,6 +6,12 @@ reads that file at its own pace (see :mod:`docxy.cache.sender`). So a slow
 client does not slow the others, a client that leaves does not stop the
 fill (the next client finds the blob), and memory stays flat. The bytes
 become visible under their digest only after the digest matched.
+
+The client that started the fill is fed from the bytes as they arrive
+(:meth:`Fill.tap`, :mod:`docxy.cache.tee`) rather than from reading the
+file back; what arrived before it tapped is kept (up to :data:`EARLY`).
+The digest is computed in the hash thread (:mod:`docxy.cache.hashing`)
+when there is one.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from ..oci import Digest
+from ..oci import Digest, DigestHasher
 from ..streaming import IdleWatchdog
 from .blob_store import BlobStore, Entry
 from .counters import Counters
 from .disk_health import DiskHealth
+from .hashing import BackgroundHash, HashThread
 
 log = Logger()
+
+# Bytes kept in memory for the first client until it taps the fill.
+EARLY = 1024 * 1024
 
 
 class FillState(Enum):
@@ -49,8 +59,11 @@ class Fill(Protocol):
         idle_timeout: float,
         counters: Counters,
         health: DiskHealth | None = None,
+        hash_thread: HashThread | None = None,
     ) -> None:
-        """Raises OSError if the temp file cannot be created."""
+        """Raises OSError if the temp file cannot be created.
+
+        ``hash_thread``: hash there, not on the reactor thread."""
         self.store = store
         self.health = health or DiskHealth(store.root, clock)
         self.digest = digest
@@ -60,7 +73,16 @@ class Fill(Protocol):
         # Unbuffered: readers have their own descriptors and must see each
         # byte as soon as it is written.
         self._file = open(self.temp, "wb", buffering=0)  # noqa: SIM115
-        self._hash = Digest.parse(digest).hasher()
+        self._hash: DigestHasher | BackgroundHash = (
+            Digest.parse(digest).hasher()
+            if hash_thread is None
+            else BackgroundHash(
+                Digest.parse(digest), hash_thread, self._pause, self._resume
+            )
+        )
+        # The first client's feed: what arrived before it tapped, then a tap.
+        self._early: list[bytes] | None = []
+        self._tap: Callable[[bytes], None] | None = None
         self.written = 0
         self.state = FillState.FILLING
         self.entry: Entry | None = None
@@ -73,6 +95,28 @@ class Fill(Protocol):
     def listen(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, when more bytes arrive or the fill ends."""
         self._listeners.append(callback)
+
+    def tap(self, feed: Callable[[bytes], None]) -> bool:
+        """Feed ``feed`` every byte from the first on, as it arrives; False if
+        too much arrived already (then read the file) or someone tapped."""
+        if self._early is None or self._tap is not None:
+            return False
+        early, self._early = self._early, None
+        self._tap = feed
+        for data in early:
+            feed(data)
+        return True
+
+    def untap(self) -> None:
+        self._tap = None
+
+    def _pause(self) -> None:
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).pauseProducing()
+
+    def _resume(self) -> None:
+        if self.transport is not None and self.state is FillState.FILLING:
+            cast(IPushProducer, self.transport).resumeProducing()
 
     def _notify(self) -> None:
         listeners, self._listeners = self._listeners, []
@@ -98,6 +142,12 @@ class Fill(Protocol):
         self._hash.update(data)
         self.written += len(data)
         self.counters.bytes_from_upstream += len(data)
+        if self._tap is not None:
+            self._tap(data)
+        elif self._early is not None:
+            self._early.append(data)
+            if self.written > EARLY:
+                self._early = None  # the first client reads the file instead
         self._notify()
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
@@ -106,10 +156,17 @@ class Fill(Protocol):
             self.finished.callback(None)
             return
         self._file.close()
+        self._early = None
+        if isinstance(self._hash, BackgroundHash):
+            self._hash.matches().addCallback(lambda good: self._ended(reason, good))
+        else:
+            self._ended(reason, self._hash.matches())
+
+    def _ended(self, reason: Failure, good: bool) -> None:
         complete = bool(reason.check(ResponseDone, PotentialDataLoss))
         if complete and self.length is not None and self.written != self.length:
             complete = False
-        if complete and not self._hash.matches():
+        if complete and not good:
             self.counters.digest_mismatches += 1
             log.error(
                 "upstream sent bytes that do not match {digest}; discarded",
