@@ -444,3 +444,25 @@ def test_replicas_sharing_a_token_key_file_accept_each_others_tokens(
     path = "/v2/library/alpine/manifests/3.20"
     assert fetch(second.url + path, headers=token).status == 200
     assert fetch(alone.url + path, headers=token).status == 401
+
+
+def test_a_node_tier_logs_in_to_a_regional_tier_with_accounts(
+    upstream: Upstream, docxy_factory: DocxyFactory, tmp_path: Path
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(MIRROR_PASSWORD.encode(), bcrypt.gensalt(rounds=4))
+    htpasswd.write_text(f"{MIRROR_USER}:{hashed.decode()}\n")
+    regional = docxy_factory(upstream.url, "--htpasswd", str(htpasswd))
+    secret = tmp_path / "regional-password"
+    secret.write_text(MIRROR_PASSWORD + "\n")
+    node = docxy_factory(
+        regional.url,
+        "--upstream-username",
+        MIRROR_USER,
+        "--upstream-password-file",
+        str(secret),
+    )
+    image = upstream.images["library/alpine:3.20"]
+    skopeo_pull(node.hostport, "library/alpine:3.20", tmp_path / "out")
+    assert_pulled(tmp_path / "out", image.blobs, image.digest)
+    assert f"account={MIRROR_USER}" in regional.log_text()
