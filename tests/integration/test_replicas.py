@@ -10,11 +10,13 @@ own blobs, which the others fetch once more.
 
 from __future__ import annotations
 
+import http.client
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -38,6 +40,29 @@ class ReplicaSet:
     logs: list[AccessLog]
 
 
+def start_replica_set(
+    kind: str, factory: Factory, upstream: Upstream, base: Path, *extra: str
+) -> ReplicaSet:
+    """3 replicas (a cache each, the balancer's public-url) behind ``kind``."""
+    need(BINARIES[kind])
+    port = free_port()
+    public = f"http://{LOOPBACK}:{port}"
+    replicas = [
+        factory(
+            upstream.url,
+            "--cache-dir",
+            str(base / f"cache-{i}"),
+            "--public-url",
+            public,
+            *extra,
+        )
+        for i in range(REPLICAS)
+    ]
+    logs = [AccessLog(r) for r in replicas]
+    balancer = BALANCERS[kind](base / kind, [r.hostport for r in replicas], port=port)
+    return ReplicaSet(balancer, replicas, logs)
+
+
 @pytest.fixture(params=sorted(BALANCERS))
 def replica_set(
     request: pytest.FixtureRequest,
@@ -45,28 +70,11 @@ def replica_set(
     upstream: Upstream,
     tmp_path: Path,
 ) -> Iterator[ReplicaSet]:
-    kind: str = request.param
-    need(BINARIES[kind])
-    port = free_port()
-    public = f"http://{LOOPBACK}:{port}"
-    replicas = [
-        docxy_factory(
-            upstream.url,
-            "--cache-dir",
-            str(tmp_path / f"cache-{i}"),
-            "--public-url",
-            public,
-        )
-        for i in range(REPLICAS)
-    ]
-    logs = [AccessLog(r) for r in replicas]
-    balancer = BALANCERS[kind](
-        tmp_path / kind, [r.hostport for r in replicas], port=port
-    )
+    rs = start_replica_set(request.param, docxy_factory, upstream, tmp_path)
     try:
-        yield ReplicaSet(balancer, replicas, logs)
+        yield rs
     finally:
-        balancer.stop()
+        rs.balancer.stop()
 
 
 def blob_gets(upstream: Upstream, since: int, blobs: list[str]) -> dict[str, int]:
@@ -245,3 +253,45 @@ def test_containerd_pulls_through_the_balancer(
     assert set(gets.values()) == {1}, gets
     for blob in wanted:
         assert len(served_by(replica_set, blob)) == 1, blob
+
+
+def status_from(source: str, url: str) -> int:
+    """A GET from the loopback address ``source`` (127.0.0.0/8 is all ours)."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    conn = http.client.HTTPConnection(
+        parts.hostname, parts.port, timeout=30, source_address=(source, 0)
+    )
+    try:
+        conn.request("GET", parts.path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", sorted(BALANCERS))
+def test_the_balancer_passes_the_client_address_to_trusting_replicas(
+    kind: str, docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    """``allow`` behind the balancer: the shipped configuration sends
+    X-Forwarded-For, and replicas that trust the balancer judge the client
+    by it, not by the balancer's own address."""
+    rs = start_replica_set(
+        kind,
+        docxy_factory,
+        upstream,
+        tmp_path,
+        "--allow",
+        "127.0.0.5/32",
+        "--trusted-proxies",
+        f"{LOOPBACK}/32",
+    )
+    try:
+        url = f"{rs.balancer.url}/v2/"
+        assert status_from("127.0.0.5", url) == 401  # allowed: the challenge
+        assert status_from("127.0.0.6", url) == 403
+        assert status_from(LOOPBACK, url) == 403  # the balancer's own address
+    finally:
+        rs.balancer.stop()
