@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .routing import Mirror, Target
 
 SERVICE = "docxy"
-BASIC_CHALLENGE = (b"WWW-Authenticate", b'Basic realm="docxy"')
+BASIC_CHALLENGE = 'Basic realm="docxy"'
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -194,10 +194,10 @@ class AccessGate:
         user, password = _login(request, params)
         if user is None:
             if not self.anonymous:
-                raise unauthorized("log in to this mirror", 'Basic realm="docxy"')
+                raise unauthorized("log in to this mirror", BASIC_CHALLENGE)
             subject = "anonymous"
         elif password is None or not await self.accounts.check(user, password):
-            raise unauthorized("incorrect username or password", 'Basic realm="docxy"')
+            raise unauthorized("incorrect username or password", BASIC_CHALLENGE)
         else:
             subject = user
         granted: set[tuple[str, str]] = set()

@@ -24,6 +24,16 @@ def build_gate(config: Config, reactor: Any) -> AccessGate:
     if config.htpasswd is not None:
         accounts = Accounts.load(config.htpasswd)
         signer = TokenSigner(_key(config), reactor, config.token_lifetime)
+        log.info(
+            "accounts: {count} from {path}; Docxy's tokens last {lifetime:g} s"
+            "{anonymous}",
+            count=len(accounts),
+            path=str(config.htpasswd),
+            lifetime=config.token_lifetime,
+            anonymous=", anonymous pulls allowed too" if config.anonymous else "",
+        )
+    if config.allow:
+        log.info("allow: {networks}", networks=", ".join(str(n) for n in config.allow))
     rate = None
     if config.client_rate is not None:
         rate = ClientRate(reactor, config.client_rate, config.client_burst)
