@@ -95,6 +95,8 @@ class AccessGate:
     def admit(self, request: Request, registry: bool) -> RegistryError | None:
         """Network, token and rate checks; the error to answer, or None."""
         address = self.client_address(request)
+        if address is not None and address != _peer(request):
+            record(request, forwarded_for=str(address))  # for the access log
         if self.allow and not _within(address, self.allow):
             return denied(str(address) if address is not None else "unknown")
         headers = request.requestHeaders
@@ -120,7 +122,7 @@ class AccessGate:
 
     def client_address(self, request: Request) -> Address | None:
         """The peer, or the first untrusted X-Forwarded-For hop behind trusted ones."""
-        peer = _parse(getattr(request.getClientAddress(), "host", ""))
+        peer = _peer(request)
         if peer is None or not _within(peer, self.trusted_proxies):
             return peer
         hops = [
@@ -247,6 +249,10 @@ def _login(
     except (binascii.Error, UnicodeDecodeError):
         return "", None
     return user, password if sep else None
+
+
+def _peer(request: Request) -> Address | None:
+    return _parse(getattr(request.getClientAddress(), "host", ""))
 
 
 def _parse(text: str) -> Address | None:

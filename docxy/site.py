@@ -98,6 +98,7 @@ class DocxyRequest(Request):
             redirects=self.notes.get("redirects"),
             upstream_error=self.notes.get("upstream_error"),
             account=self.notes.get("account"),
+            forwarded_for=self.notes.get("forwarded_for"),
             extra=_extra(self.notes) + _quoted(ns=ns, ua=agent),
         )
 
@@ -130,6 +131,10 @@ def _extra(notes: dict[str, object]) -> str:
         parts.append(f" cache={notes['cache']}")
     if notes.get("redirects"):
         parts.append(f" redirects={notes['redirects']}")
+    if notes.get("forwarded_for"):
+        # The client a trusted proxy named (X-Forwarded-For); the first
+        # field stays the TCP peer.
+        parts.append(f" forwarded_for={notes['forwarded_for']}")
     if notes.get("account"):
         # A mirror account (docxy.access_control); never a credential.
         parts.append(f" account={notes['account']}")

@@ -118,3 +118,26 @@ def _challenge(upstream: FakeUpstream) -> Callable[[Request], bytes]:
         return b"{}"
 
     return challenge
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_a_trusted_proxy_the_line_names_the_forwarded_client(
+    access_events: list[dict[str, object]],
+) -> None:
+    """The first field is the TCP peer (the proxy); ``forwarded_for`` is the
+    client the trusted proxy named, the address allow-lists judge."""
+    harness = await start(FakeUpstream(), {"trusted-proxies": ["127.0.0.1/32"]})
+    harness.upstream.routes[b"/v2/library/alpine/tags/list"] = tags
+    try:
+        forwarded = {b"x-forwarded-for": [b"198.51.100.7, 203.0.113.9"]}
+        reply = await harness.request(b"GET", "/v2/alpine/tags/list", forwarded)
+        assert reply.code == 200
+        plain = await harness.request(b"GET", "/v2/alpine/tags/list")
+        assert plain.code == 200
+    finally:
+        await harness.stop()
+    proxied, direct = lines(access_events)
+    assert proxied.startswith("127.0.0.1 ")
+    assert " forwarded_for=203.0.113.9" in proxied
+    assert access_events[0]["forwarded_for"] == "203.0.113.9"
+    assert "forwarded_for" not in direct
