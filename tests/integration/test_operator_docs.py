@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -158,6 +159,31 @@ def test_documented_file_loads(
     path.write_text(text)
     config = build_config({}, load_file(str(path)))
     assert config.ports
+
+
+def docxy_examples() -> list[tuple[str, str]]:
+    """Every ```toml block of docs/ with a Docxy setting in it (excerpts
+    included; containerd's and containers' files have none)."""
+    keys = set(SETTINGS) | TOML_ALIASES
+    found = []
+    for doc in sorted(REPO.glob("docs/*.md")):
+        for block in re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S):
+            text = "\n".join(line.strip() for line in block.splitlines())
+            if set(tomllib.loads(text)) & keys:
+                found.append((doc.name, text))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("where", "text"), docxy_examples(), ids=lambda v: str(v).split("\n")[0][:40]
+)
+def test_every_docxy_example_names_only_real_settings(
+    where: str, text: str, tmp_path: Path
+) -> None:
+    """Excerpts too: valid TOML whose every key Docxy's loader accepts."""
+    path = tmp_path / "docxy.toml"
+    path.write_text(text)
+    assert load_file(str(path))
 
 
 def test_socket_activation_serves_on_the_inherited_socket(tmp_path: Path) -> None:
