@@ -18,6 +18,7 @@ from . import config_values as parse
 from .cache.directory import default_cache_dir
 from .config_values import ConfigError as ConfigError
 from .credentials import load_credentials
+from .shared_ports import available_cores, shareable
 from .upstream_set import (
     ALIAS_RE,
     DOCKER_HUB_URL,
@@ -71,6 +72,9 @@ class Config:
     ratelimit_warning: int | None = 10
     shutdown_timeout: float = 30.0
     log_format: str = "text"
+    # Reactor processes sharing the listening sockets (docs/scaling.md);
+    # build_config decides "auto". 1: one process, no supervisor.
+    workers: int = 1
 
     @property
     def default(self) -> Upstream:
@@ -137,6 +141,7 @@ SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "ratelimit-warning": parse.optional_count,
     "shutdown-timeout": parse.seconds,
     "log-format": parse.log_format,
+    "workers": parse.workers,
 }
 _PLAIN_FIELDS = {
     "port": "ports",
@@ -234,9 +239,25 @@ def build_config(
         fields["cache_dir"] = None
     elif "cache_dir" not in fields:
         fields["cache_dir"] = default_cache_dir()
+    ports = fields.get("ports", Config.ports)
+    fields["workers"] = _workers(values.get("workers"), ports)
     if fields.get("https_redirect") and not fields["public_url"].startswith("https:"):
         raise ConfigError("https-redirect: needs an https:// public-url to redirect to")
     return Config(**fields)
+
+
+def _workers(given: int | None, ports: tuple[str, ...]) -> int:
+    """``auto``: one per core, or one if a port cannot be shared by workers."""
+    unshared = [p for p in ports if not shareable(p)]
+    if given is None:
+        return 1 if unshared else available_cores()
+    if given > 1 and unshared:
+        raise ConfigError(
+            f"workers: {unshared[0]!r} cannot be shared by worker processes "
+            "(tcp:, ssl: and systemd: INET ports can; see docs/scaling.md); "
+            "use workers = 1"
+        )
+    return given
 
 
 def build_upstreams(values: Mapping[str, Any]) -> tuple[tuple[Upstream, ...], str]:

@@ -63,6 +63,21 @@ def count(name: str, value: object) -> int:
     return number
 
 
+def workers(name: str, value: object) -> int | None:
+    """A number of worker processes, or None for "auto" (decided at start)."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ConfigError(
+            f"{name}: expected a number of processes or auto, got {value!r}"
+        ) from None
+    if number < 1:
+        raise ConfigError(f"{name}: must be at least 1, got {value!r}")
+    return number
+
+
 def file(name: str, value: object) -> Path:
     path = Path(str(value))
     if not path.is_file():

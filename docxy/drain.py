@@ -37,6 +37,28 @@ def _after(d: defer.Deferred[Any]) -> defer.Deferred[None]:
     return done
 
 
+def stop_on_sigterm(reactor: Any) -> None:
+    """SIGTERM stops the reactor, and twistd exits 0 once the services stopped.
+
+    twistd's own SIGTERM handler makes the process kill itself with SIGTERM
+    once stopped; a stop that was asked for and done is a success (exit 0),
+    which is what init systems and kubelet expect. Installed after the
+    reactor installed its own handlers (at run).
+    """
+    stopping: list[bool] = []
+
+    def sigterm(number: int, frame: object) -> None:
+        if not stopping:
+            stopping.append(True)
+            reactor.callFromThread(reactor.stop)
+
+    def install() -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
+
+    reactor.callWhenRunning(install)
+
+
 class Drain(MultiService):
     """Waits for the work in flight when the service stops (see the module).
 
@@ -50,24 +72,10 @@ class Drain(MultiService):
         self.site = site
         self.timeout = timeout
         self.reactor = reactor
-        self._stopping = False
 
     def startService(self) -> None:
         super().startService()
-        # twistd's own SIGTERM handler makes the process kill itself with
-        # SIGTERM once stopped; a stop that was asked for and done is a
-        # success (exit 0), which is what init systems and kubelet expect.
-        # After the reactor installed its own handlers (at run).
-        self.reactor.callWhenRunning(self._install)
-
-    def _install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._sigterm)
-
-    def _sigterm(self, number: int, frame: object) -> None:
-        if not self._stopping:
-            self._stopping = True
-            self.reactor.callFromThread(self.reactor.stop)
+        stop_on_sigterm(self.reactor)
 
     def _fills(self) -> list[Any]:
         cache = self.site.cache

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 
 _HINTS = {
     errno.EADDRINUSE: "another process listens there",
@@ -29,11 +31,22 @@ _HINTS = {
 class Listeners(MultiService):
     """One strports service per configured endpoint string."""
 
-    def __init__(self, ports: tuple[str, ...], factory: IProtocolFactory, reactor: Any):
+    def __init__(
+        self,
+        ports: tuple[str, ...],
+        factory: IProtocolFactory,
+        reactor: Any,
+        endpoints: Sequence[IStreamServerEndpoint] | None = None,
+    ):
+        """``endpoints``: what to listen with instead of parsing ``ports``
+        (a worker's inherited sockets, :mod:`docxy.shared_ports`)."""
         super().__init__()
         self._ports: list[tuple[str, Any]] = []
-        for port in ports:
-            listener = strports.service(port, factory, reactor)
+        for i, port in enumerate(ports):
+            if endpoints is None:
+                listener = strports.service(port, factory, reactor)
+            else:
+                listener = StreamServerEndpointService(endpoints[i], factory)
             listener.setServiceParent(self)
             self._ports.append((port, listener))
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
@@ -32,6 +34,16 @@ from .upstream_client import UpstreamClient, make_agent
 from .upstream_set import UpstreamSet
 
 log = Logger()
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker process gets from its supervisor (docxy.worker)."""
+
+    index: int
+    endpoints: tuple[IStreamServerEndpoint, ...]
+    metrics_endpoints: tuple[IStreamServerEndpoint, ...] | None
+    cache_lock: CacheLock | None
 
 
 class _PoolService(Service):
@@ -156,16 +168,26 @@ class DocxyService(MultiService):
             parent.setComponent(ILogObserver, self.log_observer)
 
 
-def make_service(config: Config, reactor: Any) -> DocxyService:
-    """Raises :class:`CacheDirError` if the cache directory is not Docxy's."""
+def make_service(
+    config: Config, reactor: Any, worker: WorkerSetup | None = None
+) -> DocxyService:
+    """Raises :class:`CacheDirError` if the cache directory is not Docxy's.
+
+    ``worker``: this process is one of ``--workers``; the supervisor holds
+    the cache directory's lock and the listening sockets for it.
+    """
     top = DocxyService()
     raise_soft_limit()
-    if config.cache_dir is not None:
+    if worker is not None:
+        top.cache_lock = worker.cache_lock
+    elif config.cache_dir is not None:
         # Before the store scans it (and clears its tmp/): one owner only.
         top.cache_lock = CacheLock.acquire(config.cache_dir)
     site, pool = build_site(config, reactor)
-    _Announce(config).setServiceParent(top)
-    Listeners(config.ports, site, reactor).setServiceParent(top)
+    if worker is None or worker.index == 0:
+        _Announce(config).setServiceParent(top)
+    endpoints = None if worker is None else worker.endpoints
+    Listeners(config.ports, site, reactor, endpoints).setServiceParent(top)
     drain = Drain(site, config.shutdown_timeout, reactor)
     drain.setServiceParent(top)
     if site.cache is not None:
@@ -175,6 +197,25 @@ def make_service(config: Config, reactor: Any) -> DocxyService:
         assert site.metrics is not None and site.readiness is not None
         probes = probes_site(site.metrics, site.readiness, HealthResource())
         # A child of the drain: it stops after the drain, so it can be watched.
-        Listeners((config.metrics_port,), probes, reactor).setServiceParent(drain)
+        metrics_endpoints = None if worker is None else worker.metrics_endpoints
+        Listeners(
+            (config.metrics_port,), probes, reactor, metrics_endpoints
+        ).setServiceParent(drain)
     _PoolService(pool).setServiceParent(top)
+    return top
+
+
+def supervise(config: Config, reactor: Any) -> DocxyService:
+    """``--workers N`` (N > 1): the supervisor, holding the cache lock and
+    the sockets for its workers (:mod:`docxy.supervisor`).
+
+    Raises :class:`CacheDirError` like :func:`make_service`.
+    """
+    from .supervisor import Supervisor
+
+    top = DocxyService()
+    raise_soft_limit()
+    if config.cache_dir is not None:
+        top.cache_lock = CacheLock.acquire(config.cache_dir)
+    Supervisor(config, reactor, top.cache_lock).setServiceParent(top)
     return top

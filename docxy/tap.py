@@ -273,6 +273,14 @@ class Options(usage.Options):
             f"[default: {_DEFAULTS.ratelimit_warning}]",
         ],
         [
+            "workers",
+            None,
+            None,
+            "Reactor processes sharing the listening sockets and the cache "
+            "(docs/scaling.md); 1: a single process. [default: auto, one per "
+            "core, or 1 with an acme: or unix: port]",
+        ],
+        [
             "max-connections",
             None,
             None,
@@ -329,11 +337,16 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from .cache.directory import CacheDirError
-    from .service import make_service
+    from .service import DocxyService, make_service, supervise
 
-    assert options.config is not None
+    config = options.config
+    assert config is not None
+    service: DocxyService
     try:
-        service = make_service(options.config, reactor)
+        if config.workers > 1:
+            service = supervise(config, reactor)
+        else:
+            service = make_service(config, reactor)
     except CacheDirError as e:
         sys.stderr.write(f"docxy: configuration error: cache-dir: {e}\n")
         sys.stderr.flush()
@@ -342,7 +355,7 @@ def makeService(options: Options) -> IService:
         sys.stderr.write(f"docxy: configuration error: {e}\n")
         sys.stderr.flush()
         raise SystemExit(2) from None
-    if options.config.log_format == "json":
+    if config.log_format == "json":
         from .logs import json_observer
 
         service.log_observer = json_observer(getattr(options, "parent", None) or {})

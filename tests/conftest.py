@@ -23,6 +23,7 @@ Fixture contract (other test modules rely on these names and attributes):
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,10 @@ from tests.support.images import STANDARD_IMAGES, populate  # noqa: E402
 from tests.support.registry import Upstream, start_upstream  # noqa: E402
 
 STANDARD_REPOSITORIES: list[str] = sorted({spec.repo for spec in STANDARD_IMAGES})
+
+# Every Docxy the tests start is one process unless the test names
+# --workers (docs/scaling.md#workers): logs, pids and signals stay simple.
+os.environ.setdefault("DOCXY_WORKERS", "1")
 
 DocxyFactory = Callable[..., Docxy]
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"

@@ -31,6 +31,7 @@ from .counters import Counters
 from .disk_health import DiskHealth
 from .disk_pool import DiskPool
 from .fill import Fill, FillState
+from .fill_lock import FillClaim, RemoteFill
 from .hit import Hits
 from .sender import FileSender
 from .tee import TeeSender
@@ -93,6 +94,7 @@ class BlobCache:
             digest in self.store.entries
             or digest in self.fills
             or digest in self._opening
+            or self._elsewhere(digest)
         )
         if shared and not await may_have(
             self.access, self.counters, target, repo, digest, who, "blobs"
@@ -125,13 +127,18 @@ class BlobCache:
             self.counters.joined_fills += 1
             record(request, cache="joined")
         else:
-            fill = await self._join_or_start(request, exchange, target, repo)
+            fill = await self._join_or_start(request, exchange, target, repo, shared)
             if fill is None:
                 return
         await self._serve_fill(request, exchange, fill)
 
     async def _join_or_start(
-        self, request: Request, exchange: Exchange, target: Target, repo: str
+        self,
+        request: Request,
+        exchange: Exchange,
+        target: Target,
+        repo: str,
+        checked: bool = True,
     ) -> Fill | None:
         """Start the fill, or wait for the one being started.
 
@@ -150,6 +157,16 @@ class BlobCache:
         if outcome is None:  # nothing to share: ask for ourselves
             await self.relay.relay(request, exchange)
             return None
+        if isinstance(outcome, RemoteFill) and not checked:
+            # Another worker started it just now: its upstream's yes was
+            # for that worker's client, not this one.
+            who = self.access.who(request)
+            if not await may_have(
+                self.access, self.counters, target, repo, digest, who, "blobs"
+            ):
+                self.counters.denied += 1
+                await self.relay.relay(request, exchange)
+                return None
         if isinstance(outcome, Fill):
             if starter:
                 self.access.remember(
@@ -175,6 +192,42 @@ class BlobCache:
         self, exchange: Exchange, target: Target, repo: str
     ) -> Fill | UpstreamResponse:
         """The upstream GET of a fill; a non-200 answer is returned as is."""
+        digest = exchange.digest
+        assert digest is not None
+        claim = self._claim(digest)
+        if isinstance(claim, RemoteFill):
+            await claim.ready
+            return claim
+        try:
+            return await self._open_claimed(exchange, target, repo, claim)
+        finally:
+            fill = self.fills.get(digest)
+            if claim is not None and (fill is None or fill.finished.called):
+                claim.release()  # no fill of ours runs: the lock goes
+
+    def _claim(self, digest: str) -> FillClaim | RemoteFill | None:
+        """This worker's lock on the fill, or the other worker's fill to join
+        (:mod:`docxy.cache.fill_lock`); None if tmp/ takes no file."""
+        try:
+            claim = FillClaim.take(self.store.temp_path(digest))
+        except OSError:
+            return None  # Fill cannot create its file either: uncached
+        if isinstance(claim, int):
+            remote = RemoteFill(self.store, digest, claim, self.reactor)
+            self.fills[digest] = remote
+            remote.finished.addBoth(lambda _: self._filled(digest))
+            return remote
+        return claim
+
+    def _elsewhere(self, digest: str) -> bool:
+        """Does another worker of this cache have (or fill) ``digest``?"""
+        return any(
+            p.exists() for p in (self.store.path(digest), self.store.temp_path(digest))
+        )
+
+    async def _open_claimed(
+        self, exchange: Exchange, target: Target, repo: str, claim: FillClaim | None
+    ) -> Fill | UpstreamResponse:
         digest = exchange.digest
         assert digest is not None
         headers = exchange.headers.copy()
@@ -203,6 +256,9 @@ class BlobCache:
             return answer
         self.fills[digest] = fill
         fill.finished.addBoth(lambda _: self._filled(digest))
+        if claim is not None:
+            claim.announce(length)
+            fill.finished.addBoth(lambda _: claim.release())
         response.deliverBody(fill)
         self.access.probe_public(target.mirror, repo, digest, "blobs")
         return fill

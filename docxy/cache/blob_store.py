@@ -56,8 +56,9 @@ class BlobStore:
     def _open(self, max_size: int | None) -> None:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp.iterdir():  # fills cut short by a crash
-            leftover.unlink(missing_ok=True)
+        from .fill_lock import clean_temp  # (it imports this module)
+
+        clean_temp(self.tmp)  # fills cut short by a crash, not other workers'
         for path in self._files():
             digest = f"{path.parent.parent.name}:{path.name}"
             if not is_valid_digest(digest):
@@ -78,11 +79,12 @@ class BlobStore:
         return Digest.parse(digest).path(self.blobs)
 
     def temp_path(self, digest: str) -> Path:
-        return self.tmp / f"{digest.replace(':', '-')}.{os.getpid()}.{time.time_ns()}"
+        """The same in every worker: its lock is the fill's (fill_lock)."""
+        return self.tmp / f"{digest.replace(':', '-')}.fill"
 
     def get(self, digest: str) -> Entry | None:
         """The entry for ``digest``, marked used now; None on a miss."""
-        entry = self.entries.get(digest)
+        entry = self.entries.get(digest) or self._adopt(digest)
         if entry is None:
             return None
         if not self.path(digest).exists():  # removed behind our back
@@ -110,6 +112,16 @@ class BlobStore:
     def trusted(self, entry: Entry, seal: Seal) -> bool:
         """May the file that now has ``seal`` be served without hashing?"""
         return entry.seal is not None and entry.seal == seal
+
+    def _adopt(self, digest: str) -> Entry | None:
+        """A blob another worker of this cache added (its file is the index)."""
+        try:
+            stat = self.path(digest).stat()
+        except OSError:
+            return None
+        entry = self.entries[digest] = Entry(digest, stat.st_size, stat.st_mtime)
+        self.total += stat.st_size
+        return entry
 
     def add(self, digest: str, temp: Path) -> Entry:
         """Make a verified temp file visible under its digest (atomic rename)."""

@@ -1,0 +1,224 @@
+"""``--workers 2``: real worker processes sharing one socket and one cache.
+
+What must hold across processes, not only within one: a blob crosses the
+upstream link once however the clients are spread over the workers, a
+worker killed mid-fill leaves nothing that is served as good (and is
+started again), the cache directory still has one owner, and SIGTERM to
+the supervisor drains every worker and exits 0.
+
+Which worker a connection lands on is the kernel's choice; to put clients
+on a given worker the tests stop the other one (SIGSTOP) while they
+connect, so the kernel can only give the connection to the one running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_cache import (
+    blob_gets,
+    cached_blobs,
+    docxy_token,
+    open_blob,
+    read_all,
+)
+from tests.support.docxy import TWISTD, Docxy, twistd_env
+from tests.support.images import ImageSpec, populate
+from tests.support.processes import wait_until
+from tests.support.registry import Upstream, start_upstream
+from tests.support.relay import GatedRelay
+from tests.support.skopeo import assert_pulled, skopeo_pull
+
+Factory = Callable[..., Docxy]
+LAYER = 24 * 1024 * 1024
+MID = ImageSpec("library/mid", "1", layer_sizes=(LAYER,), seed="workers")
+_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
+
+
+@pytest.fixture(scope="module")
+def mid_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """A registry of its own holding ``library/mid:1`` (one 24 MiB layer)."""
+    workdir = tmp_path_factory.mktemp("workers-upstream")
+    up = start_upstream(workdir, [MID.repo])
+    try:
+        up.images = populate(up, workdir / "images", [MID])
+        shutil.rmtree(workdir / "images" / "layouts", ignore_errors=True)
+        yield up
+    finally:
+        up.stop()
+
+
+def workers(docxy: Docxy, count: int = 2) -> dict[int, int]:
+    """index -> pid of the workers running now (the supervisor's log)."""
+    current: dict[int, int] = {}
+
+    def all_up() -> bool:
+        current.clear()
+        for index, pid in _STARTED.findall(docxy.log_text()):
+            current[int(index)] = int(pid)
+        return len(current) == count and all(_alive(p) for p in current.values())
+
+    wait_until(all_up, 30, f"{count} workers")
+    return current
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in "ZX"
+    except OSError:
+        return False
+
+
+def filling(pids: dict[int, int]) -> int:
+    """The pid of the worker that has a fill's temp file open."""
+    found = []
+    for pid in pids.values():
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).endswith(".fill"):
+                    found.append(pid)
+                    break
+            except OSError:
+                continue
+    assert len(found) == 1, found
+    return found[0]
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_two_workers_serve_skopeo_pulls_and_share_the_cache(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    image = upstream.images["library/multi:1.0"]
+    cache = tmp_path / "cache"
+    docxy = docxy_factory(upstream.url, "--cache-dir", str(cache), "--workers", "2")
+    assert len(workers(docxy)) == 2
+    before = len(upstream.requests())
+    skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / "one", "--all")
+    assert blob_gets(upstream, before, image.blobs) == len(image.blobs)
+    # Whichever worker answers now, it finds what the other one cached.
+    for n in range(3):
+        middle = len(upstream.requests())
+        skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / f"again-{n}", "--all")
+        assert_pulled(tmp_path / f"again-{n}", image.blobs)
+        assert blob_gets(upstream, middle, image.blobs) == 0
+    assert docxy.stop() == 0
+
+
+def test_eight_cold_pulls_over_two_workers_make_one_upstream_get(
+    docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
+) -> None:
+    image = mid_upstream.images[MID.ref]
+    layer = image.layers["linux/amd64"][0]
+    cache = tmp_path / "cache"
+    relay = GatedRelay(mid_upstream.registry.port)
+    conns = []
+    try:
+        docxy = docxy_factory(relay.url, "--cache-dir", str(cache), "--workers", "2")
+        pids = workers(docxy)
+        token = docxy_token(docxy, MID.repo)
+        start = len(mid_upstream.requests())
+        relay.hold_after(4 * 1024 * 1024)  # the fill stops at ~4 of 24 MiB
+        conns.append(open_blob(docxy, MID.repo, layer, token))
+        wait_until(lambda: relay.held() == 1, 30, "the fill to be held mid-body")
+        filler = filling(pids)
+        other = next(p for p in pids.values() if p != filler)
+        # Three more clients on the filling worker, four on the other one.
+        for stopped, count in ((other, 3), (filler, 4)):
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                conns.extend(
+                    open_blob(docxy, MID.repo, layer, token) for _ in range(count)
+                )
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+        assert all(response.status == 200 for _, response in conns)
+        relay.release()
+        bodies = [read_all(response) for _, response in conns]
+        assert [sha256(body) for body in bodies] == [layer] * 8
+        assert blob_gets(mid_upstream, start, [layer]) == 1
+        assert layer in cached_blobs(cache)
+        assert list((cache / "tmp").iterdir()) == []
+        assert docxy.stop() == 0
+    finally:
+        for conn, _ in conns:
+            conn.close()
+        relay.close()
+
+
+def test_a_worker_killed_mid_fill_serves_nothing_corrupt_and_is_restarted(
+    docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
+) -> None:
+    image = mid_upstream.images[MID.ref]
+    layer = image.layers["linux/amd64"][0]
+    cache = tmp_path / "cache"
+    relay = GatedRelay(mid_upstream.registry.port)
+    conns = []
+    try:
+        docxy = docxy_factory(relay.url, "--cache-dir", str(cache), "--workers", "2")
+        pids = workers(docxy)
+        token = docxy_token(docxy, MID.repo)
+        relay.hold_after(4 * 1024 * 1024)
+        conns.append(open_blob(docxy, MID.repo, layer, token))
+        wait_until(lambda: relay.held() == 1, 30, "the fill to be held mid-body")
+        filler = filling(pids)
+        os.kill(filler, signal.SIGSTOP)  # the next client lands on the other
+        try:
+            conns.append(open_blob(docxy, MID.repo, layer, token))
+        finally:
+            os.kill(filler, signal.SIGKILL)
+        bodies = [read_all(response) for _, response in conns]
+        # A short read for both: the one of the killed worker and the one
+        # reading the dead fill from the other worker.
+        assert all(len(body) < LAYER for body in bodies), [len(b) for b in bodies]
+        assert layer not in cached_blobs(cache)
+        relay.release()
+        restarted = workers(docxy)
+        assert filler not in restarted.values()
+        before = len(mid_upstream.requests())
+        out = tmp_path / "healed" / "out"
+        skopeo_pull(docxy.hostport, "mid:1", out)
+        assert blob_gets(mid_upstream, before, [layer]) == 1
+        assert_pulled(out, image.blobs)
+        assert sha256(cached_blobs(cache)[layer].read_bytes()) == layer
+        assert [p.name for p in (cache / "tmp").iterdir()] == []
+        assert docxy.stop() == 0
+    finally:
+        for conn, _ in conns:
+            conn.close()
+        relay.close()
+
+
+def test_a_second_docxy_on_the_cache_of_two_workers_is_refused(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    docxy = docxy_factory(upstream.url, "--cache-dir", str(cache), "--workers", "2")
+    workers(docxy)
+    second = subprocess.run(
+        [
+            *(TWISTD, "-n", "--pidfile=", "docxy", "--port", "tcp:0"),
+            *("--upstream", upstream.url, "--cache-dir", str(cache)),
+            *("--workers", "2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **twistd_env()},
+        cwd=tmp_path,
+    )
+    assert second.returncode == 2, second.stderr
+    assert f"in use by another Docxy (pid {docxy.pid})" in second.stderr
+    assert docxy.alive()
+    assert docxy.stop() == 0
