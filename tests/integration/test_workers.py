@@ -14,12 +14,14 @@ connect, so the kernel can only give the connection to the one running.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -116,31 +118,52 @@ def test_two_workers_serve_skopeo_pulls_and_share_the_cache(
     assert docxy.stop() == 0
 
 
+@dataclass
+class HeldFill:
+    """Two workers; one client's GET started a fill the relay holds mid-body."""
+
+    docxy: Docxy
+    pids: dict[int, int]
+    token: str
+    layer: str
+    filler: int  # the pid of the worker filling
+    conns: list[tuple[http.client.HTTPConnection, http.client.HTTPResponse]]
+
+    def get(self) -> None:
+        self.conns.append(open_blob(self.docxy, MID.repo, self.layer, self.token))
+
+
+def held_fill(
+    docxy_factory: Factory, upstream: Upstream, relay: GatedRelay, cache: Path
+) -> HeldFill:
+    docxy = docxy_factory(relay.url, "--cache-dir", str(cache), "--workers", "2")
+    pids = workers(docxy)
+    token = docxy_token(docxy, MID.repo)
+    layer = upstream.images[MID.ref].layers["linux/amd64"][0]
+    relay.hold_after(4 * 1024 * 1024)  # the fill stops at ~4 of 24 MiB
+    held = HeldFill(docxy, pids, token, layer, 0, [])
+    held.get()
+    wait_until(lambda: relay.held() == 1, 30, "the fill to be held mid-body")
+    held.filler = filling(pids)
+    return held
+
+
 def test_eight_cold_pulls_over_two_workers_make_one_upstream_get(
     docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
 ) -> None:
-    image = mid_upstream.images[MID.ref]
-    layer = image.layers["linux/amd64"][0]
     cache = tmp_path / "cache"
     relay = GatedRelay(mid_upstream.registry.port)
-    conns = []
+    start = len(mid_upstream.requests())
     try:
-        docxy = docxy_factory(relay.url, "--cache-dir", str(cache), "--workers", "2")
-        pids = workers(docxy)
-        token = docxy_token(docxy, MID.repo)
-        start = len(mid_upstream.requests())
-        relay.hold_after(4 * 1024 * 1024)  # the fill stops at ~4 of 24 MiB
-        conns.append(open_blob(docxy, MID.repo, layer, token))
-        wait_until(lambda: relay.held() == 1, 30, "the fill to be held mid-body")
-        filler = filling(pids)
-        other = next(p for p in pids.values() if p != filler)
+        held = held_fill(docxy_factory, mid_upstream, relay, cache)
+        docxy, layer, conns = held.docxy, held.layer, held.conns
+        other = next(p for p in held.pids.values() if p != held.filler)
         # Three more clients on the filling worker, four on the other one.
-        for stopped, count in ((other, 3), (filler, 4)):
+        for stopped, count in ((other, 3), (held.filler, 4)):
             os.kill(stopped, signal.SIGSTOP)
             try:
-                conns.extend(
-                    open_blob(docxy, MID.repo, layer, token) for _ in range(count)
-                )
+                for _ in range(count):
+                    held.get()
             finally:
                 os.kill(stopped, signal.SIGCONT)
         assert all(response.status == 200 for _, response in conns)
@@ -152,8 +175,6 @@ def test_eight_cold_pulls_over_two_workers_make_one_upstream_get(
         assert list((cache / "tmp").iterdir()) == []
         assert docxy.stop() == 0
     finally:
-        for conn, _ in conns:
-            conn.close()
         relay.close()
 
 
@@ -161,21 +182,14 @@ def test_a_worker_killed_mid_fill_serves_nothing_corrupt_and_is_restarted(
     docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
 ) -> None:
     image = mid_upstream.images[MID.ref]
-    layer = image.layers["linux/amd64"][0]
     cache = tmp_path / "cache"
     relay = GatedRelay(mid_upstream.registry.port)
-    conns = []
     try:
-        docxy = docxy_factory(relay.url, "--cache-dir", str(cache), "--workers", "2")
-        pids = workers(docxy)
-        token = docxy_token(docxy, MID.repo)
-        relay.hold_after(4 * 1024 * 1024)
-        conns.append(open_blob(docxy, MID.repo, layer, token))
-        wait_until(lambda: relay.held() == 1, 30, "the fill to be held mid-body")
-        filler = filling(pids)
+        held = held_fill(docxy_factory, mid_upstream, relay, cache)
+        docxy, layer, conns, filler = held.docxy, held.layer, held.conns, held.filler
         os.kill(filler, signal.SIGSTOP)  # the next client lands on the other
         try:
-            conns.append(open_blob(docxy, MID.repo, layer, token))
+            held.get()
         finally:
             os.kill(filler, signal.SIGKILL)
         bodies = [read_all(response) for _, response in conns]
@@ -195,8 +209,6 @@ def test_a_worker_killed_mid_fill_serves_nothing_corrupt_and_is_restarted(
         assert [p.name for p in (cache / "tmp").iterdir()] == []
         assert docxy.stop() == 0
     finally:
-        for conn, _ in conns:
-            conn.close()
         relay.close()
 
 
