@@ -78,6 +78,12 @@ class ReadyResource(Resource):
 
 
 class MetricsResource(Resource):
+    """The Prometheus text of :class:`~docxy.metrics.Metrics`, for reads only.
+
+    Mounted on the metrics listener alone, so the mirror's public ports
+    never show what it serves.
+    """
+
     isLeaf = True
 
     def __init__(self, metrics: Metrics) -> None:

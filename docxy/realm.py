@@ -26,6 +26,8 @@ log = Logger()
 
 @dataclass(frozen=True)
 class TokenRealm:
+    """Where an upstream issues tokens (``realm``) and for which ``service``."""
+
     url: str
     service: str | None
 

@@ -62,6 +62,12 @@ def raw_postpath(request: Request) -> list[bytes]:
 
 
 class RootResource(Resource):
+    """The top of the Resource tree: ``/v2/``, the token realms, aliases, probes.
+
+    The access gate and the https redirect run here, before any child does
+    work, and every unknown path is a 404 in the error envelope.
+    """
+
     def __init__(
         self,
         forwarder: Forwarder,
@@ -176,6 +182,8 @@ class RedirectResource(Resource):
 
 
 class HealthResource(Resource):
+    """Liveness: answers while the reactor runs, whatever the upstreams or cache."""
+
     isLeaf = True
 
     def render(self, request: Request) -> bytes | int:

@@ -29,6 +29,12 @@ _errors = Logger(namespace="docxy")
 
 
 class DocxyRequest(Request):
+    """A request that carries notes for its one access-log line.
+
+    Without a default Content-Type, so a blob the upstream sent without one
+    is relayed without one.
+    """
+
     # No default Content-Type: a blob without one must stay without one.
     defaultContentType = None
 
@@ -144,6 +150,12 @@ def _extra(notes: dict[str, object]) -> str:
 
 
 class DocxySite(Site):
+    """Docxy's Site: its own channel (client limits) and its own access log.
+
+    Twisted's log would print full URIs, whose query strings can carry
+    secrets, and only finished requests.
+    """
+
     # Plain HTTPChannel, never the HTTP/2-capable wrapper: h2 measured 3x
     # slower than HTTP/1.1 in twisted.web, and Go clients take it if offered.
     protocol = DocxyChannel  # type: ignore[assignment]

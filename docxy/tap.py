@@ -23,6 +23,13 @@ _FLAGS = frozenset({"https-redirect", "no-cache", "anonymous"})
 
 
 class Options(usage.Options):
+    """``twistd docxy`` options, merged in :meth:`postOptions` into one Config.
+
+    The command line wins over ``DOCXY_*`` variables, which win over the
+    TOML file; a bad setting stops twistd with one line before anything
+    listens.
+    """
+
     synopsis = "[options]"
     longdesc = (
         "Docxy: a pull-through mirror for Docker / OCI registries. Point "

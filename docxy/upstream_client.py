@@ -120,6 +120,8 @@ class _QuietPool(HTTPConnectionPool):
 
 @dataclass(frozen=True)
 class UpstreamResponse:
+    """An upstream answer, with the URL it came from after ``redirects`` hops."""
+
     response: IResponse
     url: str
     redirects: int

@@ -31,6 +31,8 @@ TOUCH_INTERVAL = 60.0
 
 @dataclass
 class Entry:
+    """One verified blob file; ``readers`` pins it against eviction while it is sent."""
+
     digest: str
     size: int
     last_used: float
@@ -40,6 +42,12 @@ class Entry:
 
 
 class BlobStore:
+    """The blob files and their in-memory index, kept under ``max_size`` by LRU.
+
+    The index is rebuilt by scanning the files at start (the filesystem is
+    the index), so it survives restarts and a crash leaves nothing in it.
+    """
+
     def __init__(
         self, root: Path, max_size: int | None, counters: Counters | None = None
     ) -> None:

@@ -7,6 +7,12 @@ from dataclasses import asdict, dataclass
 
 @dataclass
 class Counters:
+    """Plain integers the cache bumps; :mod:`docxy.metrics` exports them.
+
+    Kept apart from prometheus-client so the cache and its tests need no
+    metrics registry.
+    """
+
     hits: int = 0
     misses: int = 0
     joined_fills: int = 0

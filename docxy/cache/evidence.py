@@ -38,6 +38,12 @@ class Who:
 
 
 class Evidence:
+    """Decides from remembered upstream answers whether a client may have a digest.
+
+    Fresh evidence spares an upstream access check; expired evidence still
+    decides when the upstream cannot be asked (down, 429).
+    """
+
     def __init__(
         self, ledger: Ledger, book: TokenBook, clock: IReactorTime, ttl: float
     ) -> None:

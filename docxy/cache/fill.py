@@ -44,12 +44,20 @@ EARLY = 1024 * 1024
 
 
 class FillState(Enum):
+    """Where a fill is: readers wait while FILLING, then hit or fall back."""
+
     FILLING = "filling"
     DONE = "done"
     FAILED = "failed"
 
 
 class Fill(Protocol):
+    """The upstream body of one blob, written to a temp file for every reader.
+
+    It is never paused by a client, so a slow or departed client does not
+    hold up the others or the cache entry.
+    """
+
     def __init__(
         self,
         store: BlobStore,

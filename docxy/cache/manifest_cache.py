@@ -50,6 +50,12 @@ class _StaleError(Exception):
 
 
 class ManifestCache:
+    """Serves manifests from disk where the evidence allows, else pulls them through.
+
+    Tags are revalidated with a ``HEAD`` (free at Docker Hub) and served
+    stale when the upstream fails, so a warm pull costs no manifest GET.
+    """
+
     def __init__(
         self,
         store: ManifestStore,

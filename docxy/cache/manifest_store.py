@@ -49,6 +49,8 @@ def accept_key(accept: list[bytes]) -> str:
 
 @dataclass
 class TagEntry:
+    """The digest a tag named and when the upstream last said so (for freshness)."""
+
     digest: str
     checked: float  # when the upstream last confirmed the tag
 

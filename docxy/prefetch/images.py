@@ -51,6 +51,8 @@ class Summary:
 
 @dataclass(frozen=True)
 class Blob:
+    """A blob a manifest names; ``size`` None when the manifest gave none."""
+
     digest: str
     size: int | None
 

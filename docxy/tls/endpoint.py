@@ -82,6 +82,12 @@ class _AcmePort:
 
 @implementer(IStreamServerEndpoint)
 class AcmeEndpoint:
+    """TLS on ``wrapped`` with certificates an ACME CA issues and renews.
+
+    Listeners with one state directory share one certificate manager, so
+    no name is ordered twice.
+    """
+
     def __init__(
         self, reactor: Any, spec: AcmeSpec, wrapped: IStreamServerEndpoint
     ) -> None:

@@ -36,6 +36,12 @@ def _now() -> datetime.datetime:
 
 
 class CertificateManager:
+    """Keeps every configured name's certificate valid and in the listener.
+
+    Failures are logged and retried with backoff; they never stop the
+    daemon, and only configured names are ever ordered.
+    """
+
     def __init__(
         self,
         reactor: Any,

@@ -38,6 +38,8 @@ class AcmeSpecError(ValueError):
 
 @dataclass(frozen=True)
 class AcmeSpec:
+    """What one ``acme:`` port string asks for, parsed without side effects."""
+
     state_dir: Path
     domains: tuple[str, ...]
     directory: str = LETSENCRYPT

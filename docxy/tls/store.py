@@ -59,6 +59,8 @@ def ca_dirname(directory_url: str) -> str:
 
 
 class AcmeStore:
+    """The ACME state directory, private to Docxy's user, written atomically."""
+
     def __init__(self, path: Path, directory_url: str) -> None:
         self.path = path
         self.certs = path / ca_dirname(directory_url)
