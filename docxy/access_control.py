@@ -36,7 +36,7 @@ from .config_values import Network
 from .errors import RegistryError
 from .names import Kind
 from .notes import record
-from .oci import Scope, map_scopes
+from .oci import Scope, map_scopes, pull_scope
 from .own_tokens import write_token
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ class AccessGate:
             error = "invalid_token"
         raise unauthorized(
             "a token of this mirror for this repository is needed",
-            _bearer(mirror.public_realm, f"repository:{client_name}:pull", error),
+            _bearer(mirror.public_realm, pull_scope(client_name), error),
         )
 
     # --- the token realm --------------------------------------------------

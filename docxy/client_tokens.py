@@ -13,7 +13,6 @@ accept each other's tokens.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet.interfaces import IReactorTime
+
+from .oci import b64url, b64url_decode
 
 PREFIX = "dxt1."
 KEY_BYTES = 32
@@ -65,8 +66,8 @@ class TokenSigner:
             "exp": now + self.lifetime,
             "acc": sorted([list(pair) for pair in repositories]),
         }
-        body = _b64(json.dumps(claims, separators=(",", ":")).encode())
-        return f"{PREFIX}{body}.{_b64(self._sign(body))}"
+        body = b64url(json.dumps(claims, separators=(",", ":")).encode())
+        return f"{PREFIX}{body}.{b64url(self._sign(body))}"
 
     def verify(self, token: str) -> Grant | None:
         """The token's grant, or None: forged, damaged or expired."""
@@ -74,13 +75,13 @@ class TokenSigner:
             return None
         body, _, signature = token[len(PREFIX) :].partition(".")
         try:
-            given = _unb64(signature)
+            given = b64url_decode(signature)
         except (binascii.Error, ValueError):
             return None
         if not hmac.compare_digest(given, self._sign(body)):
             return None
         try:
-            claims = json.loads(_unb64(body))
+            claims = json.loads(b64url_decode(body))
             grant = Grant(
                 str(claims["sub"]),
                 frozenset((str(u), str(n)) for u, n in claims["acc"]),
@@ -111,11 +112,3 @@ def load_or_create_key(path: Path) -> bytes:
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(key.hex() + "\n")
     return key
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

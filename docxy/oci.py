@@ -142,11 +142,21 @@ class Scope:
         return str(Scope(self.kind, name, self.actions))
 
 
+def pull_scope(name: str) -> str:
+    """The scope that pulls repository ``name``: ``repository:<name>:pull``."""
+    return str(Scope("repository", name, "pull"))
+
+
 def map_scopes(value: str, one: Callable[[str], str]) -> str:
     """Apply ``one`` to each scope of a space-separated scope parameter."""
     return " ".join(one(part) for part in value.split(" "))
 
 
 def b64url(data: bytes) -> str:
-    """Unpadded base64url (JOSE, ACME renewal-info certificate IDs)."""
+    """Unpadded base64url (JOSE, ACME renewal-info certificate IDs, tokens)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """The bytes of unpadded base64url; raises ``binascii.Error`` if malformed."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -18,7 +18,7 @@ from twisted.web.server import Request
 from .errors import RegistryError, name_invalid
 from .headers import upstream_request_headers
 from .names import Kind, Route, parse_v2_path, upstream_name
-from .oci import Scope, is_valid_name, map_scopes
+from .oci import Scope, is_valid_name, map_scopes, pull_scope
 from .realm import RealmDirectory
 from .relay import Exchange, Reissue
 from .upstream_set import Upstream, UpstreamSet, normalize_host
@@ -93,7 +93,7 @@ class Target:
         if self.route.kind is Kind.BASE or not self.route.name:
             return None
         name = upstream_name(self.route.name, self.mirror.upstream.library_prefix)
-        return f"repository:{name}:pull"
+        return pull_scope(name)
 
     async def use_mirror_token(self, exchange: Exchange) -> bool:
         """Docxy's own upstream token on ``exchange``, if the client brought none.

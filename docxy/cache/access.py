@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from ..oci import USER_AGENT
+from ..oci import USER_AGENT, pull_scope
 from ..ratelimit import is_unavailable, unavailable
 from ..realm import NoTokenServiceError
 from ..upstream_client import (
@@ -137,12 +137,12 @@ class AccessChecker:
         token: every anonymous client of the mirror pulls with it.
         """
         if mirror.tokens is not None:
-            return await mirror.tokens.authorization(f"repository:{repo}:pull")
+            return await mirror.tokens.authorization(pull_scope(repo))
         try:
             realm = await mirror.realms.get()
         except NoTokenServiceError:
             return None
-        query = [("scope", f"repository:{repo}:pull")]
+        query = [("scope", pull_scope(repo))]
         if realm.service:
             query.insert(0, ("service", realm.service))
         sep = "&" if "?" in realm.url else "?"
