@@ -53,6 +53,17 @@ def unsupported_method(method: str, allowed: tuple[bytes, ...]) -> RegistryError
     )
 
 
+def range_invalid(size: int) -> RegistryError:
+    """A ``Range`` outside a blob of ``size`` bytes (416, as distribution says)."""
+    return RegistryError(
+        416,
+        "RANGE_INVALID",
+        "requested range not satisfiable",
+        {"size": size},
+        headers=((b"Content-Range", b"bytes */%d" % size),),
+    )
+
+
 def not_found(path: str) -> RegistryError:
     return RegistryError(404, "NOT_FOUND", "no such endpoint", {"path": path})
 

@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Request
 
+from ..errors import range_invalid, write_error
 from ..oci import Digest
 from .blob_store import BlobStore, Entry
 from .disk_pool import DiskPool
@@ -85,10 +86,7 @@ class Hits:
         digest = entry.digest
         wanted = parse_range(request.getHeader(b"range"), entry.size)
         if wanted == "unsatisfiable":
-            request.setResponseCode(416)
-            request.setHeader(b"content-range", b"bytes */%d" % entry.size)
-            request.setHeader(b"content-length", b"0")
-            request.finish()
+            write_error(request, range_invalid(entry.size))
             return
         try:
             fd = os.open(self.store.path(digest), os.O_RDONLY | os.O_CLOEXEC)

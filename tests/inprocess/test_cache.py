@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -208,6 +209,8 @@ async def test_range_from_cache(docxy: Harness, upstream: FakeUpstream) -> None:
     assert (tail.code, tail.body) == (206, BLOB[-10:])
     bad = await docxy.request(b"GET", CLIENT_PATH, {b"range": [b"bytes=99999999-"]})
     assert bad.code == 416
+    assert bad.headers.getRawHeaders(b"content-range") == [b"bytes */%d" % len(BLOB)]
+    assert json.loads(bad.body)["errors"][0]["code"] == "RANGE_INVALID"
     head = await docxy.request(b"HEAD", CLIENT_PATH)
     assert head.headers.getRawHeaders(b"content-length") == [b"%d" % len(BLOB)]
 
