@@ -153,3 +153,20 @@ def test_upstream_labels_are_configured_names() -> None:
     metrics = Metrics({"docker.io": "https://registry-1.docker.io"})
     assert metrics.upstream_name("https://registry-1.docker.io/v2/x") == "docker.io"
     assert metrics.upstream_name("https://auth.docker.io/token?x") == "auth.docker.io"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_invented_method_is_not_a_label_of_its_own(
+    docxy: Harness,
+) -> None:
+    # Every distinct label value is a series kept forever: a client sending
+    # made-up methods must not grow the registry (or the scrape) at will.
+    for method in (b"XYZ1", b"XYZ2", b"A" * 1000):
+        reply = await docxy.request(method, "/v2/")
+        assert reply.code == 405
+    methods = {
+        dict(labels)["method"]
+        for name, labels in samples(docxy.site.metrics)
+        if name == "docxy_requests_total"
+    }
+    assert methods == {"other"}
