@@ -10,6 +10,7 @@ as a wrong password, so response times do not tell which users exist.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import bcrypt
@@ -18,8 +19,10 @@ from twisted.internet import threads
 from .config_values import ConfigError
 
 _BCRYPT_PREFIXES = (b"$2a$", b"$2b$", b"$2y$")
-# Checked for unknown users so that they take as long as known ones.
-_DUMMY = bcrypt.hashpw(b"docxy-no-such-user", bcrypt.gensalt(rounds=10))
+# Checked for unknown users so that they take as long as known ones: made
+# at the cost the file's hashes have (htpasswd -B uses 5 unless told).
+_DUMMY_PASSWORD = b"docxy-no-such-user"
+_DEFAULT_COST = 10
 
 
 class Accounts:
@@ -27,6 +30,13 @@ class Accounts:
 
     def __init__(self, hashes: dict[str, bytes]) -> None:
         self._hashes = hashes
+        costs = Counter(_cost(h) for h in hashes.values())
+        costs.pop(None, None)
+        cost = costs.most_common(1)[0][0] if costs else None
+        self.dummy_cost: int = cost if cost is not None else _DEFAULT_COST
+        self._dummy = bcrypt.hashpw(
+            _DUMMY_PASSWORD, bcrypt.gensalt(rounds=self.dummy_cost)
+        )
 
     def __len__(self) -> int:
         return len(self._hashes)
@@ -60,7 +70,7 @@ class Accounts:
         """Whether ``password`` is ``user``'s (blocking: call it in a thread)."""
         hashed = self._hashes.get(user)
         try:
-            ok = bcrypt.checkpw(password.encode("utf-8"), hashed or _DUMMY)
+            ok = bcrypt.checkpw(password.encode("utf-8"), hashed or self._dummy)
         except ValueError:
             return False
         return ok and hashed is not None
@@ -68,3 +78,11 @@ class Accounts:
     async def check(self, user: str, password: str) -> bool:
         result: bool = await threads.deferToThread(self.check_now, user, password)
         return result
+
+
+def _cost(hashed: bytes) -> int | None:
+    """The cost of a bcrypt hash (``$2y$05$...`` -> 5), None if it has none."""
+    digits = hashed[4:6]
+    if hashed[6:7] != b"$" or not digits.isdigit() or not 4 <= int(digits) <= 31:
+        return None
+    return int(digits)
