@@ -96,8 +96,10 @@ class TokenBook:
         if not token.startswith(_OFFLINE_PREFIX):
             return None
         principal, _, mac = token[len(_OFFLINE_PREFIX) :].partition(".")
-        expected = self.keys.of("offline", principal.encode())
-        return principal if hmac.compare_digest(mac, expected) else None
+        expected = self.keys.of("offline", principal.encode("latin-1"))
+        # As bytes: compare_digest raises on non-ASCII text.
+        given = mac.encode("latin-1")
+        return principal if hmac.compare_digest(given, expected.encode()) else None
 
 
 def _basic_identity(authorization: bytes) -> bytes:

@@ -258,3 +258,15 @@ def test_changes_the_disk_refused_are_written_once_it_takes_them(
         ("c",),
         ("d",),
     ]
+
+
+def test_an_offline_token_with_non_ascii_bytes_names_nobody(tmp_path: Path) -> None:
+    # Header bytes are latin-1 text here: a MAC of any byte must be compared
+    # (and refused), never raise (a 500 for every request carrying it).
+    ledger = open_ledger(tmp_path)
+    book = TokenBook(ledger)
+    evidence = Evidence(ledger, book, ledger.clock, ttl=10.0)
+    for token in (b"docxy-offline.\xe9.\xe9", b"docxy-offline.p.\xff" * 3):
+        who = evidence.who(_request(None, b"Bearer " + token))
+        assert who.keys == ("-",)
+    ledger.close()
