@@ -33,6 +33,7 @@ from .upstream_client import (
     UpstreamError,
     UpstreamResponse,
     discard_body,
+    same_origin,
 )
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class Relay:
             # (docxy.forward writes it; the cache may answer instead).
             raise await rate_limited(response)
         request.setResponseCode(response.code, response.phrase)
-        self._copy_headers(request, response, exchange)
+        self._copy_headers(request, answer, exchange)
         length = await self._length(exchange, response)
         if length is not None:
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % length])
@@ -149,8 +150,9 @@ class Relay:
         response.deliverBody(pump)
 
     def _copy_headers(
-        self, request: Request, response: IResponse, exchange: Exchange
+        self, request: Request, answer: UpstreamResponse, exchange: Exchange
     ) -> None:
+        response = answer.response
         out = request.responseHeaders
         for name, values in relayed_response_headers(response.headers):
             out.setRawHeaders(name, values)
@@ -165,7 +167,10 @@ class Relay:
             out.removeHeader(b"www-authenticate")
             return
         bearer = find_bearer(challenges)
-        if bearer is not None:
+        # Only the upstream itself names its realm: a redirect target's (a
+        # CDN's) or a token service's challenge would send the clients'
+        # credentials wherever it says.
+        if bearer is not None and same_origin(answer.url, reissue.mirror.upstream.url):
             reissue.mirror.realms.observe(bearer)
         out.setRawHeaders(
             b"www-authenticate",

@@ -187,6 +187,11 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return (parts.scheme, (parts.hostname or "").lower(), parts.port or default)
 
 
+def same_origin(one: str, other: str) -> bool:
+    """Whether two URLs have one scheme, host and port (credentials may cross)."""
+    return _origin(one) == _origin(other)
+
+
 class UpstreamClient:
     """Sends one logical request upstream, following redirects itself.
 
@@ -272,7 +277,7 @@ class UpstreamClient:
             raise UpstreamError("redirect to an unsupported location")
         if urlsplit(current).scheme == "https" and scheme == "http":
             raise UpstreamError("redirect from https to http refused")
-        if _origin(target) != _origin(current):
+        if not same_origin(target, current):
             for name in _CREDENTIAL_HEADERS:
                 headers.removeHeader(name)
         return target
