@@ -61,18 +61,25 @@ def test_a_probe_that_fails_lets_the_next_request_probe() -> None:
     pulls, _ = budget(clock)
     pulls.observe(HUB, ANONYMOUS, 429, limited(b"5"))
     clock.advance(5)
-    pulls.check(HUB, ANONYMOUS)
+    pulls.check(HUB, ANONYMOUS)  # the probe
+    with pytest.raises(RateLimitedError):
+        pulls.check(HUB, ANONYMOUS)  # while it is out, nobody else goes
     pulls.failed(HUB, ANONYMOUS)
-    pulls.check(HUB, ANONYMOUS)
+    pulls.check(HUB, ANONYMOUS)  # the next probe
+    with pytest.raises(RateLimitedError):
+        pulls.check(HUB, ANONYMOUS)
 
 
 def test_the_gate_is_per_account_and_never_for_clients_own_credentials() -> None:
     clock = Clock()
     pulls, _ = budget(clock)
     pulls.observe(HUB, ANONYMOUS, 429, limited())
-    pulls.check(HUB, "mirrorbot")
+    with pytest.raises(RateLimitedError):
+        pulls.check(HUB, ANONYMOUS)
+    pulls.check(HUB, "mirrorbot")  # another account's gate is open
     pulls.observe(HUB, CLIENT, 429, limited())
     pulls.check(HUB, CLIENT)
+    pulls.check(HUB, CLIENT)  # never held back: the client retries on its own
 
 
 def test_an_http_date_retry_after_and_a_missing_one() -> None:
