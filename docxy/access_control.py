@@ -116,7 +116,9 @@ class AccessGate:
         if grant is not None:
             record(request, account=grant.subject)
         if self.rate is not None:
-            key = f"account {grant.subject}" if grant else f"address {address}"
+            key = (
+                f"account {grant.subject}" if grant else f"address {_rate_key(address)}"
+            )
             return self.rate.take(key)
         return None
 
@@ -263,6 +265,13 @@ def _parse(text: str) -> Address | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped
     return address
+
+
+def _rate_key(address: Address | None) -> str:
+    """An IPv4 address, or the /64 of an IPv6 one (what one client holds)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _within(address: Address | None, networks: Sequence[Network]) -> bool:

@@ -65,3 +65,21 @@ def test_bad_blocks_stop_at_start() -> None:
     with pytest.raises(ConfigError, match="not an address or CIDR block"):
         networks("allow", ["10.0.0.0/33"])
     assert len(networks("allow", "10.0.0.0/8, fd00::/8")) == 2
+
+
+def test_an_ipv6_client_has_one_rate_bucket_per_64() -> None:
+    # Anyone with IPv6 has a /64 of addresses at least (as Docker Hub
+    # counts): one bucket per address would let one client rotate past
+    # client-rate, and push every other client's bucket out of the table.
+    from twisted.internet.task import Clock
+
+    from docxy.client_rate import ClientRate
+
+    gate = AccessGate(rate=ClientRate(Clock(), rate=1.0, burst=2))
+    first = [gate.admit(request_from(f"2001:db8:1:2::{n}"), True) for n in (1, 2)]
+    assert first == [None, None]
+    third = gate.admit(request_from("2001:db8:1:2:ffff::3"), registry=True)
+    assert third is not None and third.status == 429
+    assert gate.admit(request_from("2001:db8:1:3::1"), registry=True) is None
+    assert gate.admit(request_from("10.0.0.1"), registry=True) is None
+    assert gate.admit(request_from("10.0.0.2"), registry=True) is None
