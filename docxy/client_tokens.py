@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from .oci import b64url, b64url_decode
+
+log = Logger()
 
 PREFIX = "dxt1."
 KEY_BYTES = 32
@@ -107,8 +110,24 @@ def load_or_create_key(path: Path) -> bytes:
         key = bytes.fromhex(text)
         if len(key) < KEY_BYTES:
             raise ValueError(f"{path}: fewer than {KEY_BYTES} bytes of hex") from None
+        _keep_private(path)
         return key
     key = secrets.token_bytes(KEY_BYTES)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(key.hex() + "\n")
     return key
+
+
+def _keep_private(path: Path) -> None:
+    """Whoever reads the key can sign any token: others lose read access."""
+    if path.stat().st_mode & 0o077 == 0:
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError as e:  # a read-only mount (a Kubernetes Secret, say)
+        log.warn(
+            "{path} is readable by other users and cannot be made 0600 ({why}): "
+            "anyone who reads it can sign tokens",
+            path=str(path),
+            why=e.strerror,
+        )

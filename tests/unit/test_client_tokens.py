@@ -55,3 +55,12 @@ def test_replicas_with_one_key_file_accept_each_others_tokens(tmp_path: Path) ->
     clock = Clock()
     token = TokenSigner(first, clock, 60).issue("alice", {("docker.io", "app")})
     assert TokenSigner(second, clock, 60).verify(token) is not None
+
+
+def test_a_key_file_others_can_read_is_made_0600(tmp_path: Path) -> None:
+    # Whoever reads the key can sign tokens for any repository.
+    path = tmp_path / "token.key"
+    path.write_text("ab" * 32 + "\n")
+    path.chmod(0o644)
+    assert load_or_create_key(path) == bytes.fromhex("ab" * 32)
+    assert path.stat().st_mode & 0o777 == 0o600
