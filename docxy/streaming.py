@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
+from twisted.internet import abstract
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -54,6 +55,22 @@ class IdleWatchdog:
     def _fire(self) -> None:
         self._call = None
         self.on_idle()
+
+
+# A client connection sending a blob body: up to this much per send(2), and
+# its producer paused only past this much buffered (Twisted: 128 and 64 KiB),
+# so a body that arrives 256 KiB at a time is not paused and resumed (two
+# epoll_ctl) for every read.
+BODY_SEND_LIMIT = 1024 * 1024
+BODY_BUFFER = 1024 * 1024
+
+
+def widen_writes(request: Request) -> None:
+    """Larger sends and a later pause for a blob body on plain TCP."""
+    transport = getattr(request.channel, "transport", None)
+    if isinstance(transport, abstract.FileDescriptor):
+        transport.SEND_LIMIT = BODY_SEND_LIMIT
+        transport.bufferSize = BODY_BUFFER
 
 
 def client_gone(request: Request) -> bool:
@@ -102,6 +119,7 @@ class BodyPump(Protocol):
         if client_gone(self.request):
             self._stop_upstream()
             return
+        widen_writes(self.request)
         self.request.registerProducer(self, True)
         self.watchdog.start()
 

@@ -6,10 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(docker-registry skopeo docker.io containerd podman pebble curl ca-certificates systemd
-      mmdebstrap catatonit nginx haproxy)
+      mmdebstrap catatonit nginx haproxy wrk)
 need=()
 for bin in docker-registry skopeo dockerd containerd ctr podman pebble curl systemd-socket-activate systemd-analyze \
-           mmdebstrap catatonit nginx haproxy; do
+           mmdebstrap catatonit nginx haproxy wrk; do
     command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if ((${#need[@]})); then

@@ -85,7 +85,11 @@ class Fill(Protocol):
             Digest.parse(digest).hasher()
             if hash_thread is None
             else BackgroundHash(
-                Digest.parse(digest), hash_thread, self._pause, self._resume
+                Digest.parse(digest),
+                hash_thread,
+                self._pause,
+                self._resume,
+                file=self._file,
             )
         )
         # The first client's feed: what arrived before it tapped, then a tap.
@@ -138,16 +142,17 @@ class Fill(Protocol):
         if self.state is not FillState.FILLING:
             return
         self.watchdog.touch()
-        # Page-cache writes of one socket read; measured cheap next to the
-        # network read that produced them.
-        view = memoryview(data)
+        background = isinstance(self._hash, BackgroundHash)
         try:
-            while view:
+            if background and self._hash.error is not None:  # type: ignore[union-attr]
+                raise self._hash.error  # type: ignore[union-attr]
+            view = memoryview(data)
+            while view and not background:
                 view = view[self._file.write(view) or 0 :]
         except OSError as e:
             self._disk_failed(e)
             return
-        self._hash.update(data)
+        self._hash.update(data)  # in the background: written there too
         self.written += len(data)
         self.counters.bytes_from_upstream += len(data)
         if self._tap is not None:
@@ -163,14 +168,26 @@ class Fill(Protocol):
         if self.state is not FillState.FILLING:  # the disk failed first
             self.finished.callback(None)
             return
-        self._file.close()
         self._early = None
-        if isinstance(self._hash, BackgroundHash):
+        if isinstance(self._hash, BackgroundHash):  # it closes the file
             self._hash.matches().addCallback(lambda good: self._ended(reason, good))
         else:
+            self._file.close()
             self._ended(reason, self._hash.matches())
 
+    @property
+    def on_disk(self) -> int:
+        """How many bytes the temp file holds so far."""
+        if isinstance(self._hash, BackgroundHash):
+            return self._hash.on_disk
+        return self.written
+
     def _ended(self, reason: Failure, good: bool) -> None:
+        error = getattr(self._hash, "error", None)
+        if error is not None and self.state is FillState.FILLING:
+            self._disk_failed(error, upstream_done=True)
+            self.finished.callback(None)
+            return
         complete = bool(reason.check(ResponseDone, PotentialDataLoss))
         if complete and self.length is not None and self.written != self.length:
             complete = False

@@ -1,9 +1,12 @@
-"""A fill's digest, computed in a thread of its own instead of the reactor's.
+"""A fill's file writes and digest, in a thread of their own, not the reactor's.
 
 SHA-256 of a blob arriving at wire speed costs about as much CPU as
-receiving it; ``hashlib`` releases the GIL for large updates, so in a
-thread it runs on the other core while the reactor moves bytes. Chunks
-are hashed in arrival order (one thread, first in first out); the bytes
+receiving it, and the page-cache copy of each write a good part of it;
+``hashlib`` and file writes release the GIL, so in a thread they run on
+the other core while the reactor moves bytes. Chunks are written and
+hashed in arrival order (one thread, first in first out); ``on_disk``
+says how far the file is written (readers of the growing file read no
+further), a write error is kept in ``error``; the bytes
 waiting for it are references to the chunks already received, and when
 more than ``max_queued`` wait, ``on_full`` pauses the upstream until the
 thread has caught up (``on_room``), so memory stays bounded.
@@ -12,7 +15,7 @@ thread has caught up (``on_room``), so memory stays bounded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -41,7 +44,8 @@ class HashThread:
 
 
 class BackgroundHash:
-    """``update`` from the reactor, hashed in ``thread``; ``matches()`` at the end."""
+    """``update`` from the reactor, written to ``file`` and hashed in
+    ``thread``; ``matches()`` at the end (which closes the file)."""
 
     def __init__(
         self,
@@ -49,9 +53,13 @@ class BackgroundHash:
         thread: HashThread,
         on_full: Callable[[], None],
         on_room: Callable[[], None],
+        file: BinaryIO | None = None,
         max_queued: int = MAX_QUEUED,
     ) -> None:
         self.hasher: DigestHasher = digest.hasher()
+        self.file = file
+        self.on_disk = 0  # written by the thread only
+        self.error: OSError | None = None
         self.thread = thread
         self.on_full = on_full
         self.on_room = on_room
@@ -69,6 +77,15 @@ class BackgroundHash:
             self._caught_up().addCallback(self._room)
 
     def _hash(self, data: bytes) -> None:
+        if self.file is not None and self.error is None:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[self.file.write(view) or 0 :]
+            except (OSError, ValueError) as e:  # ValueError: closed under us
+                self.error = e if isinstance(e, OSError) else OSError(str(e))
+            else:
+                self.on_disk += len(data)
         self.hasher.update(data)
         self.hashed += len(data)
 
@@ -82,6 +99,12 @@ class BackgroundHash:
 
     def matches(self) -> defer.Deferred[bool]:
         """Whether the whole body matched, once the thread hashed it all."""
-        return deferToThreadPool(
-            self.thread.reactor, self.thread.pool(), self.hasher.matches
-        )
+        return deferToThreadPool(self.thread.reactor, self.thread.pool(), self._last)
+
+    def _last(self) -> bool:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError as e:
+                self.error = self.error or e
+        return self.hasher.matches()

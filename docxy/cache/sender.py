@@ -141,11 +141,11 @@ class FileSender:
         """
         fill = self.fill
         if fill is not None and fill.state is not FillState.DONE:
-            limit = fill.written - 1
+            limit = fill.on_disk - 1
             return limit if self.end is None else min(self.end - 1, limit)
         if self.end is None:
             assert fill is not None  # only fills have no known end
-            return fill.written
+            return fill.on_disk
         return self.end
 
     def _pump(self) -> None:

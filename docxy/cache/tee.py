@@ -8,7 +8,8 @@ are held in memory, and once more than :data:`LAG` are held the client
 falls back to reading the file from where it is (a
 :class:`~docxy.cache.sender.FileSender` on a descriptor opened at the
 start, so the rename at the end does not matter), like any joiner. As for
-joiners, the last byte waits for the digest: a mismatch is a short read.
+joiners, the end of the body waits for the digest: a mismatch is a short
+read.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ..streaming import IdleWatchdog, abort_client, client_gone
+from ..streaming import IdleWatchdog, abort_client, client_gone, widen_writes
 from .fill import Fill, FillState
 from .sender import FileSender
 
@@ -57,7 +58,9 @@ class TeeSender:
         self.sent = 0
         self._held: deque[bytes] = deque()
         self._held_bytes = 0
-        self._tail = b""  # the last byte so far: sent once the digest matched
+        # The latest chunk, sent when the next arrives (no copy), the last one
+        # once the digest matched.
+        self._last = b""
         self._paused = False
         self._done = False
         self.watchdog = IdleWatchdog(reactor, idle_timeout, self._idle)
@@ -68,6 +71,7 @@ class TeeSender:
             os.close(self.fd)
             return False
         self.request.notifyFinish().addBoth(self._client_finished)
+        widen_writes(self.request)
         self.request.registerProducer(self, True)
         self.watchdog.start()
         self.fill.finished.addBoth(self._fill_ended)
@@ -76,8 +80,7 @@ class TeeSender:
     def _arrived(self, data: bytes) -> None:
         if self._done:
             return
-        data = self._tail + data
-        self._tail, data = data[-1:], data[:-1]
+        data, self._last = self._last, data
         if not data:
             return
         if self._paused or self._held:
@@ -108,7 +111,7 @@ class TeeSender:
             while self._held:
                 self._write(self._held.popleft())
             self._held_bytes = 0
-            self._write(self._tail)
+            self._write(self._last)
             self._end("done")
         elif fill.disk_error is not None:
             self._end(None)
