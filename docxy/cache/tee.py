@@ -72,6 +72,7 @@ class TeeSender:
             return False
         self.request.notifyFinish().addBoth(self._client_finished)
         widen_writes(self.request)
+        self.request.write(b"")  # the headers now, whatever the upstream does
         self.request.registerProducer(self, True)
         self.watchdog.start()
         self.fill.finished.addBoth(self._fill_ended)
