@@ -17,6 +17,10 @@ import bcrypt
 from twisted.internet import threads
 
 from .config_values import ConfigError
+from .errors import RegistryError
+
+# bcrypt checks waiting for or in the thread pool; more are refused at once.
+MAX_PENDING_CHECKS = 64
 
 _BCRYPT_PREFIXES = (b"$2a$", b"$2b$", b"$2y$")
 # Checked for unknown users so that they take as long as known ones: made
@@ -30,6 +34,7 @@ class Accounts:
 
     def __init__(self, hashes: dict[str, bytes]) -> None:
         self._hashes = hashes
+        self._pending = 0
         costs = Counter(_cost(h) for h in hashes.values())
         costs.pop(None, None)
         cost = costs.most_common(1)[0][0] if costs else None
@@ -76,7 +81,20 @@ class Accounts:
         return ok and hashed is not None
 
     async def check(self, user: str, password: str) -> bool:
-        result: bool = await threads.deferToThread(self.check_now, user, password)
+        """In the reactor's thread pool; a 503 while too many are waiting."""
+        if self._pending >= MAX_PENDING_CHECKS:
+            raise RegistryError(
+                503,
+                "UNAVAILABLE",
+                "too many logins at once; try again",
+                {"limit": MAX_PENDING_CHECKS},
+                headers=((b"Retry-After", b"1"),),
+            )
+        self._pending += 1
+        try:
+            result: bool = await threads.deferToThread(self.check_now, user, password)
+        finally:
+            self._pending -= 1
         return result
 
 
