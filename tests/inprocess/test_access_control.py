@@ -145,6 +145,8 @@ async def test_accounts_log_in_get_docxys_token_bound_to_the_repository(
         assert wrong.code == 401
         nobody = await docxy.request(b"GET", path, basic("mallory", "right"))
         assert nobody.code == 401
+        for refused in (missing, wrong, nobody):
+            assert error_of(refused)["code"] == "UNAUTHORIZED"
 
         granted = await docxy.request(b"GET", path, basic("alice", "right"))
         assert granted.code == 200
