@@ -129,21 +129,15 @@ def _printable(value: bytes, limit: int = 200) -> str:
     return "".join(c if c.isprintable() and c not in '"\\' else "?" for c in text)
 
 
+# Access-log fields from the request's notes, in this order, when set.
+# forwarded_for: the client a trusted proxy named (X-Forwarded-For); the
+# first field stays the TCP peer. account: a mirror account
+# (docxy.access_control), never a credential.
+_NOTED = ("upstream", "cache", "redirects", "forwarded_for", "account")
+
+
 def _extra(notes: dict[str, object]) -> str:
-    parts = []
-    if notes.get("upstream"):
-        parts.append(f" upstream={notes['upstream']}")
-    if notes.get("cache"):
-        parts.append(f" cache={notes['cache']}")
-    if notes.get("redirects"):
-        parts.append(f" redirects={notes['redirects']}")
-    if notes.get("forwarded_for"):
-        # The client a trusted proxy named (X-Forwarded-For); the first
-        # field stays the TCP peer.
-        parts.append(f" forwarded_for={notes['forwarded_for']}")
-    if notes.get("account"):
-        # A mirror account (docxy.access_control); never a credential.
-        parts.append(f" account={notes['account']}")
+    parts = [f" {name}={notes[name]}" for name in _NOTED if notes.get(name)]
     if notes.get("upstream_error"):
         parts.append(f' upstream_error="{notes["upstream_error"]}"')
     return "".join(parts)
