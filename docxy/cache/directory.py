@@ -61,7 +61,9 @@ class CacheLock:
     def acquire(cls, root: Path) -> CacheLock:
         """Create ``root`` if needed and lock it, or raise :class:`CacheDirError`."""
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            # Private images' blobs are in it: a directory Docxy makes is its
+            # own (one the operator made keeps its mode).
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Read-only: flock needs no write access, and a long-lived writer
             # would keep the disk from being remounted read-only.
             fd = os.open(

@@ -95,3 +95,14 @@ def test_an_unusable_directory_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(CacheDirError, match="cannot use"):
         CacheLock.acquire(tmp_path / "file" / "cache")
+
+
+def test_a_cache_directory_docxy_creates_is_its_own(tmp_path: Path) -> None:
+    # It holds private images' blobs, served only after an access check:
+    # other local users must not read them from the disk instead.
+    CacheLock.acquire(tmp_path / "new" / "cache").release()
+    assert (tmp_path / "new" / "cache").stat().st_mode & 0o777 == 0o700
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    CacheLock.acquire(existing).release()  # an operator's choice is kept
+    assert existing.stat().st_mode & 0o777 == 0o755
