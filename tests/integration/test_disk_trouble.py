@@ -198,7 +198,12 @@ def test_a_removed_cache_directory_is_recreated_and_pulls_go_on(
     pull(docxy, image, workdir)
     assert image_blobs(image) <= cached_blobs(cache)
 
-    shutil.rmtree(cache)
+    # Docxy may still be writing (the ledger's writer thread) while the
+    # directory goes: take the path away atomically, as `rm -rf` would
+    # leave it, then delete what was under it (late writes land there).
+    gone = tmp_path / "gone"
+    cache.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
     pull(docxy, image, workdir)
 
     assert image_blobs(image) <= cached_blobs(cache)
