@@ -160,6 +160,10 @@ def realm_refusal(url: str, allowed: frozenset[str], realm: str) -> str | None:
     plain_ok = urlsplit(url).scheme == "http"
     if parts.scheme != "https" and not (plain_ok and parts.scheme == "http"):
         return "it is not https"
+    if "@" in parts.netloc:
+        # urllib's host is the part after "@"; twisted.web's Agent would
+        # take the whole netloc: never two readings of one realm.
+        return "it carries user information"
     if (parts.hostname or "").lower() not in allowed:
         return "its host is neither the upstream's nor one listed in realm-hosts"
     return None

@@ -122,6 +122,18 @@ def test_realms_that_may_receive_the_account() -> None:
     assert realm_refusal(plain, listed, "http://other.internal/t") is not None
 
 
+def test_a_realm_with_user_information_never_gets_the_account() -> None:
+    # urllib reads the host after the "@", twisted.web's Agent the whole
+    # netloc: one URL must not be two hosts to the check and the sender.
+    hub = "https://registry-1.docker.io"
+    allowed = realm_hosts(hub, None, ())
+    for realm in (
+        "https://evil.example@auth.docker.io/token",
+        "https://evil.example:443@auth.docker.io/token",
+    ):
+        assert "user" in str(realm_refusal(hub, allowed, realm))
+
+
 def test_an_incomplete_table_account_names_its_keys() -> None:
     with pytest.raises(ConfigError) as caught:
         build_config(
