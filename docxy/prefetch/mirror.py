@@ -116,6 +116,7 @@ class Answer:
 
     response: IResponse
     client: MirrorClient
+    url: str = ""  # where the answer came from (redirects followed)
     _data: bytes | None = field(default=None, repr=False)
     _delivered: bool = field(default=False, repr=False)
 
@@ -188,7 +189,7 @@ class MirrorClient:
             answer = await self.client.request(b"GET", url, sent)
         except UpstreamError as e:
             raise PrefetchError(f"{urlsplit(url).netloc}: {e}") from e
-        return Answer(answer.response, self)
+        return Answer(answer.response, self, answer.url)
 
 
 def basic(user: str) -> str:
@@ -229,6 +230,11 @@ class RepositoryAuth:
         for challenge in challenges:
             realm = challenge.get("realm")
             if challenge.scheme.lower() == "bearer" and realm:
+                if self.user and _downgrade(answer.url, realm):
+                    raise PrefetchError(
+                        f"the mirror's token realm {realm} is plain http: "
+                        "not sending the --user credentials in clear text"
+                    )
                 return await self._token(
                     realm, challenge.get("service"), challenge.get("scope")
                 )
@@ -255,3 +261,8 @@ class RepositoryAuth:
         if not isinstance(token, str) or not token:
             raise PrefetchError("token realm answered without a token")
         return f"Bearer {token}"
+
+
+def _downgrade(came_from: str, realm: str) -> bool:
+    """Whether an https mirror names a plain-http realm."""
+    return urlsplit(came_from).scheme == "https" and urlsplit(realm).scheme != "https"

@@ -289,3 +289,18 @@ def test_concurrent_401s_of_one_expiry_share_one_token_request(
     renewals.answer(b'{"token": "t-renewed"}')
     net.pump()
     assert result(done) == 0, capsys.readouterr().err
+
+
+def test_an_https_mirror_naming_a_plain_http_realm_never_gets_the_user(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mirror = TokenMirror()  # its challenges name http://mirror.test/token
+    net = MemoryNet(mirror)
+    options = parse_options(
+        ["--mirror", "https://mirror.test", "--user", "alice:pw", "img:1"]
+    )
+    d = defer.ensureDeferred(run(net.clock, options, agent=net.agent))
+    net.pump()
+    assert result(d) != 0
+    assert mirror.queries == []  # nothing reached the realm
+    assert "plain http" in capsys.readouterr().err
