@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 SERVICE = "docxy"
 BASIC_CHALLENGE = 'Basic realm="docxy"'
+# The subject of Docxy's tokens for clients without an account (anonymous
+# = true): many clients, so rated by address like requests without a token.
+ANONYMOUS = "anonymous"
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -116,9 +119,10 @@ class AccessGate:
         if grant is not None:
             record(request, account=grant.subject)
         if self.rate is not None:
-            key = (
-                f"account {grant.subject}" if grant else f"address {_rate_key(address)}"
-            )
+            if grant is not None and grant.subject != ANONYMOUS:
+                key = f"account {grant.subject}"
+            else:  # anonymous token holders are many clients: by address
+                key = f"address {_rate_key(address)}"
             return self.rate.take(key)
         return None
 
@@ -199,7 +203,7 @@ class AccessGate:
         if user is None:
             if not self.anonymous:
                 raise unauthorized("log in to this mirror", BASIC_CHALLENGE)
-            subject = "anonymous"
+            subject = ANONYMOUS
         elif password is None or not await self.accounts.check(user, password):
             raise unauthorized("incorrect username or password", BASIC_CHALLENGE)
         else:

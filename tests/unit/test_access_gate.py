@@ -83,3 +83,32 @@ def test_an_ipv6_client_has_one_rate_bucket_per_64() -> None:
     assert gate.admit(request_from("2001:db8:1:3::1"), registry=True) is None
     assert gate.admit(request_from("10.0.0.1"), registry=True) is None
     assert gate.admit(request_from("10.0.0.2"), registry=True) is None
+
+
+def test_anonymous_token_holders_are_rated_by_address_not_as_one_account() -> None:
+    # anonymous = true next to htpasswd: Docxy's tokens for anonymous
+    # clients all name "anonymous"; one greedy client must not spend the
+    # bucket of every other anonymous client.
+    from twisted.internet.task import Clock
+
+    from docxy.client_rate import ClientRate
+    from docxy.client_tokens import TokenSigner
+
+    clock = Clock()
+    signer = TokenSigner(b"k" * 32, clock, 300)
+    gate = AccessGate(signer=signer, rate=ClientRate(clock, rate=1.0, burst=1))
+
+    def with_token(host: str, subject: str) -> Request:
+        request = request_from(host)
+        token = signer.issue(subject, {("docker.io", "app")})
+        request.requestHeaders.setRawHeaders(
+            b"authorization", [b"Bearer " + token.encode()]
+        )
+        return request
+
+    assert gate.admit(with_token("10.0.0.1", "anonymous"), registry=True) is None
+    assert gate.admit(with_token("10.0.0.2", "anonymous"), registry=True) is None
+    assert gate.admit(with_token("10.0.0.1", "anonymous"), registry=True) is not None
+    # An account's bucket is the account's, from wherever it comes.
+    assert gate.admit(with_token("10.0.0.3", "alice"), registry=True) is None
+    assert gate.admit(with_token("10.0.0.4", "alice"), registry=True) is not None
