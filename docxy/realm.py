@@ -19,7 +19,7 @@ from .challenge import Challenge, find_bearer
 from .oci import USER_AGENT
 from .ratelimit import is_unavailable, unavailable
 from .singleflight import SingleFlight
-from .upstream_client import UpstreamClient, UpstreamError, discard_body
+from .upstream_client import UpstreamClient, UpstreamError, discard_body, same_origin
 
 log = Logger()
 
@@ -105,11 +105,10 @@ class RealmDirectory:
         return await waiter
 
     async def _discover(self) -> TokenRealm:
-        response = (
-            await self.client.request(
-                b"GET", f"{self.upstream}/v2/", Headers({b"user-agent": [USER_AGENT]})
-            )
-        ).response
+        answer = await self.client.request(
+            b"GET", f"{self.upstream}/v2/", Headers({b"user-agent": [USER_AGENT]})
+        )
+        response = answer.response
         if is_unavailable(response.code):
             # A 429 or 503 names no realm: that says nothing about tokens.
             raise await unavailable(response)
@@ -119,6 +118,9 @@ class RealmDirectory:
             for v in response.headers.getRawHeaders(b"www-authenticate", [])
         ]
         challenge = find_bearer(values)
+        if challenge is not None and not same_origin(answer.url, self.upstream):
+            # A redirect target's realm would get the clients' credentials.
+            raise UpstreamError("the upstream's /v2/ redirected to another host")
         if challenge is None:
             self._open_at = self.client.reactor.seconds()
             raise NoTokenServiceError()

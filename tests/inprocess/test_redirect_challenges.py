@@ -62,3 +62,28 @@ async def test_a_redirect_targets_challenge_does_not_move_the_realm(
         assert [s.headers.getRawHeaders(b"authorization") for s in asked] == [[BASIC]]
     finally:
         await docxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redirected_ping_does_not_name_the_realm(cdn: FakeUpstream) -> None:
+    upstream = FakeUpstream()
+    docxy = await start(upstream)
+    try:
+        cdn_url = f"http://127.0.0.2:{cdn.port.getHost().port}"
+
+        def redirect(request: Request) -> bytes:
+            request.setResponseCode(307)
+            request.setHeader(b"location", f"{cdn_url}/v2/".encode())
+            return b""
+
+        upstream.routes[b"/v2/"] = redirect
+        cdn.routes[b"/v2/"] = challenge_to(f"{cdn_url}/token")
+        reply = await docxy.request(
+            b"GET",
+            "/auth/token?scope=repository:app:pull",
+            {b"authorization": [BASIC]},
+        )
+        assert reply.code == 502
+        assert [s.uri for s in cdn.seen] == [b"/v2/"]
+    finally:
+        await docxy.stop()
