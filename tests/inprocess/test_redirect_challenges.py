@@ -11,11 +11,27 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.server import Request, Site
 
-from .harness import FakeUpstream, start
+from .harness import FakeUpstream, Handler, Harness, Reply, start
 from .test_upstream_account import challenge_to, token_answer
 
 BASIC = b"Basic " + base64.b64encode(b"alice:s3cret")
 BLOB = "/v2/library/app/blobs/sha256:" + "a" * 64
+
+
+def redirect_to(location: str) -> Handler:
+    def handler(request: Request) -> bytes:
+        request.setResponseCode(307)
+        request.setHeader(b"location", location.encode())
+        return b""
+
+    return handler
+
+
+async def log_in(docxy: Harness) -> Reply:
+    """A token request with the client's own credentials."""
+    return await docxy.request(
+        b"GET", "/auth/token?scope=repository:app:pull", {b"authorization": [BASIC]}
+    )
 
 
 @pytest_twisted.async_yield_fixture
@@ -39,23 +55,12 @@ async def test_a_redirect_targets_challenge_does_not_move_the_realm(
         cdn_url = f"http://127.0.0.2:{cdn.port.getHost().port}"
         upstream.routes[b"/v2/"] = challenge_to(f"{upstream.url}/token")
         upstream.routes[b"/token"] = lambda request: token_answer("alice-token")
-
-        def redirect(request: Request) -> bytes:
-            request.setResponseCode(307)
-            request.setHeader(b"location", f"{cdn_url}/blob".encode())
-            return b""
-
-        upstream.routes[BLOB.encode()] = redirect
+        upstream.routes[BLOB.encode()] = redirect_to(f"{cdn_url}/blob")
         cdn.routes[b"/blob"] = challenge_to(f"{cdn_url}/token")
         assert (await docxy.request(b"GET", "/v2/")).code == 401
         reply = await docxy.request(b"GET", BLOB, {b"authorization": [b"Bearer t"]})
         assert reply.code == 401
-        reply = await docxy.request(
-            b"GET",
-            "/auth/token?scope=repository:app:pull",
-            {b"authorization": [BASIC]},
-        )
-        assert reply.code == 200
+        assert (await log_in(docxy)).code == 200
         assert [s.uri for s in cdn.seen] == [b"/blob"]
         assert all(not s.headers.hasHeader(b"authorization") for s in cdn.seen)
         asked = [s for s in upstream.seen if s.uri.startswith(b"/token")]
@@ -70,20 +75,9 @@ async def test_a_redirected_ping_does_not_name_the_realm(cdn: FakeUpstream) -> N
     docxy = await start(upstream)
     try:
         cdn_url = f"http://127.0.0.2:{cdn.port.getHost().port}"
-
-        def redirect(request: Request) -> bytes:
-            request.setResponseCode(307)
-            request.setHeader(b"location", f"{cdn_url}/v2/".encode())
-            return b""
-
-        upstream.routes[b"/v2/"] = redirect
+        upstream.routes[b"/v2/"] = redirect_to(f"{cdn_url}/v2/")
         cdn.routes[b"/v2/"] = challenge_to(f"{cdn_url}/token")
-        reply = await docxy.request(
-            b"GET",
-            "/auth/token?scope=repository:app:pull",
-            {b"authorization": [BASIC]},
-        )
-        assert reply.code == 502
+        assert (await log_in(docxy)).code == 502
         assert [s.uri for s in cdn.seen] == [b"/v2/"]
     finally:
         await docxy.stop()
