@@ -205,9 +205,10 @@ def make_service(
     return top
 
 
-def supervise(config: Config, reactor: Any) -> DocxyService:
+def supervise(config: Config, reactor: Any, log_to_stdout: bool) -> DocxyService:
     """``--workers N`` (N > 1): the supervisor, holding the cache lock and
-    the sockets for its workers (:mod:`docxy.supervisor`).
+    the sockets for its workers (:mod:`docxy.supervisor`). ``log_to_stdout``:
+    twistd logs to standard output, where the workers then write their own.
 
     Raises :class:`CacheDirError` like :func:`make_service`.
     """
@@ -217,5 +218,5 @@ def supervise(config: Config, reactor: Any) -> DocxyService:
     raise_soft_limit()
     if config.cache_dir is not None:
         top.cache_lock = CacheLock.acquire(config.cache_dir)
-    Supervisor(config, reactor, top.cache_lock).setServiceParent(top)
+    Supervisor(config, reactor, top.cache_lock, log_to_stdout).setServiceParent(top)
     return top

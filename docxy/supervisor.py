@@ -91,8 +91,17 @@ class _Worker(ProcessProtocol):
 class Supervisor(Service):
     """Holds the sockets and the cache lock; runs ``config.workers`` workers."""
 
-    def __init__(self, config: Config, reactor: Any, lock: CacheLock | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        lock: CacheLock | None,
+        log_to_stdout: bool = False,
+    ) -> None:
         self.config = config
+        # Workers write log lines to the standard output they inherit (no
+        # round trip through this process); else they send events here.
+        self.log_to_stdout = log_to_stdout
         self.reactor = reactor
         self.lock = lock
         self.ports: list[IListeningPort] = []
@@ -138,7 +147,8 @@ class Supervisor(Service):
         if self._stopping:
             return
         worker = _Worker(self, index)
-        fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        fds: dict[int, int | str] = {0: "w", 1: 1 if self.log_to_stdout else "r"}
+        fds[2] = "r"
         inherited = [s.fd for s in self.sockets]
         if self.metrics_socket is not None:
             inherited.append(self.metrics_socket.fd)
@@ -161,6 +171,7 @@ class Supervisor(Service):
             tuple(self.sockets),
             self.metrics_socket,
             None if self.lock is None else self.lock.fd,
+            self.log_to_stdout,
         )
         transport.write(setup.encode())
         self.workers[index] = worker

@@ -344,6 +344,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from .cache.directory import CacheDirError
+    from .logs import to_stdout
     from .service import DocxyService, make_service, supervise
 
     config = options.config
@@ -351,7 +352,8 @@ def makeService(options: Options) -> IService:
     service: DocxyService
     try:
         if config.workers > 1:
-            service = supervise(config, reactor)
+            twistd_options = getattr(options, "parent", None) or {}
+            service = supervise(config, reactor, to_stdout(twistd_options))
         else:
             service = make_service(config, reactor)
     except CacheDirError as e:

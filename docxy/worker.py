@@ -11,8 +11,12 @@ SIGTERM and SIGINT themselves are ignored here: a service manager that
 signals the whole group (systemd's ``KillMode=control-group``, Ctrl-C)
 stops Docxy through the supervisor, which stops each worker once.
 
-Log events go to standard output as JSON lines; the supervisor publishes
-them in its own log, in the format and to the file it was told.
+Log lines: where twistd logs to standard output (``-n``, as under systemd
+and in containers), each worker writes its own lines there in the same
+format, with no round trip through the supervisor (one per request would
+make the supervisor the bottleneck). Where twistd logs to a file, workers
+send their events as JSON lines to the supervisor, which logs them to that
+file (rotated by twistd) in its format.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .config import Config
+from .logs import worker_observer
 from .shared_ports import SharedSocket, adopt
 
 _LENGTH = struct.Struct("!I")
@@ -47,6 +52,9 @@ class Setup:
     sockets: tuple[SharedSocket, ...]
     metrics_socket: SharedSocket | None
     cache_lock_fd: int | None
+    # Write log lines to the shared standard output; else events as JSON
+    # for the supervisor to log.
+    log_direct: bool = False
 
     def encode(self) -> bytes:
         data = pickle.dumps(self)
@@ -105,9 +113,12 @@ def run(setup: Setup) -> None:
 
     config = setup.config
     out = os.fdopen(1, "w", encoding="utf-8", errors="replace", closefd=False)
-    globalLogBeginner.beginLoggingTo(
-        [jsonFileLogObserver(out, recordSeparator="")], redirectStandardIO=False
+    observer = (
+        worker_observer(config.log_format, out)
+        if setup.log_direct
+        else jsonFileLogObserver(out, recordSeparator="")
     )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     lock = None
     if setup.cache_lock_fd is not None and config.cache_dir is not None:
         # The supervisor's lock: shared by this open file, never taken again.
