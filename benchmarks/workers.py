@@ -167,7 +167,8 @@ def main() -> int:
                         docxy.stop()
                     rates[count].append(rate)
                     print(f"| {n} | {count} | {rate:.0f} | {cpu:.1f} | {wrk_cpu:.1f} |")
-            ratios = [w / one for w, one in zip(rates[args.workers], rates[1], strict=True)]
+            pairs = zip(rates[args.workers], rates[1], strict=True)
+            ratios = [many / one for many, one in pairs]
             print(
                 f"\n{args.workers} workers / 1 worker: median "
                 f"{statistics.median(ratios):.2f}x (rounds: "
