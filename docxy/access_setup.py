@@ -23,7 +23,7 @@ def build_gate(config: Config, reactor: Any) -> AccessGate:
     accounts = signer = None
     if config.htpasswd is not None:
         accounts = Accounts.load(config.htpasswd)
-        signer = TokenSigner(_key(config), reactor, config.token_lifetime)
+        signer = TokenSigner(token_key(config), reactor, config.token_lifetime)
         log.info(
             "accounts: {count} from {path}; Docxy's tokens last {lifetime:g} s"
             "{anonymous}",
@@ -47,7 +47,8 @@ def build_gate(config: Config, reactor: Any) -> AccessGate:
     )
 
 
-def _key(config: Config) -> bytes:
+def token_key(config: Config) -> bytes:
+    """The key Docxy's tokens are signed with (its file created if missing)."""
     path = config.token_key_file
     if path is None and config.cache_dir is not None:
         path = config.cache_dir / KEY_FILE

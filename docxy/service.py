@@ -12,11 +12,11 @@ from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 
 from . import __version__
-from .access_setup import build_gate
+from .access_setup import build_gate, token_key
 from .cache.directory import CacheLock
 from .cache.pullthrough import build_cache
 from .capacity import raise_soft_limit
-from .config import Config
+from .config import Config, ConfigError
 from .drain import Drain
 from .forward import Forwarder
 from .listeners import Listeners
@@ -136,6 +136,7 @@ def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionP
             reactor,
             config.idle_timeout,
             mirrors,
+            shared=config.workers > 1,
         )
         metrics.watch_cache(cache)
         readiness.health = cache.blobs.health
@@ -212,11 +213,21 @@ def supervise(config: Config, reactor: Any, log_to_stdout: bool) -> DocxyService
 
     Raises :class:`CacheDirError` like :func:`make_service`.
     """
+    from .cache.ledger import Keys
     from .supervisor import Supervisor
 
     top = DocxyService()
     raise_soft_limit()
     if config.cache_dir is not None:
         top.cache_lock = CacheLock.acquire(config.cache_dir)
+        # Created once, here: workers starting at once would each make one.
+        Keys.in_directory(config.cache_dir)
+    if config.htpasswd is not None:
+        if config.token_key_file is None and config.cache_dir is None:
+            raise ConfigError(
+                "token-key-file: needed with workers > 1 and no cache-dir, so "
+                "every worker signs tokens with the same key"
+            )
+        token_key(config)  # every worker must accept every worker's tokens
     Supervisor(config, reactor, top.cache_lock, log_to_stdout).setServiceParent(top)
     return top

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from ..oci import Digest, is_valid_digest
 from .counters import Counters
-from .directory import default_max_size
+from .directory import EVICT_LOCK_NAME, default_max_size, turn
 from .integrity import Seal
 
 log = Logger()
@@ -67,15 +67,39 @@ class BlobStore:
         from .fill_lock import clean_temp  # (it imports this module)
 
         clean_temp(self.tmp)  # fills cut short by a crash, not other workers'
+        for digest, (size, mtime) in self.scan().items():
+            self.entries[digest] = Entry(digest, size, mtime)
+            self.total += size
+        if max_size is None:
+            self.max_size = default_max_size(self.root, self.total)
+        self.evict()
+
+    def scan(self) -> dict[str, tuple[int, float]]:
+        """digest -> (size, mtime) of every blob on disk (a disk thread's job,
+        but at start)."""
+        found = {}
         for path in self._files():
             digest = f"{path.parent.parent.name}:{path.name}"
             if not is_valid_digest(digest):
                 continue
-            stat = path.stat()
-            self.entries[digest] = Entry(digest, stat.st_size, stat.st_mtime)
-            self.total += stat.st_size
-        if max_size is None:
-            self.max_size = default_max_size(self.root, self.total)
+            with contextlib.suppress(FileNotFoundError):  # evicted meanwhile
+                stat = path.stat()
+                found[digest] = (stat.st_size, stat.st_mtime)
+        return found
+
+    def refresh(self, found: dict[str, tuple[int, float]]) -> None:
+        """Take in what the other workers of this cache added, used and
+        evicted (a :meth:`scan`), then keep to the bound for all of them."""
+        for digest, entry in list(self.entries.items()):
+            if digest not in found and not entry.readers:
+                self._forget(entry)
+        for digest, (size, mtime) in found.items():
+            known = self.entries.get(digest)
+            if known is None:
+                self.entries[digest] = Entry(digest, size, mtime)
+                self.total += size
+            else:  # their hits bump the file's mtime
+                known.last_used = max(known.last_used, mtime)
         self.evict()
 
     def _files(self) -> Iterator[Path]:
@@ -164,9 +188,15 @@ class BlobStore:
             self.evict()
 
     def evict(self) -> None:
-        """Least recently used first, never an entry being read."""
+        """Least recently used first, never an entry being read; one
+        worker of a cache at a time (the others' turn comes at their next)."""
         if self.total <= self.max_size:
             return
+        with turn(self.root, EVICT_LOCK_NAME) as mine:
+            if mine:
+                self._evict()
+
+    def _evict(self) -> None:
         for entry in sorted(self.entries.values(), key=lambda e: e.last_used):
             if self.total <= self.max_size:
                 break

@@ -13,8 +13,10 @@ whenever the last of them exits, however it exits (``kill -9`` too).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # The default bound: at most this much ...
@@ -23,6 +25,8 @@ DEFAULT_MAX_SIZE = 10 * 1024**3
 # at start (free space plus what the cache already holds).
 DEFAULT_SHARE = 0.5
 LOCK_NAME = "lock"
+# Held by the worker evicting: one eviction at a time per directory.
+EVICT_LOCK_NAME = "evict.lock"
 
 
 class CacheDirError(Exception):
@@ -107,5 +111,21 @@ def holder(root: Path) -> int | None:
             return int(text) if text.isdigit() else -1
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def turn(root: Path, name: str) -> Iterator[bool]:
+    """True inside if this process got the exclusive lock ``root/name``,
+    False if another holds it now (nobody waits for it)."""
+    fd = os.open(root / name, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Request
 
@@ -27,6 +28,15 @@ from .manifest_store import ManifestStore, TagIndex
 from .offline import TokenBook, answer_ping, keep_challenges
 
 log = Logger()
+
+# With workers: how often each one takes in what the others cached and
+# evicted (seconds), so the size bound holds for all of them together.
+RESCAN_INTERVAL = 30.0
+
+
+def _rescan(blobs: BlobCache, reactor: Any) -> Any:
+    scan = deferToThreadPool(reactor, blobs.disk.threads(), blobs.store.scan)
+    return scan.addCallback(blobs.store.refresh)
 
 
 class PullThroughCache(MultiService):
@@ -77,7 +87,9 @@ def build_cache(
     reactor: Any,
     idle_timeout: float,
     mirrors: Mapping[str, Mirror],
+    shared: bool = False,
 ) -> PullThroughCache:
+    """``shared``: other worker processes use this directory too."""
     counters = Counters()
     health = DiskHealth(directory, reactor)
     ledger = Ledger(directory, reactor)
@@ -114,6 +126,10 @@ def build_cache(
         counters,
         health,
     )
+    if shared:
+        LoopingCall(_rescan, blobs, reactor).start(
+            RESCAN_INTERVAL, now=False
+        ).addErrback(lambda f: log.failure("rescanning the cache failed", f))
     manifest_store = ManifestStore(directory)
     manifests = ManifestCache(
         manifest_store,

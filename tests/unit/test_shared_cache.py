@@ -1,0 +1,139 @@
+"""One cache directory, several worker processes: locks and views, in memory.
+
+Two BlobStores on one directory stand for two workers (flock locks belong
+to open files, so two descriptors in one process contend as two processes
+do). The end-to-end behaviour with real processes: test_workers.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from docxy.cache.blob_store import BlobStore
+from docxy.cache.directory import EVICT_LOCK_NAME, turn
+from docxy.cache.fill import FillState
+from docxy.cache.fill_lock import FillClaim, RemoteFill, clean_temp
+from docxy.config import ConfigError, build_config
+from tests.unit.test_cache_store import put
+
+DATA = b"x" * 1000
+DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+
+
+def test_a_blob_one_worker_added_is_found_by_the_other(tmp_path: Path) -> None:
+    one, two = BlobStore(tmp_path, 10_000), BlobStore(tmp_path, 10_000)
+    digest = put(one, b"a" * 100)
+    assert digest not in two.entries
+    entry = two.get(digest)
+    assert entry is not None and entry.size == 100
+    assert two.total == 100
+
+
+def test_a_rescan_takes_in_the_others_blobs_and_keeps_the_bound_for_all(
+    tmp_path: Path,
+) -> None:
+    one, two = BlobStore(tmp_path, 250), BlobStore(tmp_path, 250)
+    old = put(one, b"o" * 100, last_used=1000.0)
+    new = put(two, b"n" * 100, last_used=2000.0)
+    third = put(one, b"t" * 100)  # 300 bytes on disk; each saw 200
+    assert one.path(old).exists()
+    two.refresh(two.scan())
+    assert not one.path(old).exists()  # least recently used of both
+    assert two.path(new).exists() and two.path(third).exists()
+    one.refresh(one.scan())
+    assert set(one.entries) == {new, third} and one.total == 200
+
+
+def test_one_eviction_at_a_time(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, 150)
+    with turn(tmp_path, EVICT_LOCK_NAME) as mine:
+        assert mine
+        first = put(store, b"1" * 100)
+        second = put(store, b"2" * 100)  # over the bound, but not our turn
+        assert store.path(first).exists() and store.path(second).exists()
+    store.evict()
+    assert store.total <= 150
+
+
+def test_a_fill_claimed_by_one_worker_is_watched_by_the_other(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, 10_000)
+    claim = FillClaim.take(store.temp_path(DIGEST))
+    assert isinstance(claim, FillClaim)
+    other = FillClaim.take(store.temp_path(DIGEST))
+    assert isinstance(other, int)  # the other worker's file: join it
+    clock = Clock()
+    remote = RemoteFill(store, DIGEST, other, clock)
+    assert not remote.ready.called
+    claim.announce(len(DATA))
+    with open(claim.path, "wb") as f:  # what the filling worker writes
+        f.write(DATA[:400])
+    clock.advance(1)
+    assert remote.ready.called and remote.length == len(DATA)
+    assert remote.written == 400 and remote.state is FillState.FILLING
+    with open(claim.path, "ab") as f:
+        f.write(DATA[400:])
+    store.add(DIGEST, claim.path)  # verified and renamed
+    claim.release()
+    assert list(store.tmp.iterdir()) == []
+    clock.advance(1)
+    assert remote.state is FillState.DONE and remote.finished.called
+    assert remote.entry is not None and remote.entry.size == len(DATA)
+
+
+def test_a_dead_fill_is_a_failure_to_its_watchers(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, 10_000)
+    claim = FillClaim.take(store.temp_path(DIGEST))
+    assert isinstance(claim, FillClaim)
+    clock = Clock()
+    remote = RemoteFill(store, DIGEST, os.open(claim.path, os.O_RDONLY), clock)
+    # Never the watcher's own lock: it sees a holder until the holder is gone.
+    os.close(claim.fd)  # what the kernel does when the filling worker dies
+    clock.advance(1)
+    assert remote.state is FillState.FAILED
+    assert claim.path.exists()  # a dead fill's leftover ...
+    again = FillClaim.take(claim.path)
+    assert isinstance(again, FillClaim)  # ... that the next fill claims
+    again.release()
+
+
+def test_clean_temp_leaves_a_live_fill_alone(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, 10_000)
+    live = FillClaim.take(store.temp_path(DIGEST))
+    assert isinstance(live, FillClaim)
+    live.announce(None)
+    dead = store.tmp / "sha256-dead.fill"
+    dead.write_bytes(b"half")
+    (store.tmp / "sha256-old.1234.5678").write_bytes(b"an older version's")
+    clean_temp(store.tmp)
+    names = sorted(p.name for p in store.tmp.iterdir())
+    assert names == [live.path.name, live.path.name + ".length"]
+    live.release()
+
+
+@pytest.mark.parametrize(
+    ("ports", "given", "expected"),
+    [
+        (["tcp:5000", "tcp6:5001"], "3", 3),
+        (["acme:/var/lib/docxy:tcp:443:domains=example.com"], "auto", 1),
+        (["unix:/run/docxy.sock"], None, 1),
+        (["tcp:5000"], "1", 1),
+    ],
+)
+def test_workers_setting(ports: list[str], given: str | None, expected: int) -> None:
+    settings = {"port": ports, "public-url": "https://mirror.example"}
+    settings.update({"workers": given} if given else {})
+    assert build_config(settings).workers == expected
+
+
+def test_workers_auto_is_one_per_core() -> None:
+    assert build_config({}).workers == len(os.sched_getaffinity(0))
+
+
+def test_workers_with_an_acme_port_stop_docxy_with_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"workers: 'acme:.*cannot be shared"):
+        build_config({"port": ["acme:/s:tcp:443:domains=a.example"], "workers": "2"})
