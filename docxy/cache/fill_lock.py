@@ -159,6 +159,11 @@ class RemoteFill(Fill):
         self._call: IDelayedCall | None = None
         self._look()
 
+    @property
+    def on_disk(self) -> int:
+        """The file's size when last looked at (written there by its holder)."""
+        return self.written
+
     def _look(self) -> None:
         self._call = None
         grew = False

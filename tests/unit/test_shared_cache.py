@@ -74,7 +74,7 @@ def test_a_fill_claimed_by_one_worker_is_watched_by_the_other(tmp_path: Path) ->
         f.write(DATA[:400])
     clock.advance(1)
     assert remote.ready.called and remote.length == len(DATA)
-    assert remote.written == 400 and remote.state is FillState.FILLING
+    assert remote.on_disk == 400 and remote.state is FillState.FILLING
     with open(claim.path, "ab") as f:
         f.write(DATA[400:])
     store.add(DIGEST, claim.path)  # verified and renamed
