@@ -17,17 +17,14 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from .oci import b64url, b64url_decode
-
-log = Logger()
+from .secret_file import keep_private, read_or_create
 
 PREFIX = "dxt1."
 KEY_BYTES = 32
@@ -103,31 +100,11 @@ class TokenSigner:
 
 def load_or_create_key(path: Path) -> bytes:
     """The signing key in ``path`` (hex), created (mode 0600) if missing."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        text = path.read_text(encoding="ascii").strip()
-        key = bytes.fromhex(text)
-        if len(key) < KEY_BYTES:
-            raise ValueError(f"{path}: fewer than {KEY_BYTES} bytes of hex") from None
-        _keep_private(path)
-        return key
-    key = secrets.token_bytes(KEY_BYTES)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(key.hex() + "\n")
+    text = read_or_create(
+        path, lambda: (secrets.token_bytes(KEY_BYTES).hex() + "\n").encode("ascii")
+    )
+    key = bytes.fromhex(text.decode("ascii").strip())
+    if len(key) < KEY_BYTES:
+        raise ValueError(f"{path}: fewer than {KEY_BYTES} bytes of hex")
+    keep_private(path, "anyone who reads it can sign tokens")
     return key
-
-
-def _keep_private(path: Path) -> None:
-    """Whoever reads the key can sign any token: others lose read access."""
-    if path.stat().st_mode & 0o077 == 0:
-        return
-    try:
-        os.chmod(path, 0o600)
-    except OSError as e:  # a read-only mount (a Kubernetes Secret, say)
-        log.warn(
-            "{path} is readable by other users and cannot be made 0600 ({why}): "
-            "anyone who reads it can sign tokens",
-            path=str(path),
-            why=e.strerror,
-        )

@@ -36,6 +36,8 @@ from pathlib import Path
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..secret_file import keep_private, read_or_create
+
 log = Logger()
 
 DB_NAME = "ledger.sqlite"
@@ -79,21 +81,10 @@ class Keys:
     def in_directory(cls, root: Path) -> Keys:
         """The directory's secret, created (0600) on first use."""
         path = root / SECRET_NAME
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            secret = path.read_bytes()
-            if len(secret) < 32:
-                raise OSError(f"{path} is damaged (too short)") from None
-            if path.stat().st_mode & 0o077:
-                os.chmod(path, 0o600)
-            return cls(secret)
-        secret = os.urandom(32)
-        try:
-            os.write(fd, secret)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        secret = read_or_create(path, lambda: os.urandom(32))
+        if len(secret) < 32:
+            raise OSError(f"{path} is damaged (too short)")
+        keep_private(path, "it tells which credential was allowed what")
         return cls(secret)
 
 

@@ -14,12 +14,13 @@ import textwrap
 from pathlib import Path
 from typing import cast
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
 from docxy.cache.evidence import Evidence
-from docxy.cache.ledger import DB_NAME, Ledger
+from docxy.cache.ledger import DB_NAME, Keys, Ledger
 from docxy.cache.offline import TokenBook
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,3 +271,23 @@ def test_an_offline_token_with_non_ascii_bytes_names_nobody(tmp_path: Path) -> N
         who = evidence.who(_request(None, b"Bearer " + token))
         assert who.keys == ("-",)
     ledger.close()
+
+
+def test_workers_starting_together_share_one_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker that found the secret half made would hash with a random
+    # one of its own: what it notes nobody else could ever match.
+    make = os.urandom
+    others: list[Keys] = []
+
+    def racing(n: int) -> bytes:
+        if not others:
+            others.append(Keys(b""))  # once
+            others[0] = Keys.in_directory(tmp_path)  # the other worker
+        return make(n)
+
+    monkeypatch.setattr(os, "urandom", racing)
+    mine = Keys.in_directory(tmp_path)
+    assert mine.of("x", b"y") == others[0].of("x", b"y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]

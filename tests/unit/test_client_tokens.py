@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
+import pytest
 from twisted.internet.task import Clock
 
 from docxy.client_tokens import TokenSigner, is_client_token, load_or_create_key
@@ -64,3 +66,24 @@ def test_a_key_file_others_can_read_is_made_0600(tmp_path: Path) -> None:
     path.chmod(0o644)
     assert load_or_create_key(path) == bytes.fromhex("ab" * 32)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_workers_starting_together_share_one_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --workers: another process looks for the key while this one makes
+    # it. It must never find a half-made file (a worker failing to start,
+    # or signing with a key of its own).
+    path = tmp_path / "token.key"
+    make = secrets.token_bytes
+    others: list[bytes] = []
+
+    def racing(n: int) -> bytes:
+        if not others:
+            others.append(b"")  # once
+            others[0] = load_or_create_key(path)  # the other worker, meanwhile
+        return make(n)
+
+    monkeypatch.setattr(secrets, "token_bytes", racing)
+    assert load_or_create_key(path) == others[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["token.key"]
