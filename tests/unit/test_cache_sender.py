@@ -226,3 +226,31 @@ def test_read_ahead_keeps_two_reads_in_flight_and_sends_in_order(
     step(threads, client)
     assert client.client.body == AHEAD
     assert resource.outcomes == [("done", len(AHEAD))]
+
+
+def test_a_fill_of_another_worker_is_read_as_far_as_its_file_goes(
+    tmp_path: Path,
+) -> None:
+    """A RemoteFill (another process holds the fill's lock) has no hash or
+    writer of its own: what readers may read is the file's size."""
+    from docxy.cache.fill_lock import FillClaim, RemoteFill
+
+    store = BlobStore(tmp_path / "cache", 1 << 30)
+    path = store.temp_path(DIGEST)
+    holder = FillClaim.take(path)  # "the other worker"
+    assert isinstance(holder, FillClaim)
+    with open(path, "r+b") as f:
+        f.write(BLOB[:1000])
+    other = FillClaim.take(path)
+    assert isinstance(other, int)  # locked: we watch it
+    clock = MemoryReactorClock()
+    remote = RemoteFill(store, DIGEST, other, clock)
+    assert remote.on_disk == 1000
+    threads = QueuedThreads()
+    client = connect(Serve(path, threads, remote))
+    step(threads, client)
+    assert client.client.body == BLOB[:999]  # the last byte waits, as for ours
+    holder.release()
+    clock.advance(1)  # it looks again: the lock is free, the fill failed
+    step(threads, client)
+    assert client.docxy_side.aborted
