@@ -10,8 +10,9 @@ auth, on 127.0.0.1, holding a manifest tagged ``v1``. Each round starts a
 fresh Docxy with ``--workers 1`` and one with ``--workers N`` (the order
 alternates), fetches the tag once (so it is cached: ``cache-freshness``
 is far longer than a round), then runs ``wrk -t2`` against it. It prints
-each run's requests/s, the CPU seconds Docxy's processes (supervisor and
-workers) and wrk itself used, and the median of the per-round ratios
+each run's requests/s, the CPU seconds Docxy's processes used (in total
+and per busy process: the split shows whether the workers shared the
+load) and wrk itself, and the median of the per-round ratios
 N/1. wrk shares the machine's cores with Docxy: on a 2-core machine its
 own CPU is what the second worker competes with, so it is printed too.
 """
@@ -102,9 +103,9 @@ def get_manifest(url: str) -> str:
 
 def wrk(
     url: str, seconds: int, connections: int, pids: list[int]
-) -> tuple[float, float, float]:
-    """(requests/s, Docxy's CPU seconds, wrk's CPU seconds) of one wrk run."""
-    before = sum(cpu_seconds(p) for p in pids)
+) -> tuple[float, list[float], float]:
+    """(requests/s, CPU seconds of each Docxy process, wrk's CPU seconds)."""
+    before = [cpu_seconds(p) for p in pids]
     process = subprocess.Popen(
         [
             *("wrk", "-t2", f"-c{connections}", f"-d{seconds}s"),
@@ -116,7 +117,7 @@ def wrk(
     out = process.stdout.read().decode()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    docxy_cpu = sum(cpu_seconds(p) for p in pids) - before
+    docxy_cpu = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
     if process.returncode != 0 or "Non-2xx" in out:
         raise RuntimeError(f"wrk failed:\n{out}")
     rate = float(next(x for x in out.splitlines() if "Requests/sec" in x).split()[1])
@@ -145,7 +146,7 @@ def main() -> int:
                 f"wrk -t2 -c{args.connections} -d{args.seconds}s, cached manifest "
                 f"by tag, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
             )
-            print("| round | workers | req/s | Docxy CPU s | wrk CPU s |")
+            print("| round | workers | req/s | Docxy CPU s (per process) | wrk CPU s |")
             print("|---|---|---|---|---|")
             for n in range(args.rounds):
                 order = (1, args.workers) if n % 2 == 0 else (args.workers, 1)
@@ -166,7 +167,11 @@ def main() -> int:
                     finally:
                         docxy.stop()
                     rates[count].append(rate)
-                    print(f"| {n} | {count} | {rate:.0f} | {cpu:.1f} | {wrk_cpu:.1f} |")
+                    each = "/".join(f"{c:.1f}" for c in cpu if c >= 0.05)
+                    print(
+                        f"| {n} | {count} | {rate:.0f} | {sum(cpu):.1f} ({each}) "
+                        f"| {wrk_cpu:.1f} |"
+                    )
             pairs = zip(rates[args.workers], rates[1], strict=True)
             ratios = [many / one for many, one in pairs]
             print(

@@ -25,14 +25,20 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
     serverFromString,
     wrapServerTLS,
 )
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 _SHAREABLE = ("tcp", "tcp6", "ssl", "systemd")
 
@@ -82,11 +88,51 @@ def bind(reactor: Any, port: str) -> tuple[IListeningPort, SharedSocket]:
     return listening, SharedSocket(fd, int(listening.addressFamily))
 
 
+class _OneAcceptAtATime:
+    """A listening port that accepts one connection per wake-up.
+
+    Twisted accepts up to a hundred queued connections per wake-up (more
+    when it got them all): fine for one process, but on a shared socket the
+    first worker awake takes every connection queued, and a burst of
+    keep-alive clients (``wrk -c64``, a CI farm starting) stays on one core.
+    One per wake-up, each worker goes back to waiting after each accept;
+    a busy one comes back later than an idle one, so the idle one takes
+    more: the load spreads by itself.
+    """
+
+    @property
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass  # Twisted's growth and shrinking of the batch: not here
+
+
+@implementer(IStreamServerEndpoint)
+class _SharedEndpoint:
+    """The inherited socket, accepted on one connection at a time."""
+
+    def __init__(self, reactor: Any, shared: SharedSocket) -> None:
+        self.reactor = reactor
+        self.shared = shared
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        family = socket.AddressFamily(self.shared.family)
+        adopted = AdoptedStreamServerEndpoint(self.reactor, self.shared.fd, family)
+        listening: defer.Deferred[IListeningPort] = adopted.listen(factory)
+        return listening.addCallback(_one_at_a_time)
+
+
+def _one_at_a_time(port: IListeningPort) -> IListeningPort:
+    cls = type(port)
+    port.__class__ = type(f"Shared{cls.__name__}", (_OneAcceptAtATime, cls), {})
+    return port
+
+
 def adopt(reactor: Any, port: str, shared: SharedSocket) -> IStreamServerEndpoint:
     """The endpoint a worker listens with: the inherited socket (in TLS for ssl:)."""
-    adopted = AdoptedStreamServerEndpoint(
-        reactor, shared.fd, socket.AddressFamily(shared.family)
-    )
+    adopted = _SharedEndpoint(reactor, shared)
     if port.partition(":")[0] == "ssl":
         # The same certificate files the supervisor checked at start.
         tls = serverFromString(reactor, port)

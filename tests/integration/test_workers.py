@@ -35,8 +35,8 @@ from tests.integration.test_cache import (
 )
 from tests.support.docxy import TWISTD, Docxy, twistd_env
 from tests.support.images import ImageSpec, populate
-from tests.support.processes import wait_until
-from tests.support.registry import Upstream, start_upstream
+from tests.support.processes import LOOPBACK, free_port, wait_until
+from tests.support.registry import Upstream, fetch, start_upstream
 from tests.support.relay import GatedRelay
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
@@ -104,7 +104,12 @@ def test_two_workers_serve_skopeo_pulls_and_share_the_cache(
 ) -> None:
     image = upstream.images["library/multi:1.0"]
     cache = tmp_path / "cache"
-    docxy = docxy_factory(upstream.url, "--cache-dir", str(cache), "--workers", "2")
+    metrics = free_port()
+    docxy = docxy_factory(
+        upstream.url,
+        *("--cache-dir", str(cache), "--workers", "2"),
+        *("--metrics-port", f"tcp:{metrics}:interface={LOOPBACK}"),
+    )
     assert len(workers(docxy)) == 2
     before = len(upstream.requests())
     skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / "one", "--all")
@@ -115,6 +120,9 @@ def test_two_workers_serve_skopeo_pulls_and_share_the_cache(
         skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / f"again-{n}", "--all")
         assert_pulled(tmp_path / f"again-{n}", image.blobs)
         assert blob_gets(upstream, middle, image.blobs) == 0
+    # The metrics port is shared too: a worker answers (its own series).
+    scrape = fetch(f"http://{LOOPBACK}:{metrics}/metrics")
+    assert scrape.status == 200 and "docxy_requests_total" in scrape.body.decode()
     assert docxy.stop() == 0
 
 
