@@ -30,7 +30,7 @@ _OWN = frozenset({ANONYMOUS_TOKEN.encode(), OFFLINE_TOKEN.encode()})
 def is_own_token(authorization: bytes) -> bool:
     """Whether an ``Authorization`` value carries one of Docxy's own tokens.
 
-    An offline token may say whose it is (``docxy-offline.<who>.<mac>``,
+    An offline token may say whose it is (``docxy-offline.<who>.<expires>.<mac>``,
     see :mod:`docxy.cache.offline`): the cache reads that, nothing else.
     """
     scheme, _, token = authorization.strip().partition(b" ")

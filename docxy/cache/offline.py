@@ -12,8 +12,8 @@ the upstream went away (see :mod:`docxy.cache.access`).
 with every token request. So Docxy notes who asked for each upstream token
 (:class:`TokenBook`: a keyed hash of the client's credential, the
 *principal*, never the credential), and an offline token asked for with a
-credential names its principal, with a MAC only Docxy can make:
-``docxy-offline.<principal>.<mac>``.
+credential names its principal, until it expires, with a MAC only Docxy
+can make: ``docxy-offline.<principal>.<expires>.<mac>``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 # How long a token Docxy saw issued is taken to name its principal, at least.
 MIN_TOKEN_LIFETIME = 60.0
+# How long an offline token names its principal. Clients are told 60 s and
+# ask again with their credentials; some reuse a token for a whole pull.
+OFFLINE_TOKEN_LIFETIME = 3600
 _OFFLINE_PREFIX = OFFLINE_TOKEN + "."
 
 
@@ -72,8 +75,10 @@ class TokenBook:
     def offline_token(self, principal: str | None) -> str:
         if principal is None:
             return OFFLINE_TOKEN
-        mac = self.keys.of("offline", principal.encode())
-        return f"{_OFFLINE_PREFIX}{principal}.{mac}"
+        expires = int(self.ledger.clock.seconds()) + OFFLINE_TOKEN_LIFETIME
+        claim = f"{principal}.{expires}"
+        mac = self.keys.of("offline", claim.encode())
+        return f"{_OFFLINE_PREFIX}{claim}.{mac}"
 
     def principal_of(
         self, authorization: bytes | None, own_token: bytes | None
@@ -95,11 +100,15 @@ class TokenBook:
         token = authorization.strip().partition(b" ")[2].strip().decode("latin-1")
         if not token.startswith(_OFFLINE_PREFIX):
             return None
-        principal, _, mac = token[len(_OFFLINE_PREFIX) :].partition(".")
-        expected = self.keys.of("offline", principal.encode("latin-1"))
+        claim, _, mac = token[len(_OFFLINE_PREFIX) :].rpartition(".")
+        expected = self.keys.of("offline", claim.encode("latin-1"))
         # As bytes: compare_digest raises on non-ASCII text.
-        given = mac.encode("latin-1")
-        return principal if hmac.compare_digest(given, expected.encode()) else None
+        if not hmac.compare_digest(mac.encode("latin-1"), expected.encode()):
+            return None
+        principal, _, expires = claim.partition(".")
+        if not expires.isdigit() or int(expires) < self.ledger.clock.seconds():
+            return None
+        return principal
 
 
 def _basic_identity(authorization: bytes) -> bytes:

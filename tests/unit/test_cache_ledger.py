@@ -291,3 +291,20 @@ def test_workers_starting_together_share_one_secret(
     mine = Keys.in_directory(tmp_path)
     assert mine.of("x", b"y") == others[0].of("x", b"y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]
+
+
+def test_an_offline_token_expires(tmp_path: Path) -> None:
+    # It stands for a credential: like the upstream tokens it stands in
+    # for, it must not open the credential's cached content for good.
+    from docxy.cache.offline import OFFLINE_TOKEN_LIFETIME
+
+    ledger = open_ledger(tmp_path)
+    book = TokenBook(ledger)
+    evidence = Evidence(ledger, book, ledger.clock, ttl=10.0)
+    principal = book.principal(b"Basic " + base64.b64encode(b"alice:secret"), [])
+    assert principal is not None
+    token = b"Bearer " + book.offline_token(principal).encode()
+    assert evidence.who(_request(None, token)).keys == ("-", principal)
+    cast(Clock, ledger.clock).advance(OFFLINE_TOKEN_LIFETIME + 1)
+    assert evidence.who(_request(None, token)).keys == ("-",)
+    ledger.close()
