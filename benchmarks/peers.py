@@ -1,0 +1,453 @@
+"""Docxy next to its peers, in one run: blob paths, manifests, memory.
+
+Not a test: it prints figures for a human (see benchmarks/README.md).
+
+    .venv/bin/python benchmarks/peers.py [--size-mib 500] [--rounds 3]
+        [--slow-clients 16] [--slow-rate 25M] [--wrk-seconds 5]
+
+Upstream: a real distribution registry (Debian ``docker-registry``), no
+auth, on 127.0.0.1, holding one blob of ``--size-mib`` and a manifest
+tagged ``v1`` that names it. Each round reads the blob once with curl
+(to /dev/null) through every variant, in an order that rotates per round:
+
+- direct from the upstream;
+- Docxy ``--no-cache``; Docxy cold (a fresh Docxy, empty cache dir, each
+  round); Docxy warm (plain TCP: sendfile); Docxy warm over TLS;
+- distribution in proxy mode, cold (fresh each round) and warm, and warm
+  over TLS;
+- nginx ``proxy_cache`` warm (Debian nginx, ``sendfile on``, one worker).
+
+Every blob variant of Docxy runs ``--workers 1`` (one reactor, as nginx
+runs one worker here); the manifest figures also show ``--workers 2``.
+It prints the median of per-round ratios (Docxy/peer, as throughput: the
+peer's time over Docxy's), the median MiB/s of each variant, and each
+server's CPU seconds per GiB served (``/proc/<pid>/stat`` utime+stime
+deltas over the transfer, a process and its children together). Then
+``wrk`` against cached manifests by tag and by digest (Docxy and
+distribution warm), and Docxy's peak RSS while ``--slow-clients``
+rate-limited curls read the blob at once, warm and cold. The machine's
+load average is printed at the start and the end: on a shared machine,
+quote ratios, not absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.blob_throughput import (  # noqa: E402
+    REGISTRY_BIN,
+    REPO_NAME,
+    cpu_seconds,
+    proc_status,
+    push_blob,
+    registry_config,
+    reset_peak_rss,
+    verify_through,
+)
+from tests.support.docxy import Docxy  # noqa: E402
+from tests.support.processes import (  # noqa: E402
+    LOOPBACK,
+    ManagedProcess,
+    ProcessGroup,
+    free_port,
+)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin") or "/usr/sbin/nginx"
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+@dataclass
+class Variant:
+    """One way to get the blob: a URL and the server processes to charge."""
+
+    name: str
+    url: str = ""
+    pids: list[int] = field(default_factory=list)
+    # Before and after each timed read (the cold variants start fresh).
+    prepare: Callable[[Variant], None] | None = None
+    cleanup: Callable[[Variant], None] | None = None
+    tls: bool = False
+    times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+def cpu_of(pids: list[int]) -> float:
+    """utime+stime of ``pids`` and their children (Docxy's workers)."""
+    return float(sum(cpu_seconds(pid) for pid in {p for x in pids for p in tree(x)}))
+
+
+def tree(pid: int) -> list[int]:
+    try:
+        return [pid, *(p for child in children_of(pid) for p in tree(child))]
+    except OSError:
+        return []
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(c) for c in text]
+    return found
+
+
+def curl(url: str, size: int, tls: bool = False, rate: str | None = None) -> float:
+    argv = ["curl", "-s", "--http1.1", "-o", "/dev/null"]
+    argv += ["-w", "%{http_code} %{size_download} %{time_total}"]
+    if tls:
+        argv.append("-k")  # a throwaway self-signed certificate
+    if rate:
+        argv += ["--limit-rate", rate]
+    out = subprocess.run([*argv, url], capture_output=True, check=False).stdout
+    code, got, total = out.decode().split()
+    if code != "200" or int(got) != size:
+        raise RuntimeError(f"{url}: status {code}, {got} bytes")
+    return float(total)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes"),
+            *("-days", "2", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, cert
+
+
+def proxy_registry(
+    work: Path, name: str, upstream: str, tls: tuple[Path, Path] | None = None
+) -> tuple[ManagedProcess, str]:
+    """distribution in proxy mode in front of ``upstream``, fresh storage."""
+    port = free_port()
+    storage = work / f"{name}-storage"
+    shutil.rmtree(storage, ignore_errors=True)
+    config = registry_config(storage, port)
+    if tls is not None:
+        config += f"  tls:\n    certificate: {tls[1]}\n    key: {tls[0]}\n"
+    config += f"proxy:\n  remoteurl: {upstream}\n"
+    path = work / f"{name}.yml"
+    path.write_text(config)
+    process = ManagedProcess([REGISTRY_BIN, "serve", str(path)], work / f"{name}.log")
+    process.wait_for_port(port)
+    scheme = "https" if tls else "http"
+    return process, f"{scheme}://{LOOPBACK}:{port}"
+
+
+def nginx_cache(work: Path, upstream: str) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    root = work / "nginx"
+    root.mkdir(exist_ok=True)
+    conf = root / "nginx.conf"
+    # As root, workers would run as nobody and not reach the cache directory.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"""{user}worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  proxy_cache_path {root}/cache levels=1:2 keys_zone=blobs:10m max_size=8g
+                   inactive=1d use_temp_path=off;
+  server {{
+    listen {LOOPBACK}:{port};
+    location / {{
+      proxy_pass {upstream};
+      proxy_http_version 1.1;
+      proxy_cache blobs;
+      proxy_cache_valid 200 1d;
+    }}
+  }}
+}}
+""")
+    process = ManagedProcess([NGINX, "-p", str(root), "-c", str(conf)], root / "out")
+    process.wait_for_port(port)
+    return process, f"http://{LOOPBACK}:{port}"
+
+
+def push_manifest(port: int, layer: str, size: int) -> str:
+    """A config blob and a manifest naming ``layer``, tagged v1; its digest."""
+    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+    conn.request(
+        "POST", f"/v2/{REPO_NAME}/blobs/uploads/", headers={"Content-Length": "0"}
+    )
+    resp = conn.getresponse()
+    resp.read()
+    location = resp.getheader("Location") or ""
+    sep = "&" if "?" in location else "?"
+    conn.request("PUT", f"{location}{sep}digest={config_digest}", body=config)
+    conn.getresponse().read()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer,
+                    "size": size,
+                }
+            ],
+        }
+    ).encode()
+    conn.request(
+        "PUT",
+        f"/v2/{REPO_NAME}/manifests/v1",
+        body=manifest,
+        headers={"Content-Type": MANIFEST_TYPE},
+    )
+    resp = conn.getresponse()
+    resp.read()
+    if resp.status != 201:
+        raise RuntimeError(f"manifest PUT answered {resp.status}")
+    conn.close()
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+
+def wrk(url: str, seconds: int, pids: list[int]) -> tuple[float, float]:
+    """(requests/s, server CPU seconds per 10k requests)."""
+    cpu0 = cpu_of(pids)
+    out = subprocess.run(
+        ["wrk", "-t2", "-c32", f"-d{seconds}s", "-H", f"Accept: {MANIFEST_TYPE}", url],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    cpu = cpu_of(pids) - cpu0
+    rate = float(next(x for x in out.splitlines() if "Requests/sec" in x).split()[1])
+    return rate, cpu / (rate * seconds / 10_000)
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# (Docxy variant, peer variant, target ratio or None)
+PAIRS = (
+    ("docxy warm", "nginx proxy_cache warm", 1.0),
+    ("docxy warm", "distribution warm", None),
+    ("docxy warm tls", "distribution warm tls", 0.8),
+    ("docxy cold", "distribution cold", 1.0),
+    ("docxy no cache", "direct", 0.8),
+    ("docxy warm", "docxy no cache", None),
+)
+
+
+def rounds(variants: list[Variant], path: str, size: int, count: int) -> None:
+    for r in range(count):
+        shift = r % len(variants)
+        for v in variants[shift:] + variants[:shift]:
+            if v.prepare:
+                v.prepare(v)
+            cpu0 = cpu_of(v.pids)
+            v.times.append(curl(v.url + path, size, v.tls))
+            v.cpu.append(cpu_of(v.pids) - cpu0)
+            if v.cleanup:
+                v.cleanup(v)
+        print(f"  round {r + 1}/{count} done (load {load()})", flush=True)
+
+
+def report(variants: list[Variant], size: int) -> None:
+    by = {v.name: v for v in variants}
+    print("\n| variant | median MiB/s | server CPU s/GiB |\n|---|---|---|")
+    for v in variants:
+        rate = size / MiB / statistics.median(v.times)
+        cpu = statistics.median(v.cpu) / (size / GiB)
+        print(f"| {v.name} | {rate:.0f} | {cpu:.2f} |")
+    print("\n| Docxy / peer (throughput) | median of per-round ratios | target |")
+    print("|---|---|---|")
+    for mine, peer, target in PAIRS:
+        ratios = [p / m for m, p in zip(by[mine].times, by[peer].times, strict=True)]
+        goal = f">= {target}x" if target else "-"
+        print(f"| {mine} / {peer} | {statistics.median(ratios):.2f}x | {goal} |")
+
+
+def slow_clients(docxy: Docxy, path: str, size: int, count: int, rate: str) -> float:
+    """Peak RSS (MiB) of ``docxy`` while ``count`` slow curls read the blob."""
+    reset_peak_rss(docxy.pid)
+    procs = [
+        subprocess.Popen(
+            [
+                *("curl", "-s", "-o", "/dev/null", "--limit-rate", rate),
+                *("-w", "%{http_code} %{size_download}", docxy.url + path),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
+    peak = 0
+    while any(p.poll() is None for p in procs):
+        peak = max(peak, proc_status(docxy.pid, "VmRSS"))
+        time.sleep(0.2)  # sampling, not synchronisation
+    results = [p.communicate()[0].decode() for p in procs]
+    ok = sum(r == f"200 {size}" for r in results)
+    if ok != count:
+        print(f"  only {ok}/{count} slow clients got the whole blob: {results[:3]}")
+    return float(max(peak, proc_status(docxy.pid, "VmHWM")) / MiB)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--slow-clients", type=int, default=16)
+    parser.add_argument("--slow-rate", default="25M")
+    parser.add_argument("--wrk-seconds", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="keep the logs")
+    args = parser.parse_args()
+    size = args.size_mib * MiB
+    work = Path(tempfile.mkdtemp(prefix="docxy-peers-"))
+    group = ProcessGroup()
+    try:
+        print(f"{os.cpu_count()} CPUs, load average {load()}")
+        up_port = free_port()
+        (work / "upstream.yml").write_text(registry_config(work / "up", up_port))
+        upstream = ManagedProcess(
+            [REGISTRY_BIN, "serve", str(work / "upstream.yml")], work / "up.log"
+        )
+        group.managed.append(upstream)
+        upstream.wait_for_port(up_port)
+        up = f"http://{LOOPBACK}:{up_port}"
+        digest = push_blob(up_port, size, b"peers")
+        manifest = push_manifest(up_port, digest, size)
+        path = f"/v2/{REPO_NAME}/blobs/{digest}"
+        key, cert = self_signed(work)
+
+        def docxy(name: str, *extra: str, workers: int = 1) -> Docxy:
+            args = [*extra, "--workers", str(workers)]
+            d = Docxy(up, work / f"{name}.log", extra_args=args)
+            group.managed.append(d)
+            return d
+
+        nocache = docxy("nocache")
+        tls_port = free_port()
+        tls = f"ssl:{tls_port}:interface={LOOPBACK}:privateKey={key}:certKey={cert}"
+        warm = docxy("warm", "--cache-dir", str(work / "warm"), "--port", tls)
+        warm.wait_for_port(tls_port)
+        dist, dist_url = proxy_registry(work, "dist-warm", up)
+        dist_tls, dist_tls_url = proxy_registry(work, "dist-tls", up, (key, cert))
+        ngx, ngx_url = nginx_cache(work, up)
+        group.managed += [dist, dist_tls, ngx]
+        verify_through(warm, digest, size)  # the fill, hashed by the client too
+        for url, secure in ((dist_url, False), (dist_tls_url, True), (ngx_url, False)):
+            curl(url + path, size, secure)  # warm them up, untimed
+        ngx_pids = [ngx.pid, *children_of(ngx.pid)]
+
+        def cold_docxy(v: Variant) -> None:
+            shutil.rmtree(work / "cold", ignore_errors=True)
+            d = Docxy(
+                up,
+                work / "cold.log",
+                extra_args=["--cache-dir", str(work / "cold"), "--workers", "1"],
+            )
+            v.url, v.pids, v.process = d.url, [d.pid], d  # type: ignore[attr-defined]
+            subprocess.run(
+                ["curl", "-s", "-o", "/dev/null", d.url + "/v2/"], check=True
+            )
+
+        def cold_dist(v: Variant) -> None:
+            d, url = proxy_registry(work, "dist-cold", up)
+            v.url, v.pids, v.process = url, [d.pid], d  # type: ignore[attr-defined]
+
+        def stop(v: Variant) -> None:
+            v.process.stop()  # type: ignore[attr-defined]
+
+        variants = [
+            Variant("direct", up, [upstream.pid]),
+            Variant("docxy no cache", nocache.url, [nocache.pid]),
+            Variant("docxy cold", prepare=cold_docxy, cleanup=stop),
+            Variant("docxy warm", warm.url, [warm.pid]),
+            Variant(
+                "docxy warm tls", f"https://{LOOPBACK}:{tls_port}", [warm.pid], tls=True
+            ),
+            Variant("distribution cold", prepare=cold_dist, cleanup=stop),
+            Variant("distribution warm", dist_url, [dist.pid]),
+            Variant("distribution warm tls", dist_tls_url, [dist_tls.pid], tls=True),
+            Variant("nginx proxy_cache warm", ngx_url, ngx_pids),
+        ]
+        print(f"{args.rounds} rounds of a {args.size_mib} MiB blob, curl to /dev/null")
+        rounds(variants, path, size, args.rounds)
+        report(variants, size)
+
+        print("\n| manifest (wrk -t2 -c32) | req/s | server CPU s per 10k req |")
+        print("|---|---|---|")
+        two = docxy("two-workers", "--cache-dir", str(work / "two"), workers=2)
+        for name, base, pids in (
+            ("docxy 1 worker", warm.url, [warm.pid]),
+            ("docxy 2 workers", two.url, [two.pid]),
+            ("distribution", dist_url, [dist.pid]),
+        ):
+            for ref in ("v1", manifest):
+                url = f"{base}/v2/{REPO_NAME}/manifests/{ref}"
+                curl_manifest(url)
+                rate, cpu = wrk(url, args.wrk_seconds, pids)
+                kind = "tag" if ref == "v1" else "digest"
+                print(f"| {name} by {kind} | {rate:.0f} | {cpu:.2f} |")
+        two.stop()
+
+        print(f"\npeak RSS, {args.slow_clients} clients at {args.slow_rate}/s each:")
+        warm.stop()
+        again = docxy("warm-again", "--cache-dir", str(work / "warm"))
+        verify_through(again, digest, size)  # the first read after a start hashes
+        slow = (path, size, args.slow_clients, args.slow_rate)
+        print(f"  warm: {slow_clients(again, *slow):.0f} MiB")
+        again.stop()
+        cold = docxy("cold-slow", "--cache-dir", str(work / "cold-slow"))
+        print(f"  cold: {slow_clients(cold, *slow):.0f} MiB")
+        print(f"\nload average at the end {load()}")
+        return 0
+    finally:
+        group.stop_all()
+        if args.keep:
+            print(f"logs kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def curl_manifest(url: str) -> None:
+    """One untimed GET, so the manifest is cached where that applies."""
+    subprocess.run(
+        ["curl", "-sf", "-o", "/dev/null", "-H", f"Accept: {MANIFEST_TYPE}", url],
+        check=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
