@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -35,7 +36,7 @@ from tests.integration.test_cache import (
 )
 from tests.support.docxy import TWISTD, Docxy, twistd_env
 from tests.support.images import ImageSpec, populate
-from tests.support.processes import LOOPBACK, free_port, wait_until
+from tests.support.processes import LOOPBACK, ManagedProcess, free_port, wait_until
 from tests.support.registry import Upstream, fetch, start_upstream
 from tests.support.relay import GatedRelay
 from tests.support.skopeo import assert_pulled, skopeo_pull
@@ -243,3 +244,52 @@ def test_a_second_docxy_on_the_cache_of_two_workers_is_refused(
     assert f"in use by another Docxy (pid {docxy.pid})" in second.stderr
     assert docxy.alive()
     assert docxy.stop() == 0
+
+
+def test_sigterm_to_the_supervisor_drains_every_worker_and_exits_0(
+    docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
+) -> None:
+    relay = GatedRelay(mid_upstream.registry.port)
+    try:
+        held = held_fill(docxy_factory, mid_upstream, relay, tmp_path / "cache")
+        docxy = held.docxy
+        os.kill(docxy.pid, signal.SIGTERM)  # the supervisor only, as kubelet does
+        docxy.wait_for_log("shutting down: waiting up to")
+        assert docxy.alive()
+        relay.release()
+        _, response = held.conns[0]
+        assert sha256(read_all(response)) == held.layer  # the transfer finished
+        assert docxy.popen.wait(60) == 0
+        assert not any(_alive(pid) for pid in held.pids.values())
+        docxy.stop()
+    finally:
+        relay.close()
+
+
+def test_with_a_log_file_the_supervisor_writes_the_workers_lines(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "docxy.log"
+    port = free_port()
+    docxy = ManagedProcess(
+        [
+            *(TWISTD, "-n", "--pidfile=", f"--logfile={log_file}", "docxy"),
+            *("--port", f"tcp:{port}:interface={LOOPBACK}", "--no-cache"),
+            *("--upstream", upstream.url, "--workers", "2", "--log-format", "json"),
+        ],
+        tmp_path / "stdout",
+        env=twistd_env(),
+        cwd=tmp_path,
+    )
+    try:
+        docxy.wait_for_port(port)
+        assert fetch(f"http://{LOOPBACK}:{port}/health").status == 200
+
+        def access_lines() -> list[dict[str, object]]:
+            events = [json.loads(line) for line in log_file.read_text().splitlines()]
+            return [e for e in events if e.get("path") == "/health"]
+
+        wait_until(lambda: bool(access_lines()), 30, "the access line")
+        assert access_lines()[0]["worker"] in (0, 1)
+    finally:
+        assert docxy.stop() == 0
