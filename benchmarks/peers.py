@@ -378,6 +378,7 @@ def main() -> int:
                 extra_args=["--cache-dir", str(work / "cold"), "--workers", "1"],
             )
             v.url, v.pids, v.process = d.url, [d.pid], d  # type: ignore[attr-defined]
+            group.managed.append(d)  # stopped on an error or Ctrl-C too
             subprocess.run(
                 ["curl", "-s", "-o", "/dev/null", d.url + "/v2/"], check=True
             )
@@ -385,9 +386,11 @@ def main() -> int:
         def cold_dist(v: Variant) -> None:
             d, url = proxy_registry(work, "dist-cold", up)
             v.url, v.pids, v.process = url, [d.pid], d  # type: ignore[attr-defined]
+            group.managed.append(d)
 
         def stop(v: Variant) -> None:
             v.process.stop()  # type: ignore[attr-defined]
+            group.managed.remove(v.process)  # type: ignore[attr-defined]
 
         variants = [
             Variant("direct", up, [upstream.pid]),
