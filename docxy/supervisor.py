@@ -69,7 +69,7 @@ class _Worker(ProcessProtocol):
         except ValueError:
             log.info("worker {index}: {line}", index=self.index, line=line)
             return
-        event["worker"] = self.index
+        event.setdefault("worker", self.index)
         globalLogPublisher(event)
 
     def errReceived(self, data: bytes) -> None:

@@ -32,7 +32,12 @@ from typing import Any
 
 from twisted.internet import main as twisted_main
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.logger import globalLogBeginner, jsonFileLogObserver
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    globalLogBeginner,
+    jsonFileLogObserver,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -118,7 +123,13 @@ def run(setup: Setup) -> None:
         if setup.log_direct
         else jsonFileLogObserver(out, recordSeparator="")
     )
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    @implementer(ILogObserver)
+    def tagged(event: LogEvent) -> None:  # JSON lines name the worker
+        event.setdefault("worker", setup.index)
+        observer(event)
+
+    globalLogBeginner.beginLoggingTo([tagged], redirectStandardIO=False)
     lock = None
     if setup.cache_lock_fd is not None and config.cache_dir is not None:
         # The supervisor's lock: shared by this open file, never taken again.
@@ -142,7 +153,12 @@ def run(setup: Setup) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     reactor.callWhenRunning(ignore_signals)
-    reactor.addReader(_Lifeline(0, lambda: reactor.stop()))
+
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    reactor.addReader(_Lifeline(0, stop))
     reactor.run()
 
 
