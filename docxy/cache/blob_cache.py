@@ -68,6 +68,8 @@ class BlobCache:
         self.idle_timeout = idle_timeout
         self.counters = counters or Counters()
         self.fills: dict[str, Fill] = {}
+        # Other worker processes use this cache too (docxy.cache.fill_lock).
+        self.shared = False
         # The upstream GETs that open fills; a non-200 answer nobody takes
         # is read to its end so its connection is not left half-read.
         self._opening: SingleFlight[str, Fill | UpstreamResponse] = SingleFlight(
@@ -257,7 +259,8 @@ class BlobCache:
         self.fills[digest] = fill
         fill.finished.addBoth(lambda _: self._filled(digest))
         if claim is not None:
-            claim.announce(length)
+            if self.shared:  # other workers' readers need the length
+                claim.announce(length)
             fill.finished.addBoth(lambda _: claim.release())
         response.deliverBody(fill)
         self.access.probe_public(target.mirror, repo, digest, "blobs")

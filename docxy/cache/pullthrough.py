@@ -126,6 +126,7 @@ def build_cache(
         counters,
         health,
     )
+    blobs.shared = shared
     if shared:
         LoopingCall(_rescan, blobs, reactor).start(
             RESCAN_INTERVAL, now=False
