@@ -82,17 +82,23 @@ def _alive(pid: int) -> bool:
 
 
 def filling(pids: dict[int, int]) -> int:
-    """The pid of the worker that has a fill's temp file open."""
-    found = []
-    for pid in pids.values():
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(fd).endswith(".fill"):
-                    found.append(pid)
-                    break
-            except OSError:
-                continue
-    assert len(found) == 1, found
+    """The pid of the worker that has a fill's temp file open (a worker that
+    is still starting may look at it for a moment, never keeps it open)."""
+    found: list[int] = []
+
+    def one() -> bool:
+        found.clear()
+        for pid in pids.values():
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    if os.readlink(fd).endswith(".fill"):
+                        found.append(pid)
+                        break
+                except OSError:
+                    continue
+        return len(found) == 1
+
+    wait_until(one, 30, "one worker to hold the fill")
     return found[0]
 
 
