@@ -348,3 +348,33 @@ def test_clients_cri_snippet_is_what_containerd_reads(tmp_path: Path) -> None:
     assert cri_config_path(snippet, tmp_path) == "/etc/containerd/certs.d"
     without = snippet.removeprefix("version = 2\n")
     assert cri_config_path(without, tmp_path) == ""
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    headings = re.findall(
+        r"^#+ (.*)$", re.sub(r"```.*?```", "", text, flags=re.S), re.M
+    )
+    return {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings
+    }
+
+
+def test_every_link_between_the_docs_arrives() -> None:
+    """Relative links (and their #anchors) in README, docs/ and benchmarks/
+    name a file and a heading that exist: a reader never hits a dead end."""
+    files = [REPO / "README.md", REPO / "benchmarks" / "README.md"]
+    files += sorted(REPO.glob("docs/*.md"))
+    dead = []
+    for doc in files:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, anchor = target.partition("#")
+            dest = (doc.parent / path).resolve() if path else doc
+            if not dest.exists():
+                dead.append(f"{doc.name}: {target} (no such file)")
+            elif anchor and anchor not in heading_anchors(dest.read_text()):
+                dead.append(f"{doc.name}: {target} (no such heading)")
+    assert dead == []
