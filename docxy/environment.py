@@ -44,6 +44,9 @@ VARIABLES: dict[str, str] = {
     variable(name): name for name in ("config", *SETTINGS) if name not in _TABLES
 }
 VARIABLES["DOCXY_LISTEN"] = "port"  # as --listen and listen = [...]
+# Variables of Docxy's other commands, which may share an environment with
+# the daemon (a container's, an EnvironmentFile): not the daemon's settings.
+OTHER_COMMANDS = frozenset({"DOCXY_PREFETCH_USER"})  # docxy-prefetch
 
 
 def settings_from_env(environ: Mapping[str, str]) -> dict[str, object]:
@@ -55,7 +58,7 @@ def settings_from_env(environ: Mapping[str, str]) -> dict[str, object]:
     """
     settings: dict[str, object] = {}
     for var in sorted(environ):
-        if not var.startswith(PREFIX):
+        if not var.startswith(PREFIX) or var in OTHER_COMMANDS:
             continue
         value = environ[var]
         name = VARIABLES.get(var)

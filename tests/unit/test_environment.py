@@ -118,3 +118,14 @@ def test_bad_variable_stops_twistd_with_one_line(
         "docxy: configuration error: DOCXY_MAX_CONNECTIONS: must be at least 1, "
         "got '0'\n"
     )
+
+
+def test_variables_of_docxys_other_commands_are_not_the_daemons() -> None:
+    """cache.md documents DOCXY_PREFETCH_USER for docxy-prefetch; the same
+    environment (a container's) must not stop the daemon."""
+    from docxy.environment import OTHER_COMMANDS
+    from docxy.prefetch.cli import USER_ENV
+
+    assert USER_ENV in OTHER_COMMANDS
+    env = {USER_ENV: "alice:secret", "DOCXY_IDLE_TIMEOUT": "30"}
+    assert settings_from_env(env) == {"idle-timeout": "30"}
