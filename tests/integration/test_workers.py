@@ -60,7 +60,7 @@ def mid_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]
         up.stop()
 
 
-def workers(docxy: Docxy, count: int = 2) -> dict[int, int]:
+def workers(docxy: ManagedProcess, count: int = 2) -> dict[int, int]:
     """index -> pid of the workers running now (the supervisor's log)."""
     current: dict[int, int] = {}
 
@@ -297,5 +297,31 @@ def test_with_a_log_file_the_supervisor_writes_the_workers_lines(
 
         wait_until(lambda: bool(access_lines()), 30, "the access line")
         assert access_lines()[0]["worker"] in (0, 1)
+    finally:
+        assert docxy.stop() == 0
+
+
+def test_workers_share_the_socket_systemd_passes_in(tmp_path: Path) -> None:
+    """Socket activation (deploy/systemd/docxy.socket) with two workers."""
+    port = free_port()
+    docxy = ManagedProcess(
+        [
+            *("systemd-socket-activate", "--listen", f"{LOOPBACK}:{port}"),
+            *("--setenv=PYTHONPATH", "--fdname=docxy.socket"),
+            *(TWISTD, "-n", "--pidfile=", "docxy", "--workers", "2"),
+            *("--port", "systemd:domain=INET:index=0", "--no-cache"),
+            *("--public-url", f"http://{LOOPBACK}:{port}"),
+        ],
+        tmp_path / "docxy.log",
+        env=twistd_env(),
+    )
+    try:
+        docxy.wait_for_log("Listening on", timeout=30)  # systemd-socket-activate
+        # The first connection starts Docxy, which then serves it.
+        assert fetch(f"http://{LOOPBACK}:{port}/health").status == 200
+        assert len(workers(docxy)) == 2
+        for _ in range(4):
+            assert fetch(f"http://{LOOPBACK}:{port}/health").status == 200
+        assert "configuration error" not in docxy.log_text()
     finally:
         assert docxy.stop() == 0
