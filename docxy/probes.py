@@ -98,7 +98,7 @@ class MetricsResource(Resource):
         return self.metrics.render()
 
 
-class _QuietSite(Site):
+class QuietSite(Site):
     """No access line per scrape or probe (every few seconds, forever)."""
 
     noisy = False
@@ -114,4 +114,4 @@ def probes_site(metrics: Metrics, readiness: Readiness, health: Resource) -> Sit
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"health", health)
     root.putChild(b"ready", ReadyResource(readiness))
-    return _QuietSite(root)
+    return QuietSite(root)

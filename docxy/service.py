@@ -229,5 +229,11 @@ def supervise(config: Config, reactor: Any, log_to_stdout: bool) -> DocxyService
                 "every worker signs tokens with the same key"
             )
         token_key(config)  # every worker must accept every worker's tokens
-    Supervisor(config, reactor, top.cache_lock, log_to_stdout).setServiceParent(top)
+    supervisor = Supervisor(config, reactor, top.cache_lock, log_to_stdout)
+    supervisor.setServiceParent(top)
+    if config.metrics_port is not None:
+        from .worker_probes import workers_site
+
+        site = workers_site(reactor, supervisor.probe_sockets)
+        Listeners((config.metrics_port,), site, reactor).setServiceParent(top)
     return top

@@ -15,8 +15,10 @@ plus a grace period later are killed.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +108,10 @@ class Supervisor(Service):
         self.lock = lock
         self.ports: list[IListeningPort] = []
         self.sockets: list[SharedSocket] = []
-        self.metrics_socket: SharedSocket | None = None
+        # Each worker's /metrics and /ready (docxy.worker_probes).
+        self.probes_dir: Path | None = None
+        if config.metrics_port is not None:
+            self.probes_dir = Path(tempfile.mkdtemp(prefix="docxy-probes-"))
         self.workers: dict[int, _Worker] = {}
         self.failures: dict[int, int] = {}
         self._restarts: dict[int, IDelayedCall] = {}
@@ -116,10 +121,7 @@ class Supervisor(Service):
         from .listeners import reason
 
         super().privilegedStartService()
-        ports = list(self.config.ports)
-        if self.config.metrics_port is not None:
-            ports.append(self.config.metrics_port)
-        for port in ports:
+        for port in self.config.ports:
             try:
                 listening, shared = bind(self.reactor, port)
             except Exception as e:
@@ -128,8 +130,16 @@ class Supervisor(Service):
                 raise SystemExit(1) from None
             self.ports.append(listening)
             self.sockets.append(shared)
-        if self.config.metrics_port is not None:
-            self.metrics_socket = self.sockets.pop()
+
+    def probe_sockets(self) -> dict[int, Path]:
+        """index -> the probes socket of each worker running now."""
+        if self.probes_dir is None:
+            return {}
+        return {i: self.probe_socket(i) for i in sorted(self.workers)}
+
+    def probe_socket(self, index: int) -> Path:
+        assert self.probes_dir is not None
+        return self.probes_dir / f"worker-{index}.sock"
 
     def startService(self) -> None:
         super().startService()
@@ -150,8 +160,6 @@ class Supervisor(Service):
         fds: dict[int, int | str] = {0: "w", 1: 1 if self.log_to_stdout else "r"}
         fds[2] = "r"
         inherited = [s.fd for s in self.sockets]
-        if self.metrics_socket is not None:
-            inherited.append(self.metrics_socket.fd)
         if self.lock is not None:
             inherited.append(self.lock.fd)
         fds.update({fd: fd for fd in inherited})
@@ -169,7 +177,7 @@ class Supervisor(Service):
             index,
             self.config,
             tuple(self.sockets),
-            self.metrics_socket,
+            None if self.probes_dir is None else str(self.probe_socket(index)),
             None if self.lock is None else self.lock.fd,
             self.log_to_stdout,
         )
@@ -221,6 +229,8 @@ class Supervisor(Service):
             if kill.active():
                 kill.cancel()
             stops = [defer.maybeDeferred(p.stopListening) for p in self.ports]
+            if self.probes_dir is not None:
+                shutil.rmtree(self.probes_dir, ignore_errors=True)
             return defer.gatherResults(stops)
 
         return done.addCallback(closed).addCallback(lambda _: None)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import main as twisted_main
+from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import (
     ILogObserver,
@@ -55,7 +56,8 @@ class Setup:
     index: int
     config: Config
     sockets: tuple[SharedSocket, ...]
-    metrics_socket: SharedSocket | None
+    # Where this worker serves /metrics and /ready for its supervisor.
+    probes_path: str | None
     cache_lock_fd: int | None
     # Write log lines to the shared standard output; else events as JSON
     # for the supervisor to log.
@@ -139,8 +141,9 @@ def run(setup: Setup) -> None:
         for port, shared in zip(config.ports, setup.sockets, strict=True)
     )
     metrics = None
-    if config.metrics_port is not None and setup.metrics_socket is not None:
-        metrics = (adopt(reactor, config.metrics_port, setup.metrics_socket),)
+    if config.metrics_port is not None and setup.probes_path is not None:
+        Path(setup.probes_path).unlink(missing_ok=True)  # the worker it replaces
+        metrics = (UNIXServerEndpoint(reactor, setup.probes_path, mode=0o600),)
     top = make_service(
         config, reactor, WorkerSetup(setup.index, endpoints, metrics, lock)
     )

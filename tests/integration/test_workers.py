@@ -127,9 +127,15 @@ def test_two_workers_serve_skopeo_pulls_and_share_the_cache(
         skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / f"again-{n}", "--all")
         assert_pulled(tmp_path / f"again-{n}", image.blobs)
         assert blob_gets(upstream, middle, image.blobs) == 0
-    # The metrics port is shared too: a worker answers (its own series).
+    # One scrape, every worker's series (labelled), each family once.
     scrape = fetch(f"http://{LOOPBACK}:{metrics}/metrics")
-    assert scrape.status == 200 and "docxy_requests_total" in scrape.body.decode()
+    assert scrape.status == 200
+    text = scrape.body.decode()
+    gauges = re.findall(r'^docxy_requests_in_flight\{worker="(\d)"\}', text, re.M)
+    assert sorted(gauges) == ["0", "1"], text
+    assert re.search(r'^docxy_requests_total\{worker="\d",', text, re.M), text
+    assert text.count("# TYPE docxy_requests_total counter") == 1
+    assert fetch(f"http://{LOOPBACK}:{metrics}/ready").status == 200
     assert docxy.stop() == 0
 
 

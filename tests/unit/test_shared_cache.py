@@ -137,3 +137,25 @@ def test_workers_auto_is_one_per_core() -> None:
 def test_workers_with_an_acme_port_stop_docxy_with_one_line() -> None:
     with pytest.raises(ConfigError, match=r"workers: 'acme:.*cannot be shared"):
         build_config({"port": ["acme:/s:tcp:443:domains=a.example"], "workers": "2"})
+
+
+def test_metrics_of_workers_are_one_text_each_family_once() -> None:
+    from docxy.worker_probes import merge
+
+    one = (
+        "# HELP docxy_requests_total Requests.\n# TYPE docxy_requests_total counter\n"
+        'docxy_requests_total{route="blob",status="200"} 3.0\n'
+        "# HELP docxy_in_flight In flight.\n# TYPE docxy_in_flight gauge\n"
+        "docxy_in_flight 1.0\n"
+    )
+    two = one.replace("3.0", "5.0").replace("1.0", "0.0")
+    assert merge([(0, one), (1, two)]).splitlines() == [
+        "# HELP docxy_requests_total Requests.",
+        "# TYPE docxy_requests_total counter",
+        'docxy_requests_total{worker="0",route="blob",status="200"} 3.0',
+        'docxy_requests_total{worker="1",route="blob",status="200"} 5.0',
+        "# HELP docxy_in_flight In flight.",
+        "# TYPE docxy_in_flight gauge",
+        'docxy_in_flight{worker="0"} 1.0',
+        'docxy_in_flight{worker="1"} 0.0',
+    ]

@@ -1,0 +1,149 @@
+"""``--metrics-port`` with workers: one listener, every worker's series.
+
+A scrape must see all workers, not the one that happened to accept it.
+So with workers the supervisor listens on ``metrics-port`` itself, and
+each worker serves its own /metrics and /ready on a private Unix socket
+(in a directory only Docxy's user can enter). /metrics asks every worker
+and answers their series side by side, each sample labelled
+``worker="<index>"`` (sum them in queries: ``sum without (worker) (...)``);
+/ready is 200 only when every worker is ready; /health is the
+supervisor's own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.web.client import Agent, readBody
+from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from .metrics import CONTENT_TYPE
+from .probes import QuietSite
+
+# Seconds a worker has to answer the supervisor's scrape.
+TIMEOUT = 5.0
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?(\s.*)$")
+
+
+@implementer(IAgentEndpointFactory)
+class _Socket:
+    def __init__(self, reactor: Any, path: Path) -> None:
+        self.reactor = reactor
+        self.path = path
+
+    def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
+        return UNIXClientEndpoint(self.reactor, str(self.path), timeout=TIMEOUT)
+
+
+async def ask(reactor: Any, path: Path, what: bytes) -> tuple[int, bytes]:
+    """A worker's answer to ``GET /<what>`` on its probes socket."""
+    agent = Agent.usingEndpointFactory(reactor, _Socket(reactor, path))
+    request = agent.request(b"GET", b"http://worker/" + what)
+    request.addTimeout(TIMEOUT, reactor)
+    response = await request
+    return response.code, await readBody(response)
+
+
+def merge(texts: list[tuple[int, str]]) -> str:
+    """Prometheus text of several workers as one: each family once, with
+    every worker's samples, each labelled with its worker."""
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    for worker, text in texts:
+        family = ""
+        for line in text.splitlines():
+            if line.startswith(("# HELP ", "# TYPE ")):
+                family = line.split(" ", 3)[2]
+                known = headers.setdefault(family, [])
+                if line not in known:
+                    known.append(line)
+            elif line and not line.startswith("#"):
+                samples.setdefault(family, []).append(_labelled(line, worker))
+    lines = []
+    for family in dict.fromkeys([*headers, *samples]):
+        lines += headers.get(family, []) + samples.get(family, [])
+    return "\n".join(lines) + "\n"
+
+
+def _labelled(line: str, worker: int) -> str:
+    match = _SAMPLE.match(line)
+    if match is None:
+        return line
+    name, labels, rest = match.groups()
+    inner = labels[1:-1] if labels else ""
+    label = f'worker="{worker}"' + ("," + inner if inner else "")
+    return f"{name}{{{label}}}{rest}"
+
+
+class _Gather(Resource):
+    isLeaf = True
+
+    def __init__(self, reactor: Any, sockets: Callable[[], dict[int, Path]]) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.sockets = sockets
+
+    def render_GET(self, request: Request) -> int:
+        d = defer.Deferred.fromCoroutine(self._answer(request))
+        d.addErrback(lambda _: None if request.finished else request.finish())
+        return NOT_DONE_YET
+
+    async def _answer(self, request: Request) -> None:
+        raise NotImplementedError
+
+
+class _Metrics(_Gather):
+    async def _answer(self, request: Request) -> None:
+        texts = []
+        for index, path in sorted(self.sockets().items()):
+            try:
+                code, body = await ask(self.reactor, path, b"metrics")
+            except Exception:
+                continue  # starting or stopping: its series return next time
+            if code == 200:
+                texts.append((index, body.decode("utf-8", "replace")))
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(merge(texts).encode())
+        request.finish()
+
+
+class _Ready(_Gather):
+    async def _answer(self, request: Request) -> None:
+        problems = []
+        for index, path in sorted(self.sockets().items()):
+            try:
+                code, body = await ask(self.reactor, path, b"ready")
+            except Exception as e:
+                code, body = 503, str(e).encode()
+            if code != 200:
+                problems.append(b"worker %d: %s" % (index, body.strip()))
+        request.setResponseCode(503 if problems or not self.sockets() else 200)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.write(b"\n".join(problems) + b"\n" if problems else b"ready\n")
+        request.finish()
+
+
+class _Health(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"ok\n"
+
+
+def workers_site(reactor: Any, sockets: Callable[[], dict[int, Path]]) -> Site:
+    """The supervisor's ``--metrics-port`` listener."""
+    root = Resource()
+    root.putChild(b"metrics", _Metrics(reactor, sockets))
+    root.putChild(b"ready", _Ready(reactor, sockets))
+    root.putChild(b"health", _Health())
+    return QuietSite(root)
