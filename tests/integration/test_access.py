@@ -407,7 +407,9 @@ def test_bad_access_configuration_is_one_line_and_nothing_listens(
         ],
         capture_output=True,
         text=True,
-        env={**twistd_env(), "PATH": "/usr/bin:/bin"},
+        # One process, as every Docxy of the tests (conftest): with workers
+        # a missing token-key-file would be named before the bad file.
+        env={**twistd_env(), "PATH": "/usr/bin:/bin", "DOCXY_WORKERS": "1"},
         cwd=tmp_path,
         timeout=60,
     )

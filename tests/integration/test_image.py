@@ -200,7 +200,13 @@ def test_healthcheck_fails_when_docxy_does_not_answer(
     """The check can fail: a container whose Docxy is paused is unhealthy."""
     port = free_port()
     name = unique("docxy-image-paused")
-    engine.start(name, image, args=["--port", f"tcp:{port}:interface={LOOPBACK}"])
+    # One process: SIGSTOP to PID 1 then stops all of Docxy (with workers,
+    # PID 1 is their supervisor and the workers would go on answering).
+    engine.start(
+        name,
+        image,
+        args=["--port", f"tcp:{port}:interface={LOOPBACK}", "--workers", "1"],
+    )
     try:
         engine.wait_for_port(name, port)
         # SIGSTOP: the port stays open, nothing answers.
