@@ -20,9 +20,11 @@ they need ``--workers 1``.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -51,12 +53,30 @@ def shareable(port: str) -> bool:
     return kind in _SHAREABLE
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, not the host's)."""
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, not the host's,
+    and no more than its cgroup's CPU quota (a container's CPU limit)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    quota = _cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """Cores' worth of CPU time the cgroup allows (v2 cpu.max, v1 CFS), or None."""
+    try:
+        limit, _, every = (cgroup / "cpu.max").read_text().partition(" ")
+        return None if limit.strip() == "max" else int(limit) / int(every)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 @dataclass(frozen=True)

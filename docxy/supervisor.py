@@ -47,6 +47,18 @@ EXIT_GRACE = 10.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
+def _probes_dir(cache_dir: Path | None) -> Path:
+    """A private directory for the workers' probe sockets: in the cache
+    directory (writable where the root file system is not), else a temp one."""
+    if cache_dir is not None:
+        path = cache_dir / "probes"
+        # A socket path has at most 107 bytes.
+        if len(str(path / "worker-00.sock").encode()) < 100:
+            path.mkdir(mode=0o700, exist_ok=True)
+            return path
+    return Path(tempfile.mkdtemp(prefix="docxy-probes-"))
+
+
 class _Worker(ProcessProtocol):
     """One worker process: its log lines in, its end reported."""
 
@@ -111,7 +123,7 @@ class Supervisor(Service):
         # Each worker's /metrics and /ready (docxy.worker_probes).
         self.probes_dir: Path | None = None
         if config.metrics_port is not None:
-            self.probes_dir = Path(tempfile.mkdtemp(prefix="docxy-probes-"))
+            self.probes_dir = _probes_dir(config.cache_dir)
         self.workers: dict[int, _Worker] = {}
         self.failures: dict[int, int] = {}
         self._restarts: dict[int, IDelayedCall] = {}
@@ -230,7 +242,7 @@ class Supervisor(Service):
                 kill.cancel()
             stops = [defer.maybeDeferred(p.stopListening) for p in self.ports]
             if self.probes_dir is not None:
-                shutil.rmtree(self.probes_dir, ignore_errors=True)
+                shutil.rmtree(self.probes_dir, ignore_errors=True)  # dead sockets
             return defer.gatherResults(stops)
 
         return done.addCallback(closed).addCallback(lambda _: None)

@@ -131,7 +131,9 @@ def test_workers_setting(ports: list[str], given: str | None, expected: int) -> 
 
 
 def test_workers_auto_is_one_per_core() -> None:
-    assert build_config({}).workers == len(os.sched_getaffinity(0))
+    from docxy.shared_ports import available_cores
+
+    assert build_config({}).workers == available_cores()
 
 
 def test_workers_with_an_acme_port_stop_docxy_with_one_line() -> None:
@@ -159,3 +161,16 @@ def test_metrics_of_workers_are_one_text_each_family_once() -> None:
         'docxy_in_flight{worker="0"} 1.0',
         'docxy_in_flight{worker="1"} 0.0',
     ]
+
+
+def test_auto_workers_stay_within_a_containers_cpu_limit(tmp_path: Path) -> None:
+    from docxy.shared_ports import available_cores
+
+    cores = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path) == cores  # no cgroup files: affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cores(tmp_path) == cores
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # limits.cpu: 500m
+    assert available_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{150000 * cores} 100000\n")
+    assert available_cores(tmp_path) == cores  # never above the affinity
