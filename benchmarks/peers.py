@@ -270,6 +270,12 @@ PAIRS = (
 )
 
 
+# --only: the variants of one comparison, for a run of a few minutes.
+ONLY = {
+    "cold": ("direct", "docxy no cache", "docxy cold", "distribution cold"),
+}
+
+
 def rounds(variants: list[Variant], path: str, size: int, count: int) -> None:
     for r in range(count):
         shift = r % len(variants)
@@ -294,6 +300,8 @@ def report(variants: list[Variant], size: int) -> None:
     print("\n| Docxy / peer (throughput) | median of per-round ratios | target |")
     print("|---|---|---|")
     for mine, peer, target in PAIRS:
+        if mine not in by or peer not in by:
+            continue
         ratios = [p / m for m, p in zip(by[mine].times, by[peer].times, strict=True)]
         goal = f">= {target}x" if target else "-"
         print(f"| {mine} / {peer} | {statistics.median(ratios):.2f}x | {goal} |")
@@ -331,6 +339,11 @@ def main() -> int:
     parser.add_argument("--slow-rate", default="25M")
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the logs")
+    parser.add_argument(
+        "--only",
+        choices=sorted(ONLY),
+        help="run just these variants' rounds (no manifests, no RSS check)",
+    )
     args = parser.parse_args()
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="docxy-peers-"))
@@ -405,9 +418,14 @@ def main() -> int:
             Variant("distribution warm tls", dist_tls_url, [dist_tls.pid], tls=True),
             Variant("nginx proxy_cache warm", ngx_url, ngx_pids),
         ]
+        if args.only:
+            variants = [v for v in variants if v.name in ONLY[args.only]]
         print(f"{args.rounds} rounds of a {args.size_mib} MiB blob, curl to /dev/null")
         rounds(variants, path, size, args.rounds)
         report(variants, size)
+        if args.only:
+            print(f"\nload average at the end {load()}")
+            return 0
 
         print("\n| manifest (wrk -t2 -c32) | req/s | server CPU s per 10k req |")
         print("|---|---|---|")
