@@ -24,6 +24,9 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from .oci import DigestHasher
+from .plain_tcp import kernel_transport
+from .splice import Splice, can_splice
+from .upstream_client import raw_body
 
 log = Logger()
 
@@ -110,6 +113,9 @@ class BodyPump(Protocol):
         self._ended = False
         self.upstream: IPushProducer | None = None
         self.watchdog = IdleWatchdog(clock, idle_timeout, self._idle)
+        # A few first chunks may find the body ready to splice (docxy.splice).
+        self._splice_tries = 4 if verify is None and can_splice(clock) else 0
+        self.clock = clock
         request.notifyFinish().addErrback(self._client_lost)
 
     # Protocol: upstream body events
@@ -129,6 +135,31 @@ class BodyPump(Protocol):
         if self.verify is not None:
             self.verify.update(data)
         self.request.write(data)
+        if self._splice_tries:
+            self._try_splice()
+
+    def _try_splice(self) -> None:
+        """Hand the rest of the body to the kernel, if both sockets allow."""
+        self._splice_tries -= 1
+        client = kernel_transport(self.request)
+        body = raw_body(self.transport)
+        if client is None or body is None or self._ended:
+            return
+        splice = Splice(
+            self.request, client, body, self.clock, self._spliced, self._splice_failed
+        )
+        if splice.start():
+            self._splice_tries = 0
+
+    def _spliced(self, count: int) -> None:
+        self.watchdog.touch()
+        self.bytes += count
+
+    def _splice_failed(self, why: str) -> None:
+        log.warn(
+            "upstream body failed after {bytes} bytes: {why}", bytes=self.bytes, why=why
+        )
+        self._end("upstream-failed")
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self.watchdog.stop()

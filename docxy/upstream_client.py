@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin, urlsplit
+from weakref import WeakKeyDictionary
 
 from OpenSSL import SSL
-from twisted.internet import abstract, defer, error
+from twisted.internet import abstract, defer, error, tcp
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -98,6 +99,10 @@ def make_agent(
 UPSTREAM_READ = 256 * 1024
 
 
+# Plain TCP upstream connections and their protocols (see raw_body).
+_ON_SOCKET: WeakKeyDictionary[tcp.Connection, _WideReads] = WeakKeyDictionary()
+
+
 class _WideReads(HTTP11ClientProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -105,6 +110,47 @@ class _WideReads(HTTP11ClientProtocol):
         for transport in (self.transport, getattr(self.transport, "transport", None)):
             if isinstance(transport, abstract.FileDescriptor):
                 transport.bufferSize = UPSTREAM_READ
+        if type(self.transport) is tcp.Client:
+            _ON_SOCKET[self.transport] = self
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """The rest of an identity-encoded body, still unread in its socket.
+
+    Whoever moves ``n`` bytes out of ``transport``'s socket itself (with
+    ``splice(2)``) says so with ``consumed(n)``; the client's parser then
+    expects only what is left, and a body ends (and its connection goes
+    back to the pool) as if the parser had read it all.
+    """
+
+    transport: tcp.Client
+    decoder: Any  # twisted.web.http._IdentityTransferDecoder
+
+    @property
+    def remaining(self) -> int:
+        return int(self.decoder.contentLength)
+
+    def consumed(self, count: int) -> None:
+        self.decoder.contentLength -= count
+
+
+def raw_body(body_transport: object) -> RawBody | None:
+    """The socket under a body being delivered (a body protocol's transport),
+    if it is plain TCP with a known length and nothing of it is buffered."""
+    socket = getattr(body_transport, "_producer", None)
+    protocol = _ON_SOCKET.get(socket) if isinstance(socket, tcp.Client) else None
+    parser = getattr(protocol, "_parser", None)
+    decoder = getattr(parser, "bodyDecoder", None)
+    if (
+        socket is None
+        or type(decoder).__name__ != "_IdentityTransferDecoder"
+        or not isinstance(getattr(decoder, "contentLength", None), int)
+        or getattr(parser, "_buffer", b"") != b""
+        or socket.disconnecting
+    ):
+        return None
+    return RawBody(socket, decoder)
 
 
 class _QuietFactory(_HTTP11ClientFactory):

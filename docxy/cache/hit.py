@@ -21,10 +21,11 @@ from twisted.web.server import Request
 
 from ..errors import range_invalid, write_error
 from ..oci import Digest
+from ..plain_tcp import kernel_transport
 from .blob_store import BlobStore, Entry
 from .disk_pool import DiskPool
 from .integrity import Seal
-from .kernel_sender import KernelSender, kernel_transport
+from .kernel_sender import KernelSender
 from .sender import FileSender
 
 _RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)

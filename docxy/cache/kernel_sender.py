@@ -25,7 +25,7 @@ Request's ``sentLength``, so the access log and metrics see them. The
 kernel holds no more than the socket's send buffer for a slow client.
 
 The seam for tests: the transport is anything with the few methods
-:class:`KernelTransport` names, and ``sendfile`` is a parameter.
+:class:`~docxy.plain_tcp.KernelTransport` names, and ``sendfile`` is a parameter.
 """
 
 from __future__ import annotations
@@ -33,14 +33,13 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from typing import Any, Protocol, cast
 
-from twisted.internet import tcp
-from twisted.internet.interfaces import IPullProducer, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IPullProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ..plain_tcp import KernelTransport, ProducerLoan
 from ..streaming import IdleWatchdog, abort_client, client_gone
 
 log = Logger()
@@ -49,38 +48,6 @@ log = Logger()
 TURN_BYTES = 8 * 1024 * 1024
 
 SendFile = Callable[[int, int, int, int], int]
-
-
-class KernelTransport(Protocol):
-    """What the sender needs of a transport (``tcp.Connection`` has it)."""
-
-    producer: Any
-    producerPaused: bool
-    disconnected: bool
-
-    def fileno(self) -> int: ...
-    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
-    def unregisterProducer(self) -> None: ...
-    def startWriting(self) -> None: ...
-    def abortConnection(self) -> None: ...
-
-
-def kernel_transport(request: Request) -> KernelTransport | None:
-    """The request's transport if sendfile can write to it, else None.
-
-    Plain TCP (and Unix) sockets only, and only while the channel is the
-    transport's producer as twisted.web left it: TLS encrypts in user
-    space, so its bytes never come from a file.
-    """
-    channel = getattr(request, "channel", None)
-    transport = getattr(channel, "transport", None)
-    if not isinstance(transport, tcp.Connection):
-        return None
-    if ISSLTransport.providedBy(transport) or getattr(transport, "TLS", False):
-        return None
-    if transport.producer is not channel or transport.disconnected:
-        return None
-    return cast(KernelTransport, transport)
 
 
 @implementer(IPullProducer)
@@ -109,9 +76,7 @@ class KernelSender:
         self.sendfile = sendfile or os.sendfile
         self.sent = 0
         self.watchdog = IdleWatchdog(clock, idle_timeout, self._idle)
-        self._channel: Any = None
-        self._channel_paused = False
-        self._taking = False
+        self._loan = ProducerLoan(transport)
         self._done = False
         # Waiting for the socket to be writable (a test looks at this).
         self.waiting = False
@@ -122,15 +87,7 @@ class KernelSender:
         if self._done or client_gone(self.request):
             self._finish("client-gone")
             return
-        transport = self.transport
-        self._channel = transport.producer
-        self._channel_paused = transport.producerPaused
-        transport.unregisterProducer()
-        self._taking = True  # registering a pull producer resumes it at once
-        try:
-            transport.registerProducer(self, False)
-        finally:
-            self._taking = False
+        self._loan.take(self)
         self.watchdog.start()
         self._wait()  # doWrite flushes what is buffered, then resumes us
 
@@ -140,7 +97,7 @@ class KernelSender:
 
     # IPullProducer: the transport's buffer is empty and the socket writable
     def resumeProducing(self) -> None:
-        if self._taking or self._done:
+        if self._loan.taking or self._done:
             return
         self.waiting = False
         out = self.transport.fileno()
@@ -191,23 +148,11 @@ class KernelSender:
         )
         self._finish("idle-timeout")
 
-    def _give_back(self) -> None:
-        """The channel gets the transport's producer slot back."""
-        transport = self.transport
-        if transport.producer is self:
-            transport.unregisterProducer()
-        channel, self._channel = self._channel, None
-        if channel is None or transport.disconnected or transport.producer is not None:
-            return
-        transport.registerProducer(channel, True)
-        if self._channel_paused:  # the buffer it waited for is empty now
-            channel.resumeProducing()
-
     def _finish(self, outcome: str) -> None:
         if self._done:
             return
         self._end(outcome)
-        self._give_back()
+        self._loan.give_back(self)
         if not client_gone(self.request):
             if outcome == "done":
                 self.request.finish()

@@ -420,6 +420,30 @@ def test_slow_reader_keeps_docxy_memory_flat(procs: Processes) -> None:
     )
 
 
+def test_spliced_bodies_are_intact_and_leave_the_upstream_connection_reusable(
+    procs: Processes,
+) -> None:
+    """Two reads in a row, each intact, over one upstream connection.
+
+    On plain TCP the body goes socket to socket in the kernel (docxy.splice)
+    and Docxy's HTTP client is told how much went past it. If it were told
+    wrong, the first response would never end (a hang: the socket timeout),
+    end early, or the connection could not carry the second request.
+    """
+    size = 64 * MiB
+    upstream = procs.upstream(size)
+    docxy = procs.docxy(upstream.url)
+    for _ in range(2):
+        resp = get(docxy.port, upstream.blob_path())
+        assert resp.status == 200, (resp.status_line, diagnostics(docxy))
+        resp.drain()
+        resp.close()
+        assert resp.complete, f"short body: {resp.received} of {size} ({resp.ended})"
+        assert "sha256:" + resp.sha256.hexdigest() == upstream.digest
+    conns = upstream.blob_get_conns()
+    assert len(conns) == 1, f"{conns}: {upstream.events()}\n{diagnostics(docxy)}"
+
+
 def test_client_leaving_before_upstream_answers_cancels_upstream_request(
     procs: Processes,
 ) -> None:
