@@ -195,7 +195,7 @@ def test_a_removed_replica_moves_only_its_own_blobs(
     replica_set.replicas[victim].stop()
     if replica_set.balancer.kind == "haproxy":
         # Its health check takes the replica out of the ring.
-        replica_set.balancer.wait_for_log(f"docxy-{victim} is DOWN")
+        replica_set.balancer.wait_for_log(f"docxy-replica-{victim} is DOWN")
     since = len(upstream.requests())
 
     skopeo_pull(replica_set.balancer.hostport, "multi:1.0", tmp_path / "b", "--all")

@@ -21,8 +21,12 @@ BALANCER = REPO / "deploy" / "balancer"
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy", path="/usr/sbin:/usr/bin") or "/usr/sbin/haproxy"
 
-_NGINX_SERVER = re.compile(r"^(\s*)server docxy-\d+\S*(.*);\n", re.M)
-_HAPROXY_SERVER = re.compile(r"^(\s*)server docxy-\d+ \S+\n", re.M)
+_NGINX_SERVER = re.compile(
+    r"^(\s*)server docxy-replica-\d+\.docxy-replicas:\S*(.*);\n", re.M
+)
+_HAPROXY_SERVER = re.compile(
+    r"^(\s*)server docxy-replica-\d+ docxy-replica-\d+\.docxy-replicas:\S+\n", re.M
+)
 
 
 def _replace_servers(text: str, pattern: re.Pattern[str], lines: list[str]) -> str:
@@ -53,7 +57,7 @@ def nginx_conf(replicas: Sequence[str], port: int, hashing: bool = True) -> str:
 def haproxy_cfg(replicas: Sequence[str], port: int, hashing: bool = True) -> str:
     """deploy/balancer/haproxy.cfg for ``replicas`` (host:port) on ``port``."""
     text = (BALANCER / "haproxy.cfg").read_text()
-    lines = [f"server docxy-{i} {r}" for i, r in enumerate(replicas)]
+    lines = [f"server docxy-replica-{i} {r}" for i, r in enumerate(replicas)]
     text = _replace_servers(text, _HAPROXY_SERVER, lines)
     text = text.replace("bind :80", f"bind {LOOPBACK}:{port}")
     if not hashing:

@@ -10,6 +10,7 @@ own configuration loader over every file.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,30 @@ def test_replicas_share_the_ingress_url_and_each_has_its_own_volume() -> None:
     volumes = {v["name"] for v in spec["template"]["spec"]["volumes"]}
     assert claim["metadata"]["name"] not in volumes  # one claim per replica
     assert settings["port"] == [f"tcp:{container['ports'][0]['containerPort']}"]
+
+
+def test_balancer_examples_name_the_statefulsets_pods() -> None:
+    """deploy/balancer's servers are the replicas layout's pod names.
+
+    A StatefulSet's pod is reachable as <name>-<N>.<serviceName>; a name
+    that is not one of them resolves nowhere in the cluster.
+    """
+    statefulset = one("replicas/statefulset.yaml")
+    service = one("replicas/service.yaml")
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    prefix = f"{statefulset['metadata']['name']}-"
+    suffix = f".{service['metadata']['name']}:5000"
+    balancer = KUBERNETES.parent / "balancer"
+    nginx = re.findall(
+        r"^\s*server (\S+:\d+)", (balancer / "nginx.conf").read_text(), re.M
+    )
+    haproxy = re.findall(
+        r"^\s*server (\S+) (\S+)", (balancer / "haproxy.cfg").read_text(), re.M
+    )
+    assert nginx and haproxy
+    addresses = nginx + [address for _, address in haproxy]
+    for address in addresses:
+        assert address.startswith(prefix) and address.endswith(suffix), address
+        assert address[len(prefix) : -len(suffix)].isdigit(), address
+    for name, address in haproxy:
+        assert address.startswith(f"{name}."), (name, address)
