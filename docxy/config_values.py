@@ -104,13 +104,22 @@ def check_endpoint(name: str, endpoint: str) -> None:
     try:
         endpoints.serverFromString(reactor, endpoint)
     except Exception as e:
-        reason = str(e) or type(e).__name__
-        if "systemd:" in endpoint and isinstance(e, (IndexError, KeyError)):
-            reason = (
-                "no such socket inherited from systemd: a systemd: port needs "
-                "socket activation (a .socket unit, see deploy/systemd/)"
-            )
+        reason = endpoint_failure(endpoint, e)
         raise ConfigError(f"{name}: invalid endpoint {endpoint!r}: {reason}") from None
+
+
+def endpoint_failure(endpoint: str, error: Exception) -> str:
+    """Why ``endpoint`` did not parse, in words (also for a wrapped one).
+
+    Twisted's ``systemd:`` parser indexes the inherited descriptors, so
+    without socket activation it fails with a bare IndexError or KeyError.
+    """
+    if "systemd:" in endpoint and isinstance(error, (IndexError, KeyError)):
+        return (
+            "no such socket inherited from systemd: a systemd: port needs "
+            "socket activation (a .socket unit, see deploy/systemd/)"
+        )
+    return str(error) or type(error).__name__
 
 
 def endpoint(name: str, value: object) -> str:

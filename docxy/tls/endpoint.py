@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from ..config_values import endpoint_failure
 from .manager import CertificateManager
 from .spec import OPTIONS, AcmeSpec, AcmeSpecError, parse_acme
 
@@ -124,6 +125,6 @@ def parse_endpoint(reactor: Any, *args: str, **kwargs: str) -> AcmeEndpoint:
             else ""
         )
         raise AcmeSpecError(
-            f"wrapped endpoint {sub!r}: {str(e) or type(e).__name__}{hint}"
+            f"wrapped endpoint {sub!r}: {endpoint_failure(sub, e)}{hint}"
         ) from None
     return AcmeEndpoint(reactor, spec, wrapped)

@@ -92,16 +92,24 @@ def test_plain_http_realm_of_a_plain_http_upstream_is_allowed() -> None:
 
 
 @pytest.mark.parametrize(
-    "port", ["systemd:domain=INET:index=0", "systemd:domain=INET:name=docxy"]
+    "port",
+    [
+        "systemd:domain=INET:index=0",
+        "systemd:domain=INET:name=docxy",
+        "acme:{tmp}/acme:systemd:domain=INET6:index=0:domains=m.example",
+    ],
 )
 def test_systemd_port_without_socket_activation(
-    port: str, monkeypatch: pytest.MonkeyPatch
+    port: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """Bare or wrapped in acme:, the same one line (no "list index")."""
     monkeypatch.delenv("LISTEN_FDS", raising=False)
+    port = port.format(tmp=tmp_path)
     with pytest.raises(ConfigError) as info:
         build_config({"port": [port], "public-url": "https://m.example"})
     assert "needs socket activation" in str(info.value)
     assert "list index" not in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def doubts(settings: dict[str, object]) -> list[str]:
