@@ -3,7 +3,7 @@
 Not a test: it prints figures for a human (see benchmarks/README.md).
 
     .venv/bin/python benchmarks/peers.py [--size-mib 500] [--rounds 3]
-        [--slow-clients 16] [--slow-rate 25M] [--wrk-seconds 5]
+        [--slow-clients 16] [--slow-rate 25M] [--wrk-seconds 5] [--only cold]
 
 Upstream: a real distribution registry (Debian ``docker-registry``), no
 auth, on 127.0.0.1, holding one blob of ``--size-mib`` and a manifest
