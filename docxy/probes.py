@@ -68,13 +68,29 @@ class ReadyResource(Resource):
     def render(self, request: Request) -> bytes | int:
         if _refuse_writes(request):
             return NOT_DONE_YET
-        problem = self.readiness.problem()
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        if problem is None:
-            return json.dumps({"status": "ready"}).encode()
-        request.setResponseCode(503)
-        return json.dumps({"status": "not ready", "reason": problem}).encode()
+        return answer_ready(request, self.readiness.problem())
+
+
+def answer_ready(request: Request, problem: str | None) -> bytes:
+    """The /ready answer for ``problem`` (None: ready), one process or many."""
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    if problem is None:
+        return json.dumps({"status": "ready"}).encode()
+    request.setResponseCode(503)
+    return json.dumps({"status": "not ready", "reason": problem}).encode()
+
+
+def reason_of(body: bytes) -> str:
+    """The ``reason`` of a /ready answer (or its text, if it is no JSON)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    reason = answer.get("reason") if isinstance(answer, dict) else None
+    if isinstance(reason, str):
+        return reason
+    return body.decode("utf-8", "replace").strip() or "no answer"
 
 
 class MetricsResource(Resource):

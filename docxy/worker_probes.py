@@ -7,7 +7,9 @@ each worker serves its own /metrics and /ready on a private Unix socket
 and answers their series side by side, each sample labelled
 ``worker="<index>"`` (sum them in queries: ``sum without (worker) (...)``);
 /ready is 200 only when every worker is ready; /health is the
-supervisor's own.
+supervisor's own. Both answer the same JSON as one process does
+(:mod:`docxy.probes`), so a probe reads one Docxy the same with any
+number of workers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from .metrics import CONTENT_TYPE
-from .probes import QuietSite
+from .probes import QuietSite, answer_ready, reason_of
+from .resources import HealthResource
 
 # Seconds a worker has to answer the supervisor's scrape.
 TIMEOUT = 5.0
@@ -119,25 +122,18 @@ class _Metrics(_Gather):
 class _Ready(_Gather):
     async def _answer(self, request: Request) -> None:
         problems = []
-        for index, path in sorted(self.sockets().items()):
+        sockets = sorted(self.sockets().items())
+        for index, path in sockets:
             try:
                 code, body = await ask(self.reactor, path, b"ready")
             except Exception as e:
-                code, body = 503, str(e).encode()
+                code, body = 503, (str(e) or type(e).__name__).encode()
             if code != 200:
-                problems.append(b"worker %d: %s" % (index, body.strip()))
-        request.setResponseCode(503 if problems or not self.sockets() else 200)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.write(b"\n".join(problems) + b"\n" if problems else b"ready\n")
+                problems.append(f"worker {index}: {reason_of(body)}")
+        if not sockets:
+            problems.append("no worker running")
+        request.write(answer_ready(request, "; ".join(problems) or None))
         request.finish()
-
-
-class _Health(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"ok\n"
 
 
 def workers_site(reactor: Any, sockets: Callable[[], dict[int, Path]]) -> Site:
@@ -145,5 +141,5 @@ def workers_site(reactor: Any, sockets: Callable[[], dict[int, Path]]) -> Site:
     root = Resource()
     root.putChild(b"metrics", _Metrics(reactor, sockets))
     root.putChild(b"ready", _Ready(reactor, sockets))
-    root.putChild(b"health", _Health())
+    root.putChild(b"health", HealthResource())
     return QuietSite(root)
