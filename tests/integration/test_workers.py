@@ -135,7 +135,11 @@ def test_two_workers_serve_skopeo_pulls_and_share_the_cache(
     assert sorted(gauges) == ["0", "1"], text
     assert re.search(r'^docxy_requests_total\{worker="\d",', text, re.M), text
     assert text.count("# TYPE docxy_requests_total counter") == 1
-    assert fetch(f"http://{LOOPBACK}:{metrics}/ready").status == 200
+    # The same probe answers as one process (docs/operations.md).
+    ready = fetch(f"http://{LOOPBACK}:{metrics}/ready")
+    assert (ready.status, json.loads(ready.body)) == (200, {"status": "ready"})
+    health = fetch(f"http://{LOOPBACK}:{metrics}/health")
+    assert health.status == 200 and json.loads(health.body)["status"] == "ok"
     assert docxy.stop() == 0
 
 
