@@ -1,7 +1,8 @@
 """The manifest cache's request path: fresh tags, revalidation, stale-if-error.
 
-- By digest: immutable; served from disk once stored (after the access
-  check), fetched once otherwise.
+- By digest: immutable; served once stored (after the access check),
+  from memory if recently used, else read in the disk threads; fetched
+  once otherwise.
 - By tag: within the freshness window the stored digest is served with no
   upstream request (when the repository is known public, or this client was
   allowed recently). After it, a ``HEAD`` revalidates the tag (Docker Hub
@@ -14,7 +15,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -84,7 +84,7 @@ class ManifestCache:
         reference = target.route.reference
         who = self.access.who(request)
         if ":" in reference:
-            stored = self.store.get(reference)
+            stored = await self.store.get(reference)
             if stored is None:
                 await self._fetch(request, exchange, target, repo, reference, None)
             elif await self._may(target, repo, reference, who):
@@ -98,7 +98,7 @@ class ManifestCache:
         entry = self.tags.tag(key)
         now = self.clock.seconds()
         if entry is not None and now - entry.checked < self.freshness:
-            stored = self.store.get(entry.digest)
+            stored = await self.store.get(entry.digest)
             if stored is not None and await self._may(target, repo, entry.digest, who):
                 self._send(request, entry.digest, *stored, "hit")
                 return
@@ -109,7 +109,7 @@ class ManifestCache:
                 # Another client's Accept set (say, prefetch's) may have seen
                 # this tag: its manifest will do if this client accepts it.
                 entry = self.tags.fallback_tag(upstream.name, repo, reference, accept)
-            stored = self.store.get(entry.digest) if entry is not None else None
+            stored = None if entry is None else await self.store.get(entry.digest)
             if (
                 entry is None
                 or stored is None
@@ -171,7 +171,7 @@ class ManifestCache:
         await discard_body(response)
         who = self.access.who(request)
         self.access.remember(target.mirror.upstream.name, repo, digest_text, who)
-        stored = self.store.get(digest_text)
+        stored = await self.store.get(digest_text)
         if stored is not None:
             media = stored[1].decode("latin-1")
             self.tags.set_tag(key, digest_text, media, self.clock.seconds())
@@ -214,9 +214,7 @@ class ManifestCache:
                 502, "MANIFEST_INVALID", "upstream manifest does not match its digest"
             )
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        stored = self._write(
-            lambda: self.store.put(digest, body, content_type), len(body)
-        )
+        stored = await self._store(digest, body, content_type)
         if stored and key is not None:
             media = content_type.decode("latin-1")
             self.tags.set_tag(key, digest, media, self.clock.seconds())
@@ -230,12 +228,12 @@ class ManifestCache:
         record(request, upstream_status=200)
         self._send(request, digest, body, content_type, "miss")
 
-    def _write(self, write: Callable[[], None], size: int = 64 * 1024) -> bool:
-        """Store ``size`` bytes or so; a disk in trouble only means not stored."""
-        if not self.health.writable(size):
+    async def _store(self, digest: str, body: bytes, content_type: bytes) -> bool:
+        """Store a verified manifest; a disk in trouble only means not stored."""
+        if not self.health.writable(len(body)):
             return False
         try:
-            write()
+            await self.store.put(digest, body, content_type)
         except OSError as e:
             self.health.failed(e)
             return False

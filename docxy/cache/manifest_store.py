@@ -17,10 +17,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..oci import Digest
+from .disk_pool import DiskPool
 from .ledger import Ledger
+from .memory_lru import BytesLRU
 
 log = Logger()
 
@@ -58,12 +61,26 @@ class TagEntry:
 TagKey = tuple[str, str, str, str]  # upstream, repository, tag, Accept set
 
 
-class ManifestStore:
-    """Manifests by digest: files, byte for byte, with their Content-Type."""
+class DamagedManifestError(Exception):
+    """A stored manifest's bytes no longer match its digest (the file is removed)."""
 
-    def __init__(self, root: Path) -> None:
+
+class ManifestStore:
+    """Manifests by digest: files, byte for byte, with their Content-Type.
+
+    :meth:`get` and :meth:`put` are the request path's: a recently used
+    manifest is answered from memory (:class:`BytesLRU`), the files are read,
+    hashed and written in the disk threads, never on the reactor thread.
+    :meth:`read` and :meth:`write` are the blocking halves they run there.
+    """
+
+    def __init__(
+        self, root: Path, disk: DiskPool, memory: BytesLRU | None = None
+    ) -> None:
         self.root = root / "manifests"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.disk = disk
+        self.memory = memory if memory is not None else BytesLRU()
 
     def media_type(self, digest: str) -> str | None:
         try:
@@ -76,8 +93,38 @@ class ManifestStore:
     def _path(self, digest: str) -> Path:
         return Digest.parse(digest).path(self.root)
 
-    def get(self, digest: str) -> tuple[bytes, bytes] | None:
+    async def get(self, digest: str) -> tuple[bytes, bytes] | None:
         """(bytes, content type) of a stored manifest, verified, or None."""
+        stored = self.memory.get(digest)
+        if stored is not None:
+            return stored
+        try:
+            stored = await deferToThreadPool(
+                self.disk.reactor, self.disk.threads(), self.read, digest
+            )
+        except DamagedManifestError:
+            log.error("cached manifest {digest} is damaged; discarded", digest=digest)
+            return None
+        if stored is not None:
+            self.memory.put(digest, *stored)
+        return stored
+
+    async def put(self, digest: str, body: bytes, content_type: bytes) -> None:
+        """Store a manifest whose bytes matched ``digest`` (OSError if the
+        disk refuses it; then it is not kept in memory either)."""
+        await deferToThreadPool(
+            self.disk.reactor,
+            self.disk.threads(),
+            self.write,
+            digest,
+            body,
+            content_type,
+        )
+        self.memory.put(digest, body, content_type)
+
+    def read(self, digest: str) -> tuple[bytes, bytes] | None:
+        """Blocking: the stored manifest if its bytes match ``digest``, None
+        if there is none; DamagedManifestError (the file removed) if not."""
         path = self._path(digest)
         try:
             body = path.read_bytes()
@@ -85,12 +132,12 @@ class ManifestStore:
         except FileNotFoundError:
             return None
         if not Digest.parse(digest).matches(body):
-            log.error("cached manifest {digest} is damaged; discarded", digest=digest)
             path.unlink(missing_ok=True)
-            return None
+            raise DamagedManifestError(digest)
         return body, content_type
 
-    def put(self, digest: str, body: bytes, content_type: bytes) -> None:
+    def write(self, digest: str, body: bytes, content_type: bytes) -> None:
+        """Blocking: the manifest's files, each written atomically."""
         path = self._path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         for target, data in ((path.with_suffix(".type"), content_type), (path, body)):

@@ -131,7 +131,7 @@ def build_cache(
         LoopingCall(_rescan, blobs, reactor).start(
             RESCAN_INTERVAL, now=False
         ).addErrback(lambda f: log.failure("rescanning the cache failed", f))
-    manifest_store = ManifestStore(directory)
+    manifest_store = ManifestStore(directory, blobs.disk)
     manifests = ManifestCache(
         manifest_store,
         TagIndex(ledger, manifest_store),

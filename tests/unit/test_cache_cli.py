@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+from twisted.internet import reactor
 
 from docxy.cache.blob_store import BlobStore
 from docxy.cache.cli import cache_dir, main
 from docxy.cache.directory import CacheLock
+from docxy.cache.disk_pool import DiskPool
 from docxy.cache.manifest_store import ManifestStore
 
 MANIFEST = (
@@ -37,7 +39,7 @@ def cache(tmp_path: Path) -> tuple[Path, list[str], str]:
         for n, size in enumerate((100, 200, 300))
     ]
     manifest = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
-    ManifestStore(root).put(
+    ManifestStore(root, DiskPool(reactor)).write(
         manifest, MANIFEST, b"application/vnd.oci.image.manifest.v1+json"
     )
     (root / "tmp" / "sha256-cut.1.2").write_bytes(b"half a fill")
@@ -102,7 +104,7 @@ def test_evict_removes_blobs_and_manifests(cache, capsys) -> None:
         f"evicted blob {blobs[0]}",
         f"evicted manifest {manifest}",
     ]
-    assert ManifestStore(root).get(manifest) is None
+    assert ManifestStore(root, DiskPool(reactor)).read(manifest) is None
     code, _, err = run(capsys, root, "evict", blobs[0])
     assert code == 1 and "is not cached" in err
     assert run(capsys, root, "evict", "sha256:nothex")[0] == 2
