@@ -101,12 +101,32 @@ class Fill(Protocol):
         # Set when the disk failed mid-way: readers continue from upstream.
         self.disk_error: OSError | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._catching_up = False
         self.finished: defer.Deferred[None] = defer.Deferred()
         self.watchdog = IdleWatchdog(clock, idle_timeout, self._idle)
 
     def listen(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, when more bytes arrive or the fill ends."""
         self._listeners.append(callback)
+        self._wake_when_written()
+
+    def _wake_when_written(self) -> None:
+        """With the writes in the hash thread, bytes that arrived may not be
+        in the file yet when a reader of the file asks to wait: wake it when
+        the thread wrote them, not only when more arrive (an upstream that
+        pauses would leave that reader, and its response headers, waiting)."""
+        pending = self._hash
+        if (
+            isinstance(pending, BackgroundHash)
+            and not self._catching_up
+            and pending.on_disk < self.written
+        ):
+            self._catching_up = True
+            pending.caught_up().addCallback(self._written)
+
+    def _written(self, _: object) -> None:
+        self._catching_up = False
+        self._notify()
 
     def tap(self, feed: Callable[[bytes], None]) -> bool:
         """Feed ``feed`` every byte from the first on, as it arrives; False if

@@ -74,7 +74,7 @@ class BackgroundHash:
         if not self._waiting and self.submitted - self.hashed > self.max_queued:
             self._waiting = True
             self.on_full()
-            self._caught_up().addCallback(self._room)
+            self.caught_up().addCallback(self._room)
 
     def _hash(self, data: bytes) -> None:
         if self.file is not None and self.error is None:
@@ -89,8 +89,8 @@ class BackgroundHash:
         self.hasher.update(data)
         self.hashed += len(data)
 
-    def _caught_up(self) -> defer.Deferred[None]:
-        """Fires once every chunk submitted so far is hashed."""
+    def caught_up(self) -> defer.Deferred[None]:
+        """Fires once every chunk submitted so far is written and hashed."""
         return deferToThreadPool(self.thread.reactor, self.thread.pool(), lambda: None)
 
     def _room(self, _: object) -> None:

@@ -245,6 +245,9 @@ class QueuedThreads:
     ) -> None:
         self.queue.append((on_result, f, args))
 
+    def callInThread(self, f: Callable[..., object], *args: object) -> None:
+        self.queue.append((lambda ok, value: None, f, args))
+
     def callFromThread(self, f: Callable[..., object], *args: object) -> None:
         f(*args)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from twisted.internet.task import Clock
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from docxy.cache.blob_store import BlobStore
 from docxy.cache.counters import Counters
 from docxy.cache.fill import Fill, FillState
-from tests.support.memory import Held, MemoryNet, Scripted, result
+from tests.support.memory import Held, MemoryNet, QueuedThreads, Scripted, result
 from tests.support.skopeo import file_digest
 
 BLOB = bytes(range(256)) * 40
@@ -149,3 +150,44 @@ def test_each_listener_is_called_once_at_the_next_write(tmp_path: Path) -> None:
     filling = FillState.FILLING
     assert heard == [(200, filling), (len(BLOB), filling), (len(BLOB), filling)]
     assert fill.state is FillState.DONE
+
+
+class QueuedHashThread:
+    """The fill's hash thread (``docxy.cache.hashing.HashThread``), run
+    when the test says."""
+
+    def __init__(self) -> None:
+        self.threads = QueuedThreads()
+        self.reactor = self.threads
+
+    def pool(self) -> QueuedThreads:
+        return self.threads
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_reader_of_the_file_wakes_when_the_hash_thread_wrote(tmp_path: Path) -> None:
+    """Bytes arrived but not yet written: a reader that waits for them is
+    woken by the write, even if the upstream sends nothing more (before,
+    a joined client of a paused upstream never got its headers)."""
+    digest = digest_of(BLOB, tmp_path)
+    store, counters = BlobStore(tmp_path / "cache", 1 << 30), Counters()
+    thread = QueuedHashThread()
+    fill = Fill(
+        store,
+        digest,
+        len(BLOB),
+        Clock(),
+        IDLE,
+        counters,
+        hash_thread=thread,  # type: ignore[arg-type]
+    )
+    fill.dataReceived(BLOB[:100])
+    assert (fill.written, fill.on_disk) == (100, 0)
+    woken: list[int] = []
+    fill.listen(lambda: woken.append(fill.on_disk))
+    assert woken == []
+    thread.threads.run()
+    assert woken == [100]
+    assert store.temp_path(digest).read_bytes() == BLOB[:100]
