@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
 
-from .errors import RegistryError
+from .errors import RegistryError, too_many_requests
 
 MAX_CLIENTS = 100_000
 
@@ -35,12 +35,10 @@ class ClientRate:
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
             wait = math.ceil((1.0 - tokens) / self.rate)
-            return RegistryError(
-                429,
-                "TOOMANYREQUESTS",
+            return too_many_requests(
                 "too many requests from this client: slow down",
                 {"retry_after": wait},
-                headers=((b"Retry-After", b"%d" % wait),),
+                ((b"Retry-After", b"%d" % wait),),
             )
         self._buckets[key] = (tokens - 1.0, now)
         while len(self._buckets) > MAX_CLIENTS:

@@ -64,6 +64,15 @@ def range_invalid(size: int) -> RegistryError:
     )
 
 
+def too_many_requests(
+    message: str,
+    detail: object = None,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> RegistryError:
+    """429 ``TOOMANYREQUESTS``, with the ``Retry-After`` the client should wait."""
+    return RegistryError(429, "TOOMANYREQUESTS", message, detail, headers=headers)
+
+
 def not_found(path: str) -> RegistryError:
     return RegistryError(404, "NOT_FOUND", "no such endpoint", {"path": path})
 

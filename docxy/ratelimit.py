@@ -16,7 +16,7 @@ import re
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from .errors import RegistryError
+from .errors import RegistryError, too_many_requests
 from .upstream_client import UpstreamError, discard_body, read_small_body
 
 # Integer seconds or an IMF-fixdate: anything else is not relayed.
@@ -50,9 +50,7 @@ class RateLimitedError(UpstreamError):
 
     def envelope(self) -> RegistryError:
         """What a client gets when nothing cached can answer instead."""
-        return RegistryError(
-            429, "TOOMANYREQUESTS", self.message, None, headers=self.headers
-        )
+        return too_many_requests(self.message, headers=self.headers)
 
 
 def kept_headers(response: IResponse) -> tuple[tuple[bytes, bytes], ...]:
