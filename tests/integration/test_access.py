@@ -17,16 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import STANDARD_REPOSITORIES, DocxyFactory
 from tests.integration.test_prefetch import prefetch
 from tests.support.clients import (
-    CONTAINERD,
-    CTR,
-    DOCKER_CLI,
-    DOCKERD,
-    PODMAN,
     Containerd,
     Dockerd,
     Podman,
 )
-from tests.support.daemons import running
+from tests.support.daemons import (
+    containerd_through,
+    dockerd_through,
+    podman_through,
+)
 from tests.support.docxy import TWISTD, Docxy, twistd_env
 from tests.support.processes import free_port
 from tests.support.registry import (
@@ -177,12 +176,7 @@ def test_docxy_prefetch_warms_with_a_mirror_account(accounts_docxy: Docxy) -> No
 def podman(
     accounts_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Podman]:
-    yield from running(
-        tmp_path_factory,
-        "pod-acc",
-        (PODMAN,),
-        lambda base: Podman(base, accounts_docxy.hostport),
-    )
+    yield from podman_through(tmp_path_factory, "pod-acc", accounts_docxy.hostport)
 
 
 @needs_root
@@ -205,12 +199,7 @@ def test_podman_pulls_with_the_auth_file_entry_for_the_mirror(
 def containerd(
     accounts_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Containerd]:
-    def start(base: Path) -> Containerd:
-        daemon = Containerd(base)
-        daemon.set_mirror(accounts_docxy.url)
-        return daemon
-
-    yield from running(tmp_path_factory, "ctr-acc", (CONTAINERD, CTR), start)
+    yield from containerd_through(tmp_path_factory, "ctr-acc", accounts_docxy.url)
 
 
 @needs_root
@@ -230,12 +219,7 @@ def test_containerd_ctr_pulls_with_user_through_hosts_toml(
 def dockerd(
     accounts_docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dockerd]:
-    yield from running(
-        tmp_path_factory,
-        "dkr-acc",
-        (DOCKERD, DOCKER_CLI),
-        lambda base: Dockerd(base, [accounts_docxy.url]),
-    )
+    yield from dockerd_through(tmp_path_factory, "dkr-acc", accounts_docxy.url)
 
 
 @needs_root

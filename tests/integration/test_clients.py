@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from tests.support.clients import (
-    CONTAINERD,
-    CTR,
-    DOCKER_CLI,
-    DOCKERD,
-    PODMAN,
     Containerd,
     Dockerd,
     Podman,
     request_urls,
 )
-from tests.support.daemons import running
+from tests.support.daemons import (
+    containerd_through,
+    dockerd_through,
+    podman_through,
+)
 from tests.support.docxy import AccessLog, Docxy
 from tests.support.registry import Upstream
 
@@ -62,34 +60,19 @@ def upstream_saw(upstream: Upstream, method: str, path: str, since: int = 0) -> 
 def dockerd(
     docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dockerd]:
-    yield from running(
-        tmp_path_factory,
-        "dockerd",
-        (DOCKERD, DOCKER_CLI),
-        lambda base: Dockerd(base, [docxy.url]),
-    )
+    yield from dockerd_through(tmp_path_factory, "dockerd", docxy.url)
 
 
 @pytest.fixture(scope="module")
 def containerd(
     docxy: Docxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Containerd]:
-    def start(base: Path) -> Containerd:
-        daemon = Containerd(base)
-        daemon.set_mirror(docxy.url)
-        return daemon
-
-    yield from running(tmp_path_factory, "containerd", (CONTAINERD, CTR), start)
+    yield from containerd_through(tmp_path_factory, "containerd", docxy.url)
 
 
 @pytest.fixture(scope="module")
 def podman(docxy: Docxy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    yield from running(
-        tmp_path_factory,
-        "podman",
-        (PODMAN,),
-        lambda base: Podman(base, docxy.hostport),
-    )
+    yield from podman_through(tmp_path_factory, "podman", docxy.hostport)
 
 
 # --- dockerd ----------------------------------------------------------------

@@ -69,6 +69,40 @@ def running(
         client.stop()
 
 
+def dockerd_through(
+    tmp_path_factory: pytest.TempPathFactory, name: str, mirror_url: str
+) -> Iterator[Dockerd]:
+    """For a fixture: a dockerd whose ``registry-mirrors`` is ``mirror_url``."""
+    yield from running(
+        tmp_path_factory,
+        name,
+        (DOCKERD, DOCKER_CLI),
+        lambda base: Dockerd(base, [mirror_url]),
+    )
+
+
+def containerd_through(
+    tmp_path_factory: pytest.TempPathFactory, name: str, mirror_url: str
+) -> Iterator[Containerd]:
+    """For a fixture: a containerd whose docker.io ``hosts.toml`` names the mirror."""
+
+    def start(base: Path) -> Containerd:
+        daemon = Containerd(base)
+        daemon.set_mirror(mirror_url)
+        return daemon
+
+    yield from running(tmp_path_factory, name, (CONTAINERD, CTR), start)
+
+
+def podman_through(
+    tmp_path_factory: pytest.TempPathFactory, name: str, mirror_hostport: str
+) -> Iterator[Podman]:
+    """For a fixture: a podman whose registries.conf mirror is the mirror."""
+    yield from running(
+        tmp_path_factory, name, (PODMAN,), lambda base: Podman(base, mirror_hostport)
+    )
+
+
 @contextlib.contextmanager
 def every_client(mirror_url: str, mirror_hostport: str) -> Iterator[EveryClient]:
     """dockerd, containerd and podman, each of its own, all using one mirror.
