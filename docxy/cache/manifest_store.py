@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,11 +138,18 @@ class ManifestStore:
         return body, content_type
 
     def write(self, digest: str, body: bytes, content_type: bytes) -> None:
-        """Blocking: the manifest's files, each written atomically."""
+        """Blocking: the manifest's files, each written atomically.
+
+        Concurrent pulls of one manifest write it from several disk threads
+        (and workers) at once: each write has a temporary file of its own,
+        or one rename would find the file another had already renamed, and
+        that ENOENT would step the whole cache aside.
+        """
         path = self._path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         for target, data in ((path.with_suffix(".type"), content_type), (path, body)):
-            temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            unique = f"{os.getpid()}.{secrets.token_hex(4)}"
+            temp = target.with_name(f".{target.name}.{unique}.tmp")
             _write_atomically(temp, data, target)
 
 

@@ -140,3 +140,41 @@ def test_a_write_the_disk_refuses_is_not_kept_in_memory(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         done(store.put(DIGEST, BODY, TYPE))
     assert DIGEST not in store.memory
+
+
+def test_concurrent_writes_of_one_manifest_both_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four clients missing one manifest at once write it from two disk
+    threads: neither write may find its temporary file renamed by the other
+    (an ENOENT there stepped the whole cache aside for ten seconds)."""
+    import os
+    import threading
+
+    from docxy.cache import manifest_store
+
+    both_written = threading.Barrier(2, timeout=10)
+    real_replace = os.replace
+
+    def replace_when_both_wrote(src: Path, dst: Path) -> None:
+        both_written.wait()  # each thread has its temp file on disk
+        real_replace(src, dst)
+
+    monkeypatch.setattr(manifest_store.os, "replace", replace_when_both_wrote)
+    store = ManifestStore(tmp_path, RecordingDisk())
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            store.write(DIGEST, BODY, TYPE)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.read(DIGEST) == (BODY, TYPE)
+    assert not [p for p in tmp_path.rglob("*.tmp")]
