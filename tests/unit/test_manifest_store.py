@@ -151,8 +151,6 @@ def test_concurrent_writes_of_one_manifest_both_land(
     import os
     import threading
 
-    from docxy.cache import manifest_store
-
     both_written = threading.Barrier(2, timeout=10)
     real_replace = os.replace
 
@@ -160,7 +158,7 @@ def test_concurrent_writes_of_one_manifest_both_land(
         both_written.wait()  # each thread has its temp file on disk
         real_replace(src, dst)
 
-    monkeypatch.setattr(manifest_store.os, "replace", replace_when_both_wrote)
+    monkeypatch.setattr(os, "replace", replace_when_both_wrote)
     store = ManifestStore(tmp_path, RecordingDisk())
     errors: list[BaseException] = []
 
