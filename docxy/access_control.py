@@ -5,8 +5,9 @@ anyone can spend its bandwidth and its upstream pull budget (and its
 upstream account's private repositories). Three independent checks:
 
 - ``allow``: only clients from these networks (the connection's peer, or
-  the ``X-Forwarded-For`` address a ``trusted-proxies`` proxy names) get
-  past the door; the others get ``403 DENIED``.
+  the ``X-Forwarded-For`` address a ``trusted-proxies`` proxy names:
+  :mod:`docxy.client_address`) get past the door; the others get ``403
+  DENIED``.
 - accounts (``htpasswd``): clients log in at Docxy's token realm and get
   Docxy's own tokens (:mod:`docxy.client_tokens`), bound to the
   repositories granted; every registry request needs one that covers it
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from twisted.web.server import Request
 
+from .client_address import Address, client_address, parse_address, within
 from .client_rate import ClientRate
 from .client_tokens import Grant, TokenSigner, is_client_token
 from .config_values import Network
@@ -48,7 +50,6 @@ BASIC_CHALLENGE = 'Basic realm="docxy"'
 # The subject of Docxy's tokens for clients without an account (anonymous
 # = true): many clients, so rated by address like requests without a token.
 ANONYMOUS = "anonymous"
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def denied(address: str) -> RegistryError:
@@ -97,10 +98,14 @@ class AccessGate:
 
     def admit(self, request: Request, registry: bool) -> RegistryError | None:
         """Network, token and rate checks; the error to answer, or None."""
-        address = self.client_address(request)
+        try:
+            address = self.client_address(request)
+        except RegistryError as error:
+            record(request, forwarded_for="unreadable")
+            return error
         if address is not None and address != _peer(request):
             record(request, forwarded_for=str(address))  # for the access log
-        if self.allow and not _within(address, self.allow):
+        if self.allow and not within(address, self.allow):
             return denied(str(address) if address is not None else "unknown")
         headers = request.requestHeaders
         values = headers.getRawHeaders(b"authorization", [])
@@ -127,22 +132,11 @@ class AccessGate:
         return None
 
     def client_address(self, request: Request) -> Address | None:
-        """The peer, or the first untrusted X-Forwarded-For hop behind trusted ones."""
-        peer = _peer(request)
-        if peer is None or not _within(peer, self.trusted_proxies):
-            return peer
-        hops = [
-            hop.strip()
-            for value in request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
-            for hop in value.decode("latin-1").split(",")
-        ]
-        for hop in reversed(hops):
-            address = _parse(hop)
-            if address is None:
-                return peer  # a garbled header names nobody: the proxy it is
-            if not _within(address, self.trusted_proxies):
-                return address
-        return peer
+        """Who ``request`` is from (raises a 400 for an unreadable proxy header).
+
+        The allow-list and the rate per address both use this one answer.
+        """
+        return client_address(request, self.trusted_proxies)
 
     # --- a routed registry request ---------------------------------------
 
@@ -258,17 +252,7 @@ def _login(
 
 
 def _peer(request: Request) -> Address | None:
-    return _parse(getattr(request.getClientAddress(), "host", ""))
-
-
-def _parse(text: str) -> Address | None:
-    try:
-        address = ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
+    return parse_address(getattr(request.getClientAddress(), "host", ""))
 
 
 def _rate_key(address: Address | None) -> str:
@@ -276,9 +260,3 @@ def _rate_key(address: Address | None) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
-
-
-def _within(address: Address | None, networks: Sequence[Network]) -> bool:
-    if address is None:
-        return False
-    return any(address.version == n.version and address in n for n in networks)

@@ -106,6 +106,35 @@ async def test_x_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_garbled_x_forwarded_for_from_a_trusted_proxy_does_not_fail_open() -> (
+    None
+):
+    # The balancer sits inside the allowed networks, as it usually does. On
+    # main a hop it could not read made the request the balancer's own:
+    # admitted, though it named no client at all.
+    upstream = open_upstream()
+    docxy = await start(
+        upstream,
+        {"allow": ["10.1.0.0/16", "127.0.0.1"], "trusted-proxies": ["127.0.0.1"]},
+    )
+    try:
+        for garbled in (b"garbage", b"", b"10.1.2.3:port", b"[2001:db8::1"):
+            headers = {b"x-forwarded-for": [garbled]}
+            reply = await docxy.request(b"GET", "/v2/app/manifests/1", headers)
+            assert reply.code == 400, garbled
+            assert error_of(reply)["code"] == "DENIED"
+        forwarded = {b"forwarded": [b"for=10.1.2.3"]}
+        reply = await docxy.request(b"GET", "/v2/app/manifests/1", forwarded)
+        assert reply.code == 400
+        ported = {b"x-forwarded-for": [b"10.1.2.3:40000"]}
+        reply = await docxy.request(b"GET", "/v2/app/manifests/1", ported)
+        assert reply.code == 200
+    finally:
+        await docxy.stop()
+    assert [s.uri for s in upstream.seen] == [b"/v2/library/app/manifests/1"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_untrusted_peer_cannot_claim_an_address() -> None:
     upstream = open_upstream()
     docxy = await start(upstream, {"allow": ["10.1.0.0/16"]})

@@ -13,13 +13,18 @@ from docxy.access_control import AccessGate
 from docxy.config_values import ConfigError, networks
 
 
-def request_from(host: str, forwarded: str | None = None) -> Request:
+def request_from(
+    host: str,
+    forwarded: str | list[str] | None = None,
+    header: bytes = b"x-forwarded-for",
+) -> Request:
     request = DummyRequest([b"v2", b""])
     kind = IPv6Address if ":" in host else IPv4Address
     request.client = kind("TCP", host, 40000)
     request.notes = {}  # type: ignore[attr-defined]
     if forwarded is not None:
-        request.requestHeaders.setRawHeaders(b"x-forwarded-for", [forwarded.encode()])
+        lines = [forwarded] if isinstance(forwarded, str) else forwarded
+        request.requestHeaders.setRawHeaders(header, [v.encode() for v in lines])
     return cast(Request, request)
 
 
@@ -50,15 +55,99 @@ def test_allow_list_of_ipv4_and_ipv6_blocks(host: str, admitted: bool) -> None:
     [
         ("10.0.0.2", "203.0.113.5", "203.0.113.5"),
         ("10.0.0.2", "198.51.100.1, 203.0.113.5, 10.0.0.3", "203.0.113.5"),
-        ("10.0.0.2", "garbage", "10.0.0.2"),
         ("203.0.113.9", "10.1.1.1", "203.0.113.9"),  # not a trusted proxy
+        ("203.0.113.9", "garbage", "203.0.113.9"),  # ... whatever it sends
+        ("10.0.0.2", "192.0.2.43:47011", "192.0.2.43"),  # a port, as nginx reads
+        ("10.0.0.2", "[2001:db8::1]:4711", "2001:db8::1"),
+        ("10.0.0.2", "[2001:db8::1]", "2001:db8::1"),
+        ("10.0.0.2", "2001:db8::1", "2001:db8::1"),
+        ("10.0.0.2", "::ffff:203.0.113.5", "203.0.113.5"),
+        # Left of the client is what the client wrote: never read.
+        ("10.0.0.2", "junk, 203.0.113.5", "203.0.113.5"),
+        ("10.0.0.2", "203.0.113.5, , 10.0.0.3,", "203.0.113.5"),  # empty elements
+        ("10.0.0.2", ["198.51.100.1", "203.0.113.5"], "203.0.113.5"),  # two lines
+        ("10.0.0.2", "10.0.0.7, 10.0.0.3", "10.0.0.7"),  # trusted all the way
+        ("10.0.0.2", None, "10.0.0.2"),  # the proxy's own request
     ],
 )
 def test_x_forwarded_for_from_trusted_proxies_only(
-    peer: str, forwarded: str, client: str
+    peer: str, forwarded: str | list[str] | None, client: str
 ) -> None:
     gate = AccessGate(trusted_proxies=networks("trusted-proxies", "10.0.0.0/24"))
     assert str(gate.client_address(request_from(peer, forwarded))) == client
+
+
+PROXY = networks("trusted-proxies", "10.0.0.2")
+BEHIND_PROXY = networks("allow", ["10.0.0.0/8"])  # the proxy's network too
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        "garbage",
+        "unknown",  # what Squid sends with forwarded_for off
+        "",
+        " , ,",
+        "203.0.113.5, garbage",  # the proxy's own hop is the unreadable one
+        "garbage, 10.0.0.2",  # ... or the one behind a trusted hop
+        ["203.0.113.5", "garbage"],  # two header lines, the last one junk
+        "192.0.2.1:99999",
+        "192.0.2.1:",
+        "[2001:db8::1",
+        "[2001:db8::1]80",
+        "[192.0.2.1]:80",  # brackets are for IPv6
+        "fe80::1%eth0",
+        "192.0.2.1 198.51.100.2",
+        "2001:db8::1:80:443:1:2:3",  # nine groups: not an address
+    ],
+)
+def test_an_unreadable_hop_from_a_trusted_proxy_is_refused_not_the_proxys(
+    forwarded: str | list[str],
+) -> None:
+    # On main such a request counted as the proxy's, 10.0.0.2, inside
+    # allow: an address nobody named got in (and into the proxy's bucket).
+    gate = AccessGate(BEHIND_PROXY, PROXY)
+    error = gate.admit(request_from("10.0.0.2", forwarded), registry=True)
+    assert error is not None
+    assert (error.status, error.code) == (400, "DENIED")
+    assert isinstance(error.detail, dict)
+    assert error.detail["header"] == "X-Forwarded-For"
+
+
+def test_forwarded_without_x_forwarded_for_is_refused_not_ignored() -> None:
+    gate = AccessGate(BEHIND_PROXY, PROXY)
+    request = request_from("10.0.0.2", "for=192.0.2.60", header=b"forwarded")
+    error = gate.admit(request, registry=True)
+    assert error is not None and (error.status, error.detail) == (
+        400,
+        {"header": "Forwarded", "value": "only X-Forwarded-For is read"},
+    )
+    # Next to X-Forwarded-For it is not read; from others neither matters.
+    request = request_from("10.0.0.2", "203.0.113.5")
+    request.requestHeaders.setRawHeaders(b"forwarded", [b"for=10.9.9.9"])
+    assert str(gate.client_address(request)) == "203.0.113.5"
+    other = request_from("203.0.113.9", "for=10.9.9.9", header=b"forwarded")
+    assert str(gate.client_address(other)) == "203.0.113.9"
+
+
+def test_the_rate_is_per_forwarded_client_not_per_proxy() -> None:
+    from twisted.internet.task import Clock
+
+    from docxy.client_rate import ClientRate
+
+    gate = AccessGate(
+        trusted_proxies=PROXY,
+        rate=ClientRate(Clock(), rate=1.0, burst=1),
+    )
+    # One client, whatever port its proxy names: one bucket.
+    assert gate.admit(request_from("10.0.0.2", "192.0.2.5:1111"), True) is None
+    second = gate.admit(request_from("10.0.0.2", "192.0.2.5:2222"), True)
+    assert second is not None and second.status == 429
+    # Another client behind the same proxy has its own.
+    assert gate.admit(request_from("10.0.0.2", "192.0.2.6"), True) is None
+    # An unreadable header costs no bucket: it is refused before the rate.
+    refused = gate.admit(request_from("10.0.0.2", "garbage"), True)
+    assert refused is not None and refused.status == 400
 
 
 def test_bad_blocks_stop_at_start() -> None:
