@@ -14,6 +14,8 @@ from twisted.web.server import Request
 
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
 API_VERSION = b"registry/2.0"
+# Client input echoed in an error's detail: enough to recognise, not a flood.
+_SHOWN = 100
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,12 @@ class RegistryError(Exception):
 
 def name_invalid(name: str) -> RegistryError:
     return RegistryError(400, "NAME_INVALID", "invalid repository name", {"name": name})
+
+
+def scope_invalid(reason: str, scope: str | None) -> RegistryError:
+    """A token request for something no client of a mirror may ask for."""
+    detail = {"scope": scope[:_SHOWN]} if scope is not None else None
+    return RegistryError(400, "UNSUPPORTED", f"invalid token scope: {reason}", detail)
 
 
 def digest_invalid(digest: str) -> RegistryError:

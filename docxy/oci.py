@@ -24,6 +24,11 @@ MAX_MANIFEST = 4 * 1024 * 1024
 # Redirect hops followed for one upstream request.
 MAX_REDIRECTS = 5
 MAX_NAME_LENGTH = 255
+# A token request: its longest scope (a 255-character name, its type and
+# actions fit well within), and how many scopes it may ask for at once (a
+# pull asks for one, a push with cross-repository mounts for a few).
+MAX_SCOPE_LENGTH = 512
+MAX_TOKEN_SCOPES = 32
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 # A repository name: components separated by ``/`` (distribution grammar).
@@ -32,6 +37,9 @@ TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 _HEX_RE = re.compile(r"[a-f0-9]+")
+# distribution's spec/auth/scope.md: ``type[(class)]``, actions ``[a-z*]``.
+_SCOPE_TYPE_RE = re.compile(r"([a-z0-9]+)(?:\([a-z0-9]+\))?")
+_ACTIONS_RE = re.compile(r"[a-z*]+(?:,[a-z*]+)*")
 
 
 def is_valid_name(name: str) -> bool:
@@ -137,6 +145,14 @@ class Scope:
     def repository(self) -> bool:
         return self.kind == "repository"
 
+    @property
+    def resource_type(self) -> str:
+        """The type without its class: ``repository(plugin)`` is a repository.
+
+        (Classes are deprecated; distribution treats both as one.)
+        """
+        return self.kind.partition("(")[0]
+
     def renamed(self, name: str) -> str:
         """This scope for another name, as text."""
         return str(Scope(self.kind, name, self.actions))
@@ -145,6 +161,37 @@ class Scope:
 def pull_scope(name: str) -> str:
     """The scope that pulls repository ``name``: ``repository:<name>:pull``."""
     return str(Scope("repository", name, "pull"))
+
+
+def scope_problem(text: str) -> str | None:
+    """What is wrong with the shape of one scope a client asks for, or None.
+
+    The distribution grammar, narrowed to what a mirror serves: a
+    ``repository`` (of any class) or ``registry:catalog``, one action at
+    least. Whether a repository's name is valid is :func:`is_valid_name`'s.
+    """
+    if len(text) > MAX_SCOPE_LENGTH:
+        return f"a scope is at most {MAX_SCOPE_LENGTH} characters"
+    if text.count(":") < 2:
+        return "a scope is <type>:<name>:<actions>"
+    scope = Scope.parse(text)
+    if _SCOPE_TYPE_RE.fullmatch(scope.kind) is None:
+        return "a scope's type is lower-case letters and digits"
+    if _ACTIONS_RE.fullmatch(scope.actions) is None:
+        return "a scope names its actions, comma-separated (pull)"
+    if scope.resource_type == "repository":
+        return None
+    if scope.resource_type == "registry" and scope.name == "catalog":
+        return None
+    return "this mirror serves repository and registry:catalog scopes only"
+
+
+def split_scopes(value: str) -> list[str]:
+    """The scopes of one ``scope`` parameter (space-separated), empty ones left out.
+
+    An empty ``scope=`` asks for nothing (some clients send one).
+    """
+    return [part for part in value.split(" ") if part]
 
 
 def map_scopes(value: str, one: Callable[[str], str]) -> str:

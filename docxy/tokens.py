@@ -19,10 +19,24 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .access_control import AccessGate
 from .cache.offline import TokenBook, answer_token
 from .challenge import rewrite_scope
-from .errors import RegistryError, not_found, unsupported_method, write_error
+from .errors import (
+    RegistryError,
+    name_invalid,
+    not_found,
+    scope_invalid,
+    unsupported_method,
+    write_error,
+)
 from .forward import Forwarder
 from .headers import relayed_response_headers, upstream_request_headers
 from .notes import record
+from .oci import (
+    MAX_TOKEN_SCOPES,
+    Scope,
+    is_valid_name,
+    scope_problem,
+    split_scopes,
+)
 from .own_tokens import ANONYMOUS_TOKEN, write_token
 from .ratelimit import is_unavailable, unavailable
 from .realm import NoTokenServiceError
@@ -36,6 +50,26 @@ ANONYMOUS_TOKEN_LIFETIME = 300
 MAX_TOKEN_ANSWER = 64 * 1024
 # A token answer without expires_in lasts 60 s (the distribution spec).
 DEFAULT_TOKEN_LIFETIME = 60.0
+
+
+def check_scopes(params: list[tuple[str, str]]) -> None:
+    """Refuse (400) a token request for scopes no mirror client sends.
+
+    Before anything else happens, so that nothing malformed reaches an
+    upstream realm (or Docxy's own): a scope that is not
+    ``repository:<valid name>:<actions>`` or ``registry:catalog:<actions>``,
+    or more than :data:`MAX_TOKEN_SCOPES` of them.
+    """
+    scopes = [s for key, value in params if key == "scope" for s in split_scopes(value)]
+    if len(scopes) > MAX_TOKEN_SCOPES:
+        raise scope_invalid(f"at most {MAX_TOKEN_SCOPES} in one token request", None)
+    for text in scopes:
+        problem = scope_problem(text)
+        if problem is not None:
+            raise scope_invalid(problem, text)
+        scope = Scope.parse(text)
+        if scope.resource_type == "repository" and not is_valid_name(scope.name):
+            raise name_invalid(scope.name)
 
 
 def token_params(
@@ -104,6 +138,7 @@ class TokenResource(Resource):
         else:
             _, _, query = request.uri.partition(b"?")
             params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        check_scopes(params)
         principal = None
         if self.offline is not None:
             principal = self.offline.principal(
