@@ -25,15 +25,13 @@ from collections.abc import Sequence
 from twisted.web.server import Request
 
 from .config_values import Network
-from .errors import RegistryError
+from .errors import RegistryError, shown
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # What a hop may carry besides the address: a port (``192.0.2.1:8080``,
 # ``[2001:db8::1]:8080``), as nginx accepts and some balancers send.
 _PORT_RE = re.compile(r"[0-9]{1,5}")
-# Echoed in an error's detail: enough to recognise, never a whole header.
-_SHOWN = 64
 
 
 def unreadable(header: str, value: str) -> RegistryError:
@@ -43,7 +41,7 @@ def unreadable(header: str, value: str) -> RegistryError:
         "DENIED",
         "this mirror cannot tell the client's address: its proxy sent a "
         f"{header} it cannot read",
-        {"header": header, "value": value[:_SHOWN]},
+        {"header": header, "value": shown(value)},
     )
 
 

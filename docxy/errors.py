@@ -15,7 +15,12 @@ from twisted.web.server import Request
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
 API_VERSION = b"registry/2.0"
 # Client input echoed in an error's detail: enough to recognise, not a flood.
-_SHOWN = 100
+SHOWN = 100
+
+
+def shown(text: str) -> str:
+    """``text`` as an error's detail may echo it (at most SHOWN characters)."""
+    return text[:SHOWN]
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ def name_invalid(name: str) -> RegistryError:
 
 def scope_invalid(reason: str, scope: str | None) -> RegistryError:
     """A token request for something no client of a mirror may ask for."""
-    detail = {"scope": scope[:_SHOWN]} if scope is not None else None
+    detail = {"scope": shown(scope)} if scope is not None else None
     return RegistryError(400, "UNSUPPORTED", f"invalid token scope: {reason}", detail)
 
 
