@@ -179,7 +179,11 @@ class CacheCollector(Collector):
     _COUNTERS = (
         ("hits", "Requests answered from the cache."),
         ("misses", "Requests that started a fill (or passed a ranged miss)."),
-        ("joined_fills", "Requests that read another request's fill in flight."),
+        (
+            "joined_fills",
+            "Requests that joined another request's upstream fetch in flight "
+            "(a blob fill, a manifest GET).",
+        ),
         ("evictions", "Blobs evicted to stay under cache-max-size."),
         ("stale_serves", "Cached content served on old evidence, upstream down."),
         ("digest_mismatches", "Bodies (upstream or on disk) that failed their digest."),

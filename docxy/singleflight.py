@@ -70,6 +70,23 @@ class SingleFlight(Generic[K, T]):
             self._unclaimed(result)
 
 
+async def shared(waiter: defer.Deferred[Any], kind: type[T]) -> T | None:
+    """What a caller that did not start the run takes of it: a ``kind``, or None.
+
+    A failure, or any other result (say, the upstream's 401 or 404 to the
+    starter's credentials), is the starter's: the others only learn there
+    is nothing to share, and ask for themselves. Their own cancellation
+    (their client left) is still theirs.
+    """
+    try:
+        outcome = await waiter
+    except defer.CancelledError:
+        raise
+    except Exception:
+        return None
+    return outcome if isinstance(outcome, kind) else None
+
+
 def _give(waiter: defer.Deferred[T], result: T | Failure) -> bool:
     """Fire ``waiter`` unless it was cancelled; whether it took the result."""
     if waiter.called:

@@ -227,6 +227,13 @@ def discard_body(response: IResponse) -> defer.Deferred[None]:
     return protocol.done
 
 
+def discard_unclaimed(result: object) -> None:
+    """An upstream answer nobody took (its client left): read to its end, so
+    its connection goes back to the pool rather than staying half-read."""
+    if isinstance(result, UpstreamResponse):
+        discard_body(result.response)
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     default = 443 if parts.scheme == "https" else 80

@@ -21,9 +21,14 @@ from ..names import upstream_name
 from ..notes import record
 from ..relay import Exchange, Relay
 from ..routing import Target
-from ..singleflight import SingleFlight
+from ..singleflight import SingleFlight, shared
 from ..streaming import BodyPump, abort_client
-from ..upstream_client import UpstreamClient, UpstreamResponse, discard_body
+from ..upstream_client import (
+    UpstreamClient,
+    UpstreamResponse,
+    discard_body,
+    discard_unclaimed,
+)
 from .access import AccessChecker
 from .answers import CONDITIONAL, cached_headers, may_have
 from .blob_store import BlobStore, Entry
@@ -73,7 +78,7 @@ class BlobCache:
         # The upstream GETs that open fills; a non-200 answer nobody takes
         # is read to its end so its connection is not left half-read.
         self._opening: SingleFlight[str, Fill | UpstreamResponse] = SingleFlight(
-            _discard_unclaimed, what="opening a blob fill"
+            discard_unclaimed, what="opening a blob fill"
         )
         self.disk = disk or DiskPool(reactor)
         self.hits = Hits(
@@ -155,7 +160,7 @@ class BlobCache:
         )
         # A non-200 answer or a failure belongs to the starter; joiners only
         # learn there is no fill to share.
-        outcome = await waiter if starter else await _shared(waiter)
+        outcome = await waiter if starter else await shared(waiter, Fill)
         if outcome is None:  # nothing to share: ask for ourselves
             await self.relay.relay(request, exchange)
             return None
@@ -367,19 +372,3 @@ class BlobCache:
     def _sent(self, request: Request, outcome: str, sent: int) -> None:
         self.counters.bytes_served += sent
         record(request, outcome=outcome)
-
-
-def _discard_unclaimed(answer: Fill | UpstreamResponse) -> None:
-    if isinstance(answer, UpstreamResponse):
-        discard_body(answer.response)
-
-
-async def _shared(waiter: defer.Deferred[Fill | UpstreamResponse]) -> Fill | None:
-    """What a joiner gets of a fill being opened: the fill, or None."""
-    try:
-        outcome = await waiter
-    except defer.CancelledError:
-        raise
-    except Exception:
-        return None
-    return outcome if isinstance(outcome, Fill) else None

@@ -2,7 +2,8 @@
 
 - By digest: immutable; served once stored (after the access check),
   from memory if recently used, else read in the disk threads; fetched
-  once otherwise.
+  once otherwise, with one upstream GET however many clients miss it at
+  the same moment (each still gets the access check a hit makes).
 - By tag: within the freshness window the stored digest is served with no
   upstream request (when the repository is known public, or this client was
   allowed recently). After it, a ``HEAD`` revalidates the tag (Docker Hub
@@ -15,9 +16,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Request
 
@@ -28,11 +31,14 @@ from ..oci import MAX_MANIFEST, Digest, is_valid_digest
 from ..ratelimit import rate_limited
 from ..relay import Exchange, Relay
 from ..routing import Target
+from ..singleflight import SingleFlight, shared
 from ..upstream_client import (
     BodyTooLargeError,
     UpstreamClient,
     UpstreamError,
+    UpstreamResponse,
     discard_body,
+    discard_unclaimed,
     read_small_body,
 )
 from .access import AccessChecker
@@ -47,6 +53,19 @@ log = Logger()
 
 class _StaleError(Exception):
     """The upstream cannot answer now; the last known manifest may do."""
+
+
+@dataclass(frozen=True)
+class Landed:
+    """A manifest the upstream gave, verified; ``stored`` if the disk took it."""
+
+    digest: str
+    body: bytes
+    content_type: bytes
+    stored: bool
+
+
+Content = tuple[str, str, str]  # upstream, repository, digest
 
 
 class ManifestCache:
@@ -77,6 +96,11 @@ class ManifestCache:
         self.clock = clock
         self.freshness = freshness
         self.counters = counters
+        # Concurrent misses of one manifest make one upstream GET; an answer
+        # whose client left is read to its end.
+        self._fetching: SingleFlight[Content, Landed | UpstreamResponse] = SingleFlight(
+            discard_unclaimed, what="fetching a manifest"
+        )
 
     async def serve(self, request: Request, exchange: Exchange, target: Target) -> None:
         upstream = target.mirror.upstream
@@ -188,19 +212,59 @@ class ManifestCache:
         digest: str,
         key: TagKey | None,
     ) -> None:
-        """GET the manifest by digest, check it, store it, then answer."""
+        """GET the manifest by digest, check it, store it, then answer.
+
+        Clients that miss the same content at the same moment share one
+        upstream GET (Docker Hub counts each as a pull): the first one's,
+        which runs on even if its client leaves. The others wait for it to
+        land, then are answered as a hit would answer them, after the same
+        access check; if it did not land (an error, or the upstream's
+        answer to the first client's credentials), each fetches its own.
+        """
+        upstream = target.mirror.upstream.name
+        who = self.access.who(request)
         url = target.mirror.content_url(repo, "manifests", digest)
         headers = exchange.headers.copy()
         for name in CONDITIONAL:
             headers.removeHeader(name)
+        waiter, first = self._fetching.wait(
+            (upstream, repo, digest),
+            lambda: self._get(target, repo, digest, url, headers, who, key),
+        )
+        if first:
+            outcome = await waiter
+        else:
+            self.counters.joined_fills += 1
+            landed = await shared(waiter, Landed)
+            if landed is not None:
+                await self._joined(request, exchange, target, repo, key, landed)
+                return
+            outcome = await self._get(target, repo, digest, url, headers, who, key)
+        if isinstance(outcome, UpstreamResponse):
+            await self.relay.answer(request, exchange, outcome)
+            return
+        record(request, upstream_status=200)
+        self._send(request, digest, outcome.body, outcome.content_type, "miss")
+
+    async def _get(
+        self,
+        target: Target,
+        repo: str,
+        digest: str,
+        url: str,
+        headers: Headers,
+        who: Who,
+        key: TagKey | None,
+    ) -> Landed | UpstreamResponse:
+        """The upstream GET for ``who``: verified and stored, or the upstream's
+        own answer (not 200, or too big to cache) to relay as it is."""
         answer = await self.client.request(b"GET", url, headers)
         response = answer.response
         too_big = (
             response.length is not UNKNOWN_LENGTH and response.length > MAX_MANIFEST
         )
         if response.code != 200 or too_big:
-            await self.relay.answer(request, exchange, answer)
-            return
+            return answer
         try:
             body = await read_small_body(response, MAX_MANIFEST)
         except BodyTooLargeError:
@@ -218,15 +282,29 @@ class ManifestCache:
         if stored and key is not None:
             media = content_type.decode("latin-1")
             self.tags.set_tag(key, digest, media, self.clock.seconds())
-        self.access.remember(
-            target.mirror.upstream.name,
-            repo,
-            digest,
-            self.access.who(request),
-        )
+        self.access.remember(target.mirror.upstream.name, repo, digest, who)
         self.access.probe_public(target.mirror, repo, digest, "manifests")
-        record(request, upstream_status=200)
-        self._send(request, digest, body, content_type, "miss")
+        return Landed(digest, body, content_type, stored)
+
+    async def _joined(
+        self,
+        request: Request,
+        exchange: Exchange,
+        target: Target,
+        repo: str,
+        key: TagKey | None,
+        landed: Landed,
+    ) -> None:
+        """Another client's GET landed: answer this one as a hit would."""
+        digest = landed.digest
+        if not await self._may(target, repo, digest, self.access.who(request)):
+            self.counters.denied += 1
+            await self.relay.relay(request, exchange)
+            return
+        if landed.stored and key is not None:
+            media = landed.content_type.decode("latin-1")
+            self.tags.set_tag(key, digest, media, self.clock.seconds())
+        self._send(request, digest, landed.body, landed.content_type, "joined")
 
     async def _store(self, digest: str, body: bytes, content_type: bytes) -> bool:
         """Store a verified manifest; a disk in trouble only means not stored."""
@@ -247,10 +325,10 @@ class ManifestCache:
         content_type: bytes,
         outcome: str,
     ) -> None:
-        if outcome in ("hit", "revalidated", "stale"):
-            self.counters.hits += 1
-        else:
+        if outcome == "miss":
             self.counters.misses += 1
+        elif outcome != "joined":  # counted as it joined
+            self.counters.hits += 1
         record(request, cache=outcome)
         cached_headers(request, digest, 200, content_type, len(body))
         if request.method != b"HEAD":

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
@@ -124,6 +125,15 @@ async def start(
     site, pool = build_site(config, reactor)
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
     return Harness(upstream, port, config.public_url, pool, site=site)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` on the reactor (never a fixed sleep)."""
+    for _ in range(3000):
+        if condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def never_answers(request: Request) -> int:

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -19,21 +18,12 @@ from zope.interface import implementer
 from docxy.cache.blob_cache import BlobCache
 from docxy.cache.pullthrough import PullThroughCache
 
-from .harness import FakeUpstream, Harness, Reply, start
+from .harness import FakeUpstream, Harness, Reply, start, until
 
 BLOB = os.urandom(3 * 1024 * 1024 + 17)
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 PATH = f"/v2/library/alpine/blobs/{DIGEST}".encode()
 CLIENT_PATH = f"/v2/alpine/blobs/{DIGEST}"
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` on the reactor (never a fixed sleep)."""
-    for _ in range(3000):
-        if condition():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Blob:

@@ -25,8 +25,8 @@ from zope.interface import implementer
 
 from docxy.cache.kernel_sender import KernelSender
 
-from .harness import FakeUpstream, Harness, start
-from .test_cache import BLOB, CLIENT_PATH, DIGEST, PATH, Blob, cache_of, until
+from .harness import FakeUpstream, Harness, start, until
+from .test_cache import BLOB, CLIENT_PATH, DIGEST, PATH, Blob, cache_of
 
 BIG = os.urandom(24 * 1024 * 1024)
 BIG_DIGEST = "sha256:" + hashlib.sha256(BIG).hexdigest()
