@@ -37,6 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..secret_file import keep_private, read_or_create
+from .ledger_db import connect
 
 log = Logger()
 
@@ -165,18 +166,17 @@ class Ledger:
         self.clock = clock
         self.max_age = max_age
         self._writer = _Writer(self.path)
+        # A cache directory in trouble must not stop Docxy: it starts
+        # knowing nothing, and writes what it learns once it can.
         try:
             self.keys = Keys.in_directory(root)
+        except OSError as e:
+            self._cannot_read(e)
+            self.keys = Keys(os.urandom(32))
+        try:
             tables = self._load(max_rows)
         except (OSError, sqlite3.Error) as e:
-            # A cache directory in trouble must not stop Docxy: it starts
-            # knowing nothing, and writes what it learns once it can.
-            log.warn(
-                "cannot read {path} ({why}): starting with no evidence",
-                path=str(self.path),
-                why=str(e),
-            )
-            self.keys = Keys(os.urandom(32))
+            self._cannot_read(e)
             tables = {name: Table(self, name, max_rows, iter(())) for name in SCHEMA}
         self.public = tables["public"]
         self.members = tables["members"]
@@ -186,18 +186,31 @@ class Ledger:
         self.tokens = tables["tokens"]
         self._writer.start()
 
+    def _cannot_read(self, error: OSError | sqlite3.Error) -> None:
+        log.warn(
+            "cannot read {path} ({why}): starting with no evidence",
+            path=str(self.path),
+            why=str(error),
+        )
+
     def _load(self, max_rows: int) -> dict[str, Table]:
+        """Every table, read only: what is aged out or over the cap is
+        deleted by the writer, so a start never waits for another worker's
+        write (WAL readers take no lock a writer holds)."""
         tables = {}
-        with contextlib.closing(_connect(self.path)) as db:
+        deletes: list[Statement] = []
+        before = self.clock.seconds() - self.max_age
+        with contextlib.closing(connect(self.path)) as db:
             _create(db)
-            before = self.clock.seconds() - self.max_age
             for name in SCHEMA:
-                if name not in AGELESS:
-                    db.execute(f"DELETE FROM {name} WHERE stamp < ?", (before,))
+                aged = name not in AGELESS
+                if aged:
+                    deletes.append((f"DELETE FROM {name} WHERE stamp < ?", (before,)))
                 rows = db.execute(
-                    f"SELECT * FROM (SELECT * FROM {name} ORDER BY stamp DESC "
-                    "LIMIT ?) ORDER BY stamp",
-                    (max_rows,),
+                    f"SELECT * FROM (SELECT * FROM {name} "
+                    f"{'WHERE stamp >= ? ' if aged else ''}"
+                    "ORDER BY stamp DESC LIMIT ?) ORDER BY stamp",
+                    (before, max_rows) if aged else (max_rows,),
                 )
                 table = tables[name] = Table(
                     self, name, max_rows, iter(rows.fetchall())
@@ -205,7 +218,9 @@ class Ledger:
                 # Over the cap (the cap was lowered): drop what was not loaded.
                 if len(table) == max_rows:
                     oldest = min(stamp for _, stamp in table.rows.values())
-                    db.execute(f"DELETE FROM {name} WHERE stamp < ?", (oldest,))
+                    deletes.append((f"DELETE FROM {name} WHERE stamp < ?", (oldest,)))
+        if deletes:
+            self.write(deletes)
         return tables
 
     def write(self, statements: list[Statement]) -> None:
@@ -229,16 +244,6 @@ class Ledger:
     def on_error(self, report: Callable[[OSError], None]) -> None:
         """``report`` (called in the writer thread) instead of a log line."""
         self._writer.on_error = report
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    # WAL + NORMAL: a crash of the process never loses a commit; a power
-    # loss may lose the last few, and never corrupts the database.
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=1000")
-    return db
 
 
 def _create(db: sqlite3.Connection) -> None:
@@ -324,7 +329,7 @@ class _Writer:
         try:
             # Removed under Docxy (an operator wiping the cache): recreated.
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(_connect(self.path)) as db:
+            with contextlib.closing(connect(self.path)) as db:
                 try:
                     self._apply(db, batch)
                 except sqlite3.OperationalError as e:

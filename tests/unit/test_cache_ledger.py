@@ -11,14 +11,19 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer
 
+from docxy.cache import ledger as ledger_module
+from docxy.cache import ledger_db
 from docxy.cache.evidence import Evidence
 from docxy.cache.ledger import DB_NAME, Keys, Ledger
 from docxy.cache.offline import TokenBook
@@ -35,6 +40,21 @@ def open_ledger(root: Path, now: float = 1000.0, **kwargs: float) -> Ledger:
     clock = Clock()
     clock.advance(now)
     return Ledger(root, clock, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    """The ledger's log lines, as text."""
+    seen: list[str] = []
+
+    @implementer(ILogObserver)
+    def observer(event: LogEvent) -> None:
+        if event.get("log_namespace") == ledger_module.__name__:
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)
 
 
 # --- crash safety -------------------------------------------------------------
@@ -308,3 +328,65 @@ def test_an_offline_token_expires(tmp_path: Path) -> None:
     cast(Clock, ledger.clock).advance(OFFLINE_TOKEN_LIFETIME + 1)
     assert evidence.who(_request(None, token)).keys == ("-",)
     ledger.close()
+
+
+# --- workers opening one ledger at once -----------------------------------------
+
+
+def test_a_worker_losing_the_wal_switch_of_a_new_ledger_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warnings: list[str]
+) -> None:
+    # Two workers starting together on a new cache both switch the new file
+    # to WAL. The first holds its write lock for the switch; the second,
+    # upgrading its read lock to write, is told "database is locked" at
+    # once (SQLite does not wait there: waiting could deadlock). It used to
+    # start with no evidence and write nothing until a later batch.
+    other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the other worker, mid-switch
+    pauses: list[float] = []
+
+    def other_done(seconds: float) -> None:
+        pauses.append(seconds)
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+
+    monkeypatch.setattr(ledger_db, "_pause", other_done)
+    try:
+        ledger = open_ledger(tmp_path)
+        ledger.public.put(("up", "a"), (), 1000.0)
+        ledger.close()
+    finally:
+        other.close()
+    assert warnings == []
+    assert pauses != []  # it did lose the race once
+    assert rows(tmp_path, "PRAGMA journal_mode") == [("wal",)]
+    assert rows(tmp_path, "SELECT repo FROM public") == [("a",)]
+
+
+def test_a_worker_starting_while_another_writes_reads_every_row(
+    tmp_path: Path, warnings: list[str]
+) -> None:
+    # A worker restarted while the other one is mid-write (or stopped
+    # there, SIGSTOP): reading never waits for the writer. Its start used
+    # to delete aged rows itself, waited for the lock, and gave up: it
+    # knew no public repository, grant or tag while the upstream was down.
+    ledger = open_ledger(tmp_path, now=1000.0, max_age=100.0)
+    ledger.public.put(("up", "old"), (), 850.0)
+    ledger.public.put(("up", "a"), (), 950.0)
+    ledger.tags.put(("up", "a", "1", "x"), ("sha256:" + "0" * 64, "m"), 960.0)
+    ledger.close()
+    with contextlib.closing(
+        sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    ) as other:
+        other.execute("BEGIN IMMEDIATE")  # the other worker's write
+        ledger = open_ledger(tmp_path, now=1000.0, max_age=100.0)
+        assert list(ledger.public.rows) == [("up", "a")]
+        assert len(ledger.tags) == 1
+        assert not [w for w in warnings if "cannot read" in w]
+        other.execute("ROLLBACK")
+    ledger.public.put(("up", "b"), (), 990.0)
+    ledger.close()  # the aged row goes from the disk too, once it can
+    assert rows(tmp_path, "SELECT repo FROM public ORDER BY stamp") == [
+        ("a",),
+        ("b",),
+    ]
