@@ -220,7 +220,10 @@ class BlobCache:
         except OSError:
             return None  # Fill cannot create its file either: uncached
         if isinstance(claim, int):
-            remote = RemoteFill(self.store, digest, claim, self.reactor)
+            # Given up on before our own readers' idle timeout would.
+            remote = RemoteFill(
+                self.store, digest, claim, self.reactor, stall=self.idle_timeout / 2
+            )
             self.fills[digest] = remote
             remote.finished.addBoth(lambda _: self._filled(digest))
             return remote
@@ -307,6 +310,9 @@ class BlobCache:
         )
         if tee.start():
             return
+        # The headers now, as the tee sends them: not with the first byte,
+        # which another worker's fill may be slow to write.
+        request.write(b"")
         FileSender(
             request,
             str(fill.temp),

@@ -196,6 +196,13 @@ class Fill(Protocol):
             self._ended(reason, self._hash.matches())
 
     @property
+    def resume_upstream(self) -> bool:
+        """Failed mid-way such that its readers take the rest of their body
+        from the upstream (from where each is) rather than a short read:
+        the disk failed."""
+        return self.disk_error is not None
+
+    @property
     def on_disk(self) -> int:
         """How many bytes the temp file holds so far."""
         if isinstance(self._hash, BackgroundHash):

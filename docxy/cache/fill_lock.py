@@ -20,6 +20,11 @@ read, never a complete-looking blob.
 The upstream's length is in a small ``.length`` file beside the temp file
 (with the temp file's inode, so a stale one is never believed), for the
 readers of other workers to send as ``Content-Length``.
+
+A holder that lives but makes no progress (stopped, hung, swapping) keeps
+its lock: a watcher that sees neither the length nor new bytes for
+``stall`` seconds stops waiting for it, and its readers take their bodies
+from the upstream themselves (uncached), from where each one is.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ SUFFIX = ".fill"
 LENGTH = ".length"
 # How often a watcher looks at a file another worker fills (seconds).
 POLL = 0.02
+# How long a watcher waits for news of a fill before it stops waiting.
+STALL = 60.0
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -129,17 +136,29 @@ class RemoteFill(Fill):
     A :class:`~docxy.cache.fill.Fill` to its readers (``state``,
     ``written``, ``length``, ``temp``, ``listen``, ``finished``), but no
     upstream body: what it knows it learns by looking at the file every
-    :data:`POLL` seconds (its size, whether its lock is free yet).
+    :data:`POLL` seconds (its size, whether its lock is free yet). After
+    ``stall`` seconds without news it fails, its readers resuming from the
+    upstream: a stopped worker must not leave clients of another one
+    waiting for as long as it is stopped.
     """
 
     def __init__(  # a Fill to readers, not an upstream body: no super()
-        self, store: BlobStore, digest: str, fd: int, clock: Any, poll: float = POLL
+        self,
+        store: BlobStore,
+        digest: str,
+        fd: int,
+        clock: Any,
+        poll: float = POLL,
+        stall: float = STALL,
     ) -> None:
         self.store = store
         self.digest = digest
         self.fd = fd
         self.clock = clock
         self.poll = poll
+        self.stall = stall
+        self.stalled = False
+        self._news = clock.seconds()  # when the length or bytes last came
         self.path = store.temp_path(digest)
         # Readers open the file through this descriptor: the same file
         # whatever its holder renames or removes meanwhile.
@@ -164,6 +183,10 @@ class RemoteFill(Fill):
         """The file's size when last looked at (written there by its holder)."""
         return self.written
 
+    @property
+    def resume_upstream(self) -> bool:
+        return self.stalled and self.state is FillState.FAILED
+
     def _wake_when_written(self) -> None:
         """Nothing to wait for here: what ``_look`` sees is on disk."""
 
@@ -175,9 +198,11 @@ class RemoteFill(Fill):
                 announced = _announced(self.fd, self.path)
                 if announced is not None:
                     self.length = announced[0]
+                    self._news = self.clock.seconds()
             size = os.fstat(self.fd).st_size
             if size > self.written:
                 self.written, grew = size, True
+                self._news = self.clock.seconds()
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 ended = True
@@ -186,6 +211,14 @@ class RemoteFill(Fill):
         except OSError as e:
             log.warn("watching the fill of {digest}: {why}", digest=self.digest, why=e)
             ended = True
+        if not ended and self.clock.seconds() - self._news >= self.stall:
+            log.warn(
+                "the worker filling {digest} made no progress for {stall}s: "
+                "its clients here get it from the upstream",
+                digest=self.digest,
+                stall=self.stall,
+            )
+            self.stalled = ended = True
         if ended:
             self._end()
             return

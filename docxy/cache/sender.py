@@ -170,7 +170,7 @@ class FileSender:
         if fill is not None and fill.state is FillState.FAILED:
             if queue:
                 return False
-            if fill.disk_error is not None and self.resume is not None:
+            if fill.resume_upstream and self.resume is not None:
                 self._hand_over(self.resume)
             else:
                 self._finish("fill-failed")

@@ -114,7 +114,7 @@ class TeeSender:
             self._held_bytes = 0
             self._write(self._last)
             self._end("done")
-        elif fill.disk_error is not None:
+        elif fill.resume_upstream:
             self._end(None)
             self.request.unregisterProducer()
             self.on_end("resumed", self.sent)

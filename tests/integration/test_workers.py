@@ -159,9 +159,15 @@ class HeldFill:
 
 
 def held_fill(
-    docxy_factory: Factory, upstream: Upstream, relay: GatedRelay, cache: Path
+    docxy_factory: Factory,
+    upstream: Upstream,
+    relay: GatedRelay,
+    cache: Path,
+    *options: str,
 ) -> HeldFill:
-    docxy = docxy_factory(relay.url, "--cache-dir", str(cache), "--workers", "2")
+    docxy = docxy_factory(
+        relay.url, "--cache-dir", str(cache), "--workers", "2", *options
+    )
     pids = workers(docxy)
     token = docxy_token(docxy, MID.repo)
     layer = upstream.images[MID.ref].layers["linux/amd64"][0]
@@ -170,7 +176,19 @@ def held_fill(
     held.get()
     wait_until(lambda: relay.held() == 1, 30, "the fill to be held mid-body")
     held.filler = filling(pids)
+    # Mid-body in the file too: the relay's count is bytes sent to the
+    # filler, which may not have read (or written) any of them yet, and the
+    # claim's file is open from before its upstream GET.
+    temp = cache / "tmp" / (layer.replace(":", "-") + ".fill")
+    wait_until(lambda: _size(temp) > 0, 30, "the fill's first bytes on disk")
     return held
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def test_eight_cold_pulls_over_two_workers_make_one_upstream_get(
@@ -234,6 +252,38 @@ def test_a_worker_killed_mid_fill_serves_nothing_corrupt_and_is_restarted(
         assert sha256(cached_blobs(cache)[layer].read_bytes()) == layer
         assert [p.name for p in (cache / "tmp").iterdir()] == []
         assert docxy.stop() == 0
+    finally:
+        relay.close()
+
+
+def test_a_stopped_worker_mid_fill_does_not_hold_up_the_other_workers_clients(
+    docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
+) -> None:
+    # The filling worker keeps its lock while stopped (SIGSTOP, hung): the
+    # other worker's client gets the headers at once and what the file
+    # has, then, once the fill made no progress for half the idle timeout,
+    # the rest from the upstream.
+    relay = GatedRelay(mid_upstream.registry.port)
+    try:
+        held = held_fill(
+            docxy_factory,
+            mid_upstream,
+            relay,
+            tmp_path / "cache",
+            "--idle-timeout",
+            "6",
+        )
+        os.kill(held.filler, signal.SIGSTOP)
+        try:
+            relay.release()  # the upstream answers the other worker
+            held.get()
+            _, response = held.conns[-1]
+            assert response.status == 200
+            assert sha256(read_all(response)) == held.layer
+        finally:
+            os.kill(held.filler, signal.SIGCONT)
+        assert "made no progress for 3.0s" in held.docxy.log_text()
+        assert held.docxy.stop() == 0
     finally:
         relay.close()
 

@@ -101,6 +101,56 @@ def test_a_dead_fill_is_a_failure_to_its_watchers(tmp_path: Path) -> None:
     again.release()
 
 
+def watched(tmp_path: Path) -> tuple[FillClaim, Clock, RemoteFill]:
+    """One worker's claim, and the other's watcher (5 s without news: stalled)."""
+    store = BlobStore(tmp_path, 10_000)
+    claim = FillClaim.take(store.temp_path(DIGEST))
+    assert isinstance(claim, FillClaim)
+    clock = Clock()
+    fd = os.open(claim.path, os.O_RDONLY)
+    return claim, clock, RemoteFill(store, DIGEST, fd, clock, stall=5)
+
+
+def test_a_fill_whose_holder_stopped_before_a_byte_fails_over_to_upstream(
+    tmp_path: Path,
+) -> None:
+    # The filling worker was stopped (SIGSTOP, hung) after it claimed the
+    # fill: it keeps the lock but neither announces nor writes. The other
+    # worker's clients waited for as long as it stayed stopped.
+    claim, clock, remote = watched(tmp_path)
+    clock.pump([1] * 4)
+    assert not remote.ready.called
+    clock.pump([1] * 2)
+    assert remote.ready.called and remote.finished.called
+    assert remote.state is FillState.FAILED and remote.resume_upstream
+    claim.release()
+
+
+def test_a_fill_that_stops_growing_hands_its_readers_to_upstream(
+    tmp_path: Path,
+) -> None:
+    claim, clock, remote = watched(tmp_path)
+    claim.announce(len(DATA))
+    clock.advance(1)
+    assert remote.ready.called  # readers send their headers
+    for n in range(1, 10):  # news within every 5 s: still waited for
+        with open(claim.path, "ab") as f:
+            f.write(DATA[n * 10 : n * 10 + 10])
+        clock.pump([1] * 4)
+    assert remote.state is FillState.FILLING and not remote.finished.called
+    clock.pump([1] * 6)  # then none
+    assert (remote.state, remote.resume_upstream) == (FillState.FAILED, True)
+    assert remote.written == 90  # what its readers had, they keep
+    claim.release()
+
+
+def test_a_dead_fill_is_no_reason_to_resume_from_upstream(tmp_path: Path) -> None:
+    claim, clock, remote = watched(tmp_path)
+    claim.release()  # the holder gave up (its upstream failed it)
+    clock.advance(1)
+    assert remote.state is FillState.FAILED and not remote.resume_upstream
+
+
 def test_clean_temp_leaves_a_live_fill_alone(tmp_path: Path) -> None:
     store = BlobStore(tmp_path, 10_000)
     live = FillClaim.take(store.temp_path(DIGEST))
