@@ -1,16 +1,28 @@
-"""Manifest caching with the real registry and skopeo: fresh tags, outages."""
+"""Manifest caching with the real registry and skopeo: fresh tags, outages,
+concurrent misses (one upstream GET, each client still checked)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.support.docxy import Docxy
+from tests.integration.test_access import metric_samples
+from tests.integration.test_cache import docxy_token
+from tests.support.docxy import AccessLog, Docxy, with_metrics
 from tests.support.images import ImageSpec, populate
-from tests.support.registry import Upstream, start_upstream
-from tests.support.skopeo import skopeo_pull
+from tests.support.processes import wait_until
+from tests.support.registry import (
+    MANIFEST_ACCEPT,
+    Upstream,
+    fetch,
+    start_upstream,
+)
+from tests.support.relay import GatedRelay
+from tests.support.skopeo import assert_pulled, skopeo_pull
 
 Factory = Callable[..., Docxy]
 
@@ -145,3 +157,142 @@ def test_expired_tag_is_served_stale_when_upstream_is_down(
     own_upstream.stop()
     skopeo_pull(docxy.hostport, "web:1", tmp_path / "after")
     assert "serving last known library/web:1" in docxy.log_text()
+
+
+# --- concurrent misses: one upstream GET per manifest ----------------------------
+
+CLIENTS = 4
+
+
+def manifest_get(method: str, target: str) -> bool:
+    """A GET of a manifest by digest: what Docker Hub counts as a pull."""
+    return method == "GET" and "/manifests/sha256:" in target
+
+
+def joins(metrics_port: int) -> float:
+    return metric_samples(metrics_port)[("docxy_cache_joins_total", ())]
+
+
+def everyone_asked(
+    relay: GatedRelay, metrics_port: int, joined: float, manifest: str
+) -> float:
+    """Wait until each client asked for ``manifest``: its own GET held at
+    ``relay``, or joined another at Docxy (``joined`` before); the joins now."""
+    seen = [joined]
+
+    def everyone() -> bool:
+        seen[0] = joins(metrics_port)
+        return relay.held() + seen[0] - joined == CLIENTS
+
+    wait_until(everyone, 60, f"{CLIENTS} clients asking for {manifest}")
+    return seen[0]
+
+
+def test_concurrent_cold_pulls_make_one_get_per_manifest(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    """N skopeo pulls of an OCI index at the same moment: one upstream GET of
+    the index and one of the platform's manifest, not N of each."""
+    image = upstream.images["library/multi:1.0"]
+    platform = image.platform_digests["linux/amd64"]
+    relay = GatedRelay(upstream.registry.port)
+    try:
+        docxy, metrics_port = with_metrics(
+            docxy_factory, relay.url, "--cache-dir", str(tmp_path / "cache")
+        )
+        log = AccessLog(docxy)
+        since = len(upstream.requests())
+        # Each manifest GET waits upstream until every client asked for that
+        # manifest: its own GET (held here) or joined at Docxy (counted).
+        relay.hold_answers(manifest_get)
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            outs = [tmp_path / f"pull-{n}" / "out" for n in range(CLIENTS)]
+            pulls = [
+                pool.submit(skopeo_pull, docxy.hostport, "multi:1.0", out)
+                for out in outs
+            ]
+            joined = 0.0  # joins of the manifests before this one
+            for manifest in (image.digest, platform):  # the index, then amd64's
+                joined = everyone_asked(relay, metrics_port, joined, manifest)
+                relay.release_answers()
+            relay.hold_answers(None)
+            relay.release_answers()
+            for pull in pulls:
+                pull.result()
+    finally:
+        relay.close()
+    amd64 = [image.configs["linux/amd64"], *image.layers["linux/amd64"]]
+    for out in outs:
+        assert_pulled(out, amd64, platform)
+    gets = Counter(path.rsplit("/", 1)[1] for path in manifest_gets(upstream, since))
+    assert gets == {image.digest: 1, platform: 1}, gets
+    for reference in ("1.0", platform):
+        outcomes = sorted(
+            word
+            for entry in log.entries()
+            if entry.bare_path == f"/v2/multi/manifests/{reference}"
+            for word in entry.line.split()
+            if word.startswith("cache=")
+        )
+        assert outcomes == ["cache=joined"] * (CLIENTS - 1) + ["cache=miss"], outcomes
+
+
+def test_a_client_without_rights_that_joins_an_entitled_get_gets_no_content(
+    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    """alice's GET of a private manifest is in flight; bob (a user without
+    rights there), an anonymous token and no credentials at all ask for the
+    same digest and wait on it, as does admin (who may read it). When it lands, each is
+    answered as a hit would be: admin gets the bytes, the others the
+    upstream's refusal, never alice's manifest."""
+    image = upstream.images["private/secret:1"]
+    path = f"/v2/private/secret/manifests/{image.digest}"
+    manifest = image.manifests[image.digest]
+    relay = GatedRelay(upstream.registry.port)
+    try:
+        docxy, metrics_port = with_metrics(
+            docxy_factory, relay.url, "--cache-dir", str(tmp_path / "cache")
+        )
+
+        def headers(creds: tuple[str, str] | None) -> dict[str, str]:
+            token = docxy_token(docxy, "private/secret", creds)
+            return {"Authorization": f"Bearer {token}", "Accept": MANIFEST_ACCEPT}
+
+        alice = headers(("alice", "secret"))
+        admin = headers(("admin", "adminpass"))
+        others = [headers(("bob", "builder")), headers(None), {}]
+        since = len(upstream.registry_entries())
+        relay.hold_answers(manifest_get)
+        with ThreadPoolExecutor(1 + 1 + len(others)) as pool:
+            first = pool.submit(fetch, docxy.url + path, headers=alice)
+            wait_until(lambda: relay.held() == 1, 30, "alice's GET upstream")
+            joiners = [
+                pool.submit(fetch, docxy.url + path, headers=h)
+                for h in (admin, *others)
+            ]
+            wait_until(
+                lambda: joins(metrics_port) == len(joiners), 30, "the others to join"
+            )
+            relay.hold_answers(None)
+            relay.release_answers()
+            entitled = [first.result(), joiners[0].result()]
+            refused = [j.result() for j in joiners[1:]]
+    finally:
+        relay.close()
+    for reply in entitled:
+        assert (reply.status, reply.body) == (200, manifest)
+        assert reply.header("Docker-Content-Digest") == image.digest
+    for reply in refused:
+        assert reply.status in (401, 403, 404), (reply.status, reply.body)
+        assert manifest not in reply.body
+        assert reply.header("Docker-Content-Digest") is None
+        assert [e["code"] for e in reply.json()["errors"]], reply.body  # envelope
+    samples = metric_samples(metrics_port)
+    assert samples[("docxy_cache_denied_total", ())] == len(refused)
+    # One pull of it upstream: alice's (the refusals' own GETs got 401).
+    pulled = [
+        e
+        for e in upstream.registry_entries()[since:]
+        if e.method == "GET" and e.path.split("?")[0].endswith(path) and e.status == 200
+    ]
+    assert len(pulled) == 1, pulled

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from docxy.cache.fill_lock import LENGTH
 from tests.support.blob_server import BlobServerProcess
-from tests.support.docxy import Docxy, twistd_env
+from tests.support.docxy import Docxy, twistd_env, with_metrics
 from tests.support.processes import LOOPBACK, free_port, port_open, wait_until
 from tests.support.registry import Upstream, fetch
 from tests.support.skopeo import skopeo_pull
@@ -62,13 +62,8 @@ def test_metrics_follow_two_real_pulls(
     image = upstream.images["library/alpine:3.20"]
     sizes = {b: len(upstream.blob_bytes(image.repo, b)) for b in image.blobs}
     size = sum(sizes.values())
-    metrics_port = free_port()
-    docxy = docxy_factory(
-        upstream.url,
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--metrics-port",
-        f"tcp:{metrics_port}:interface={LOOPBACK}",
+    docxy, metrics_port = with_metrics(
+        docxy_factory, upstream.url, "--cache-dir", str(tmp_path / "cache")
     )
     # Not on the mirror's own port.
     assert fetch(f"{docxy.url}/metrics").status == 404

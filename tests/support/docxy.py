@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -59,6 +59,15 @@ class Docxy(ManagedProcess):
             argv.append("--no-cache")
         super().__init__(argv, log_path, env=twistd_env(), cwd=log_path.parent)
         self.wait_for_port(self.port)
+
+
+def with_metrics(
+    factory: Callable[..., Docxy], upstream: str, *extra_args: str
+) -> tuple[Docxy, int]:
+    """A Docxy from ``factory`` with a ``--metrics-port`` of its own, and the port."""
+    port = free_port()
+    metrics = ("--metrics-port", f"tcp:{port}:interface={LOOPBACK}")
+    return factory(upstream, *extra_args, *metrics), port
 
 
 # --- Docxy's access log -----------------------------------------------------

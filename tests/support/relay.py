@@ -6,7 +6,11 @@ Put this relay between Docxy and the registry, ``hold_after(n)``, and every
 connection stops relaying the upstream's bytes once it has passed on ``n``
 more of them (the upstream itself is then held back by TCP flow control),
 until ``release()``. A test can then observe or kill Docxy while a fill is
-certainly in flight. Client-to-upstream bytes always flow.
+certainly in flight. ``hold_answers(matches)`` holds, before its first
+byte, the answer to each request ``matches(method, target)`` picks, until
+``release_answers()``: Docxy's upstream request is then certainly in
+flight while the test sends other clients. Client-to-upstream bytes always
+flow.
 
 Faults on demand, for the upstream outages a mirror must ride out:
 ``rate_limit()`` answers every request itself with Docker Hub's abuse-limit
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .processes import LOOPBACK
@@ -40,6 +45,9 @@ class _Link:
     server: socket.socket
     passed: int = 0  # upstream bytes passed on since the last hold_after()
     closed: bool = False
+    answer_held: bool = False  # the current request's answer waits
+    requests: bytes = b""  # request bytes not yet parsed (hold_answers)
+    body_left: int = 0  # request body bytes still to skip
     threads: list[threading.Thread] = field(default_factory=list)
 
 
@@ -53,6 +61,7 @@ class GatedRelay:
         self.url = f"http://{LOOPBACK}:{self.port}"
         self._cond = threading.Condition()
         self._limit: int | None = None
+        self._matches: Callable[[str, str], bool] | None = None
         self._held = 0
         self._links: list[_Link] = []
         self._closed = False
@@ -81,6 +90,19 @@ class GatedRelay:
         """Let every held connection go on, and stop holding."""
         with self._cond:
             self._limit = None
+            self._cond.notify_all()
+
+    def hold_answers(self, matches: Callable[[str, str], bool] | None) -> None:
+        """Hold the answer to each request ``matches(method, target)`` picks
+        from now on (None: no more), until :meth:`release_answers`."""
+        with self._cond:
+            self._matches = matches
+
+    def release_answers(self) -> None:
+        """Let the answers held so far go (later requests may be held again)."""
+        with self._cond:
+            for link in self._links:
+                link.answer_held = False
             self._cond.notify_all()
 
     def held(self) -> int:
@@ -218,13 +240,46 @@ class GatedRelay:
         """Client to upstream: never held."""
         try:
             while data := link.client.recv(_RECV):
+                self._note_requests(link, data)
                 link.server.sendall(data)
         except OSError:
             pass
         self._drop(link)
 
+    def _note_requests(self, link: _Link, data: bytes) -> None:
+        """Mark the link when a request whose answer is to wait goes up.
+
+        Before the request is passed on, so no byte of its answer can slip
+        through; an HTTP/1.1 client (Docxy) sends the next request on a
+        connection only after the last answer, so what comes down next is
+        this request's answer.
+        """
+        with self._cond:
+            if self._matches is None:
+                link.requests, link.body_left = b"", 0
+                return
+            buffered = link.requests + data
+            while True:
+                if link.body_left:
+                    skipped = min(link.body_left, len(buffered))
+                    link.body_left -= skipped
+                    buffered = buffered[skipped:]
+                if b"\r\n\r\n" not in buffered:
+                    break
+                head, _, buffered = buffered.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target = [*lines[0].split(" "), "", ""][:2]
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        link.body_left = int(value.strip())
+                if self._matches(method, target):
+                    link.answer_held = True
+            link.requests = buffered
+
     def _downward(self, link: _Link) -> None:
-        """Upstream to client: held at the gate once past the limit."""
+        """Upstream to client: held at the gate once past the limit, or while
+        the answer to the request just sent is held."""
         try:
             while data := link.server.recv(_RECV):
                 with self._cond:
@@ -242,11 +297,10 @@ class GatedRelay:
         self._drop(link)
 
     def _over(self, link: _Link) -> bool:
-        return (
-            self._limit is not None
-            and link.passed >= self._limit
-            and not link.closed
-            and not self._closed
+        if link.closed or self._closed:
+            return False
+        return link.answer_held or (
+            self._limit is not None and link.passed >= self._limit
         )
 
     def _drop(self, link: _Link) -> None:

@@ -17,6 +17,7 @@ Policy (like Docker Hub):
 
 - anonymous ``pull`` on public repositories that exist;
 - the ``private/`` namespace needs ``alice:secret`` (or an admin);
+  ``bob:builder`` is a user with no more rights than anonymous;
 - unknown repositories get a token *without* access, so the registry
   answers 401 ``insufficient_scope`` (not 404);
 - ``pusher:pushpass`` and ``admin:adminpass`` may push anywhere (a push
@@ -75,6 +76,7 @@ EXPIRES_IN = 300
 # user -> password; the same table the tests use.
 USERS: dict[str, str] = {
     "alice": "secret",
+    "bob": "builder",
     "pusher": "pushpass",
     "admin": "adminpass",
 }
