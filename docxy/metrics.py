@@ -184,6 +184,7 @@ class CacheCollector(Collector):
             "Requests that joined another request's upstream fetch in flight "
             "(a blob fill, a manifest GET).",
         ),
+        ("kernel_fills", "Fills whose body went socket to file in the kernel."),
         ("evictions", "Blobs evicted to stay under cache-max-size."),
         ("stale_serves", "Cached content served on old evidence, upstream down."),
         ("digest_mismatches", "Bodies (upstream or on disk) that failed their digest."),

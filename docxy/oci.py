@@ -113,7 +113,7 @@ class DigestHasher:
         self.digest = digest
         self._hash = hashlib.new(digest.algorithm)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         self._hash.update(data)
 
     def matches(self) -> bool:

@@ -9,6 +9,7 @@ the client may have it (:mod:`docxy.cache.access`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import defer
@@ -37,8 +38,8 @@ from .disk_health import DiskHealth
 from .disk_pool import DiskPool
 from .fill import Fill, FillState
 from .fill_lock import FillClaim, RemoteFill
+from .fill_reader import read_fill
 from .hit import Hits
-from .sender import FileSender
 from .tee import TeeSender
 
 log = Logger()
@@ -260,6 +261,7 @@ class BlobCache:
                 self.counters,
                 self.health,
                 self.disk.hash_thread(),
+                self.disk.threads(),
             )
         except OSError as e:
             self.health.failed(e)
@@ -310,21 +312,17 @@ class BlobCache:
         )
         if tee.start():
             return
-        # The headers now, as the tee sends them: not with the first byte,
-        # which another worker's fill may be slow to write.
-        request.write(b"")
-        FileSender(
+        read_fill(
             request,
-            str(fill.temp),
+            fill,
+            os.open(fill.temp, os.O_RDONLY | os.O_CLOEXEC),
             0,
-            fill.length,
             self.reactor,
             self.disk.threads(),
-            fill=fill,
-            on_end=on_end,
-            resume=resume,
-            idle=(self.reactor, self.idle_timeout),
-        ).start()
+            self.idle_timeout,
+            on_end,
+            resume,
+        )
 
     def _resume(self, request: Request, exchange: Exchange, offset: int) -> None:
         """The fill lost its disk: this client's remaining bytes come straight

@@ -16,6 +16,7 @@ class Counters:
     hits: int = 0
     misses: int = 0
     joined_fills: int = 0
+    kernel_fills: int = 0
     bytes_from_upstream: int = 0
     bytes_served: int = 0
     stale_serves: int = 0

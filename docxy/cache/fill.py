@@ -11,7 +11,9 @@ The client that started the fill is fed from the bytes as they arrive
 (:meth:`Fill.tap`, :mod:`docxy.cache.tee`) rather than from reading the
 file back; what arrived before it tapped is kept (up to :data:`EARLY`).
 The digest is computed in the hash thread (:mod:`docxy.cache.hashing`)
-when there is one.
+when there is one. On a plain TCP upstream with a Content-Length, the rest
+of the body goes from the socket to the file in the kernel
+(:mod:`docxy.cache.kernel_fill`), and the first client reads the file too.
 """
 
 from __future__ import annotations
@@ -27,20 +29,26 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from ..oci import Digest, DigestHasher
+from ..splice import can_splice
 from ..streaming import IdleWatchdog
+from ..upstream_client import raw_body
 from .blob_store import BlobStore, Entry
 from .counters import Counters
 from .disk_health import DiskHealth
 from .hashing import BackgroundHash, HashThread
+from .kernel_fill import KERNEL_MIN, KernelFill
 
 log = Logger()
 
 # Bytes kept in memory for the first client until it taps the fill.
 EARLY = 1024 * 1024
+# The first chunks of a body may find it ready for the kernel (KernelFill).
+KERNEL_TRIES = 4
 
 
 class FillState(Enum):
@@ -68,11 +76,15 @@ class Fill(Protocol):
         counters: Counters,
         health: DiskHealth | None = None,
         hash_thread: HashThread | None = None,
+        kernel_pool: ThreadPool | None = None,
     ) -> None:
         """Raises OSError if the temp file cannot be created.
 
-        ``hash_thread``: hash there, not on the reactor thread."""
+        ``hash_thread``: hash there, not on the reactor thread;
+        ``kernel_pool``: where the kernel's steps run (with a hash thread),
+        None to keep every byte in Python."""
         self.store = store
+        self.clock = clock
         self.health = health or DiskHealth(store.root, clock)
         self.digest = digest
         self.length = length
@@ -80,7 +92,8 @@ class Fill(Protocol):
         self.temp = store.temp_path(digest)
         # Unbuffered: readers have their own descriptors and must see each
         # byte as soon as it is written.
-        self._file = open(self.temp, "wb", buffering=0)  # noqa: SIM115
+        # Read too: a body the kernel writes is hashed from the page cache.
+        self._file = open(self.temp, "w+b", buffering=0)  # noqa: SIM115
         self._hash: DigestHasher | BackgroundHash = (
             Digest.parse(digest).hasher()
             if hash_thread is None
@@ -95,6 +108,17 @@ class Fill(Protocol):
         # The first client's feed: what arrived before it tapped, then a tap.
         self._early: list[bytes] | None = []
         self._tap: Callable[[bytes], None] | None = None
+        self._leave: Callable[[], None] | None = None
+        # Set while the kernel moves the body (docxy.cache.kernel_fill).
+        self._kernel: KernelFill | None = None
+        self.kernel_pool = kernel_pool
+        self._kernel_pending = False  # waiting for the writes before it
+        self._kernel_tries = (
+            KERNEL_TRIES
+            if kernel_pool is not None and length is not None and can_splice(clock)
+            else 0
+        )
+        self._upstream_why: str | None = None
         self.written = 0
         self.state = FillState.FILLING
         self.entry: Entry | None = None
@@ -128,27 +152,95 @@ class Fill(Protocol):
         self._catching_up = False
         self._notify()
 
-    def tap(self, feed: Callable[[bytes], None]) -> bool:
+    def tap(self, feed: Callable[[bytes], None], leave: Callable[[], None]) -> bool:
         """Feed ``feed`` every byte from the first on, as it arrives; False if
-        too much arrived already (then read the file) or someone tapped."""
+        too much arrived already (then read the file) or someone tapped.
+        ``leave()``: the bytes stop coming this way (the kernel moves them
+        to the file from now on): read the rest from the file."""
         if self._early is None or self._tap is not None:
             return False
         early, self._early = self._early, None
-        self._tap = feed
+        self._tap, self._leave = feed, leave
         for data in early:
             feed(data)
         return True
 
     def untap(self) -> None:
-        self._tap = None
+        self._tap = self._leave = None
 
     def _pause(self) -> None:
-        if self.transport is not None:
+        if self._kernel is not None and not self._kernel.done:
+            self._kernel.pause()
+        elif self.transport is not None:
             cast(IPushProducer, self.transport).pauseProducing()
 
     def _resume(self) -> None:
-        if self.transport is not None and self.state is FillState.FILLING:
+        if self.state is not FillState.FILLING or self._kernel_pending:
+            return
+        if self._kernel is not None and not self._kernel.done:
+            self._kernel.resume()
+        elif self.transport is not None:
             cast(IPushProducer, self.transport).resumeProducing()
+
+    def _stop_upstream(self) -> None:
+        if self._kernel is not None and not self._kernel.done:
+            self._kernel.stop()
+        elif self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
+
+    def _try_kernel(self) -> None:
+        """Hand the rest of the body to the kernel, if the socket allows: once
+        every byte before it is in the file (readers read up to ``on_disk``,
+        which must have no hole)."""
+        self._kernel_tries -= 1
+        hashing = self._hash
+        if self.kernel_pool is None or not isinstance(hashing, BackgroundHash):
+            return
+        body = raw_body(self.transport)
+        if body is None or body.remaining - 1 < KERNEL_MIN:
+            return
+        self._kernel_tries = 0
+        self._kernel_pending = True
+        cast(IPushProducer, self.transport).pauseProducing()
+        hashing.caught_up().addCallback(lambda _: self._start_kernel(hashing))
+
+    def _start_kernel(self, hashing: BackgroundHash) -> None:
+        self._kernel_pending = False
+        if self.state is not FillState.FILLING:
+            return
+        body = raw_body(self.transport)
+        kernel = None
+        if body is not None:
+            kernel = KernelFill(
+                body,
+                hashing,
+                self._file.fileno(),
+                self.clock,
+                self.kernel_pool,
+                self._kernel_moved,
+                self._disk_failed,
+                self._kernel_upstream_failed,
+            )
+        if kernel is None or not kernel.start():
+            cast(IPushProducer, self.transport).resumeProducing()
+            return
+        self._kernel = kernel
+        self.counters.kernel_fills += 1
+        self._early = None  # a client tapping later reads the file
+        leave, self._tap, self._leave = self._leave, None, None
+        if leave is not None:
+            leave()
+
+    def _kernel_moved(self, count: int) -> None:
+        if self.state is not FillState.FILLING:
+            return
+        self.watchdog.touch()
+        self.written += count
+        self.counters.bytes_from_upstream += count
+        self._notify()
+
+    def _kernel_upstream_failed(self, why: str) -> None:
+        self._upstream_why = why
 
     def _notify(self) -> None:
         listeners, self._listeners = self._listeners, []
@@ -182,6 +274,8 @@ class Fill(Protocol):
             if self.written > EARLY:
                 self._early = None  # the first client reads the file instead
         self._notify()
+        if self._kernel_tries and self.state is FillState.FILLING:
+            self._try_kernel()
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self.watchdog.stop()
@@ -241,7 +335,7 @@ class Fill(Protocol):
                     "cache fill of {digest} failed after {bytes} bytes: {why}",
                     digest=self.digest,
                     bytes=self.written,
-                    why=reason.getErrorMessage(),
+                    why=self._upstream_why or reason.getErrorMessage(),
                 )
         self._notify()
         self.finished.callback(None)
@@ -258,13 +352,12 @@ class Fill(Protocol):
         with contextlib.suppress(OSError):
             self.temp.unlink(missing_ok=True)
         self.watchdog.stop()
-        if not upstream_done and self.transport is not None:
-            cast(IPushProducer, self.transport).stopProducing()
+        if not upstream_done:
+            self._stop_upstream()
         self._notify()
 
     def _idle(self) -> None:
         log.warn(
             "cache fill of {digest} made no progress; aborting", digest=self.digest
         )
-        if self.transport is not None:
-            cast(IPushProducer, self.transport).stopProducing()
+        self._stop_upstream()

@@ -10,10 +10,18 @@ further), a write error is kept in ``error``; the bytes
 waiting for it are references to the chunks already received, and when
 more than ``max_queued`` wait, ``on_full`` pauses the upstream until the
 thread has caught up (``on_room``), so memory stays bounded.
+
+A fill whose body the kernel moves straight from the upstream socket into
+the file (:mod:`docxy.cache.kernel_fill`) counts those bytes in
+``spliced`` and has them hashed from the page cache
+(:meth:`BackgroundHash.hash_written`), in the same queue: the digest is
+over the bytes in arrival order whichever way they came, and the same
+bound on what waits pauses the kernel's reads.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -24,6 +32,8 @@ from twisted.python.threadpool import ThreadPool
 from ..oci import Digest, DigestHasher
 
 MAX_QUEUED = 16 * 1024 * 1024
+# Bytes read back from the page cache per hash update (absorb).
+READ_BACK = 1024 * 1024
 
 
 class HashThread:
@@ -58,36 +68,96 @@ class BackgroundHash:
     ) -> None:
         self.hasher: DigestHasher = digest.hasher()
         self.file = file
-        self.on_disk = 0  # written by the thread only
+        self.written = 0  # by the thread only
+        self.spliced = 0  # by the kernel (the reactor counts them)
         self.error: OSError | None = None
         self.thread = thread
         self.on_full = on_full
         self.on_room = on_room
         self.max_queued = max_queued
-        self.submitted = 0
+        self.submitted = 0  # bytes of the body so far: the next one's offset
         self.hashed = 0  # written by the hash thread only
         self._waiting = False
+        self._room_told = False
+        self._buffer: bytearray | None = None  # absorb's, made on first use
+
+    @property
+    def on_disk(self) -> int:
+        """How much of the file readers may read: written by either."""
+        return self.written + self.spliced
 
     def update(self, data: bytes) -> None:
+        offset = self.submitted
         self.submitted += len(data)
-        self.thread.pool().callInThread(self._hash, data)
+        self.thread.pool().callInThread(self._hash, data, offset)
+        self._bound()
+
+    def hash_written(self, count: int) -> None:
+        """``count`` more bytes the kernel put in the file, at ``submitted``:
+        hash them from there (the next bytes' offset moves past them)."""
+        offset = self.submitted
+        self.submitted += count
+        self.spliced += count
+        self.thread.pool().callInThread(self._absorb, offset, count)
+        self._bound()
+
+    def _bound(self) -> None:
         if not self._waiting and self.submitted - self.hashed > self.max_queued:
             self._waiting = True
+            self._room_told = False
             self.on_full()
-            self.caught_up().addCallback(self._room)
+            # Checked after every job from now on; this one in case none is left.
+            self.thread.pool().callInThread(self._tell_room)
 
-    def _hash(self, data: bytes) -> None:
+    def _tell_room(self) -> None:
+        """In the thread: resume once half the bound is free (not empty: the
+        upstream refills while the rest is hashed)."""
+        if (
+            self._waiting
+            and not self._room_told
+            and self.submitted - self.hashed <= self.max_queued // 2
+        ):
+            self._room_told = True
+            self.thread.reactor.callFromThread(self._room, None)
+
+    def _hash(self, data: bytes, offset: int) -> None:
         if self.file is not None and self.error is None:
             try:
+                fd = self.file.fileno()
                 view = memoryview(data)
                 while view:
-                    view = view[self.file.write(view) or 0 :]
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
             except (OSError, ValueError) as e:  # ValueError: closed under us
                 self.error = e if isinstance(e, OSError) else OSError(str(e))
             else:
-                self.on_disk += len(data)
+                self.written += len(data)
         self.hasher.update(data)
         self.hashed += len(data)
+        self._tell_room()
+
+    def _absorb(self, offset: int, count: int) -> None:
+        """Hash ``count`` bytes of the file from ``offset`` (page cache)."""
+        if self._buffer is None:
+            self._buffer = bytearray(READ_BACK)
+        buffer = memoryview(self._buffer)
+        try:
+            if self.error is not None or self.file is None:
+                raise OSError("the file is gone")
+            fd = self.file.fileno()
+            while count > 0:
+                got = os.preadv(fd, [buffer[: min(count, READ_BACK)]], offset)
+                if got <= 0:
+                    raise OSError(f"the cache file ends at {offset}, before its bytes")
+                self.hasher.update(buffer[:got])
+                offset, count = offset + got, count - got
+                self.hashed += got
+                self._tell_room()
+        except (OSError, ValueError) as e:  # the digest cannot match now
+            self.error = self.error or (
+                e if isinstance(e, OSError) else OSError(str(e))
+            )
+            self.hashed += count
 
     def caught_up(self) -> defer.Deferred[None]:
         """Fires once every chunk submitted so far is written and hashed."""

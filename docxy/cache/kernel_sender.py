@@ -24,6 +24,13 @@ nothing is dropped after ``idle_timeout``. Bytes sent count in the
 Request's ``sentLength``, so the access log and metrics see them. The
 kernel holds no more than the socket's send buffer for a slow client.
 
+A fill's growing file is sent the same way (``fill``): no further than
+the fill has written, less its last byte until the digest matched (a
+mismatch is a short read, as for every reader of a fill); when the sender
+has caught up it waits for the fill (:meth:`~docxy.cache.fill.Fill.listen`)
+instead of the socket. If the fill loses its disk, ``resume(offset)``
+takes the client over.
+
 The seam for tests: the transport is anything with the few methods
 :class:`~docxy.plain_tcp.KernelTransport` names, and ``sendfile`` is a parameter.
 """
@@ -41,6 +48,7 @@ from zope.interface import implementer
 
 from ..plain_tcp import KernelTransport, ProducerLoan
 from ..streaming import IdleWatchdog, abort_client, client_gone
+from .fill import Fill, FillState
 
 log = Logger()
 
@@ -65,9 +73,15 @@ class KernelSender:
         idle_timeout: float,
         on_end: Callable[[str, int], None] = lambda outcome, sent: None,
         sendfile: SendFile | None = None,
+        fill: Fill | None = None,
+        resume: Callable[[int], None] | None = None,
     ) -> None:
-        """``sendfile``: ``os.sendfile`` unless a test gives its own."""
+        """``sendfile``: ``os.sendfile`` unless a test gives its own; ``fill``:
+        the fill still writing the file, ``resume`` if it loses its disk."""
         self.request = request
+        self.fill = fill
+        self.resume = resume
+        self._listening = False
         self.transport = transport
         self.fd = fd
         self.offset = start
@@ -100,10 +114,15 @@ class KernelSender:
         if self._loan.taking or self._done:
             return
         self.waiting = False
+        fill = self.fill
+        if fill is not None and fill.state is FillState.FAILED:
+            self._fill_failed(fill)
+            return
+        limit = self._limit()
         out = self.transport.fileno()
         budget = TURN_BYTES
-        while self.offset < self.end:
-            count = min(self.end - self.offset, budget)
+        while self.offset < limit:
+            count = min(limit - self.offset, budget)
             try:
                 sent = self.sendfile(out, self.fd, self.offset, count)
             except BlockingIOError:
@@ -125,8 +144,39 @@ class KernelSender:
                 break  # the socket is full, or others' turn
         if self.offset >= self.end:
             self._finish("done")
+        elif self.offset >= limit and fill is not None:
+            self._listen(fill)  # caught up with the fill: wait for it
         else:
             self._wait()
+
+    def _limit(self) -> int:
+        """How far may be sent now: a fill's last written byte waits."""
+        fill = self.fill
+        if fill is None or fill.state is FillState.DONE:
+            return self.end
+        return min(self.end - 1, fill.on_disk - 1)
+
+    def _listen(self, fill: Fill) -> None:
+        if not self._listening:
+            self._listening = True
+            fill.listen(self._more_written)
+
+    def _more_written(self) -> None:
+        self._listening = False
+        if not self._done:
+            self._wait()
+
+    def _fill_failed(self, fill: Fill) -> None:
+        if fill.disk_error is None or self.resume is None:
+            self._finish("fill-failed")
+            return
+        # The rest from the upstream: the channel gets its slot back first.
+        resume, offset = self.resume, self.offset
+        gone = client_gone(self.request)
+        self._end("client-gone" if gone else "resumed")
+        self._loan.give_back(self)
+        if not gone:
+            resume(offset)
 
     def stopProducing(self) -> None:
         """The transport lost its connection."""

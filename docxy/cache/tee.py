@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from ..streaming import IdleWatchdog, abort_client, client_gone, widen_writes
 from .fill import Fill, FillState
-from .sender import FileSender
+from .fill_reader import read_fill
 
 # Held for a paused client before it reads the file instead.
 LAG = 4 * 1024 * 1024
@@ -67,7 +67,7 @@ class TeeSender:
 
     def start(self) -> bool:
         """Start feeding; False (nothing done) if the fill can no longer be tapped."""
-        if not self.fill.tap(self._arrived):
+        if not self.fill.tap(self._arrived, self._to_file):
             os.close(self.fd)
             return False
         self.request.notifyFinish().addBoth(self._client_finished)
@@ -123,7 +123,10 @@ class TeeSender:
             self._end("fill-failed")
 
     def _to_file(self) -> None:
-        """Too far behind: the rest comes from the file, like a joiner's."""
+        """Too far behind, or the kernel fills the file from now on: the rest
+        comes from the file, like a joiner's."""
+        if self._done:
+            return
         offset = self.sent
         self._done = True
         self.fill.untap()
@@ -132,18 +135,17 @@ class TeeSender:
         self._held_bytes = 0
         self.request.unregisterProducer()
         sent = self.sent
-        FileSender(
+        read_fill(
             self.request,
+            self.fill,
             self.fd,  # the sender owns it now
             offset,
-            self.fill.length,
             self.reactor,
             self.pool,
-            fill=self.fill,
-            on_end=lambda outcome, more: self.on_end(outcome, sent + more),
-            resume=self.resume,
-            idle=(self.reactor, self.idle_timeout),
-        ).start()
+            self.idle_timeout,
+            lambda outcome, more: self.on_end(outcome, sent + more),
+            self.resume,
+        )
 
     def _end(self, outcome: str | None) -> None:
         """Stop; ``outcome`` None: the caller hands the client over."""
