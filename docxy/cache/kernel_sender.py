@@ -28,8 +28,9 @@ A fill's growing file is sent the same way (``fill``): no further than
 the fill has written, less its last byte until the digest matched (a
 mismatch is a short read, as for every reader of a fill); when the sender
 has caught up it waits for the fill (:meth:`~docxy.cache.fill.Fill.listen`)
-instead of the socket. If the fill loses its disk, ``resume(offset)``
-takes the client over.
+instead of the socket. If the fill fails such that its readers go on
+from the upstream (``resume_upstream``: its disk failed, another worker's
+fill stalled), ``resume(offset)`` takes the client over.
 
 The seam for tests: the transport is anything with the few methods
 :class:`~docxy.plain_tcp.KernelTransport` names, and ``sendfile`` is a parameter.
@@ -167,7 +168,7 @@ class KernelSender:
             self._wait()
 
     def _fill_failed(self, fill: Fill) -> None:
-        if fill.disk_error is None or self.resume is None:
+        if not fill.resume_upstream or self.resume is None:
             self._finish("fill-failed")
             return
         # The rest from the upstream: the channel gets its slot back first.
