@@ -102,8 +102,8 @@ def test_an_upstream_cut_mid_kernel_fill_is_a_short_read_and_caches_nothing(
         relay.go_down()  # the upstream connection is cut
         bodies = [read_all(response) for _, response in conns]
         assert all(len(body) < LAYER for body in bodies), [len(b) for b in bodies]
-        for body in bodies:  # what arrived is the blob's beginning, exact
-            assert body == bodies[0][: len(body)]
+        short, long = sorted(bodies, key=len)  # both the blob's beginning
+        assert long[: len(short)] == short
         assert layer not in cached_blobs(cache)
         wait_until(
             lambda: list((cache / "tmp").iterdir()) == [], 30, "tmp/ to be empty"
