@@ -52,6 +52,21 @@ TURN_BYTES = 8 * 1024 * 1024
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
 
 
+def open_pipe(size: int, nonblocking: bool) -> tuple[tuple[int, int], int] | None:
+    """A pipe (read end, write end) for ``splice(2)`` and its capacity: ``size``
+    if the kernel allows, its default otherwise; None if none can be made."""
+    flags = os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0)
+    try:
+        read, write = os.pipe2(flags)
+    except OSError:
+        return None
+    try:
+        capacity = fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        capacity = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
+    return (read, write), capacity
+
+
 def can_splice(reactor: object) -> bool:
     return hasattr(os, "splice") and IReactorFDSet.providedBy(reactor)
 
@@ -94,15 +109,10 @@ class Splice:
         upstream = self.upstream
         if self.left < SPLICE_MIN or upstream in self.reactor.getWriters():
             return False
-        try:
-            read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+        pipe = open_pipe(PIPE_SIZE, nonblocking=True)
+        if pipe is None:
             return False
-        try:
-            self._pipe_size = fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            self._pipe_size = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
-        self._pipe = (read, write)
+        self._pipe, self._pipe_size = pipe
         upstream.stopReading()
         self._loan.take(self)
         self._read_upstream(True)

@@ -27,7 +27,6 @@ fill's disk error, as for a write in Python.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..splice import open_pipe
 from ..upstream_client import RawBody
 from .hashing import BackgroundHash
 
@@ -110,15 +110,10 @@ class KernelFill:
         """Take the upstream socket over; False (nothing changed) if it cannot."""
         if self.left < KERNEL_MIN or self.upstream in self.reactor.getWriters():
             return False
-        try:
-            read, write = os.pipe2(os.O_CLOEXEC)
-        except OSError:
+        pipe = open_pipe(PIPE_SIZE, nonblocking=False)
+        if pipe is None:
             return False
-        try:
-            self._pipe_size = fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            self._pipe_size = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
-        self._pipe = (read, write)
+        self._pipe, self._pipe_size = pipe
         self.upstream.stopReading()
         self._read(True)
         return True
