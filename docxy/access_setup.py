@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
@@ -48,21 +49,28 @@ def build_gate(config: Config, reactor: Any) -> AccessGate:
 
 
 def token_key(config: Config) -> bytes:
-    """The key Docxy's tokens are signed with (its file created if missing)."""
-    path = config.token_key_file
-    if path is None and config.cache_dir is not None:
-        path = config.cache_dir / KEY_FILE
+    """The key Docxy's tokens are signed with (its file created if missing).
+
+    Without a file (no token-key-file, no cache-dir): a key of this process
+    only, which :mod:`docxy.preflight` warns about at start.
+    """
+    path = token_key_path(config)
     if path is None:
-        log.warn(
-            "token-key-file not set and no cache-dir: Docxy's tokens are signed "
-            "with a key of this process only (they end with it, and replicas "
-            "do not accept each other's)"
-        )
         return secrets.token_bytes(KEY_BYTES)
     try:
         return load_or_create_key(path)
     except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise ConfigError(
-            f"token-key-file: cannot use {str(path)!r}: {reason}"
-        ) from None
+        raise key_refusal(path, e) from None
+
+
+def token_key_path(config: Config) -> Path | None:
+    """``token-key-file``, else ``token.key`` in the cache-dir, else None."""
+    if config.token_key_file is not None:
+        return config.token_key_file
+    return None if config.cache_dir is None else config.cache_dir / KEY_FILE
+
+
+def key_refusal(path: Path, error: OSError | ValueError) -> ConfigError:
+    """The one line saying why the token key file cannot be used."""
+    reason = getattr(error, "strerror", None) or str(error)
+    return ConfigError(f"token-key-file: cannot use {str(path)!r}: {reason}")

@@ -103,8 +103,14 @@ def load_or_create_key(path: Path) -> bytes:
     text = read_or_create(
         path, lambda: (secrets.token_bytes(KEY_BYTES).hex() + "\n").encode("ascii")
     )
+    key = parse_key(path, text)
+    keep_private(path, "anyone who reads it can sign tokens")
+    return key
+
+
+def parse_key(path: Path, text: bytes) -> bytes:
+    """The key a token key file holds; ValueError if it holds none."""
     key = bytes.fromhex(text.decode("ascii").strip())
     if len(key) < KEY_BYTES:
         raise ValueError(f"{path}: fewer than {KEY_BYTES} bytes of hex")
-    keep_private(path, "anyone who reads it can sign tokens")
     return key

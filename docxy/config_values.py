@@ -8,11 +8,12 @@ raises :class:`ConfigError`; :mod:`docxy.config` maps settings to them.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from .cache.directory import CacheDirError, check_usable
 
 
 class ConfigError(Exception):
@@ -23,6 +24,9 @@ def http_url(name: str, value: object, *, allow_path: bool) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{name}: expected a URL string, got {value!r}")
     parts = urlsplit(value.strip())
+    userinfo = parts.netloc.rpartition("@")[0]
+    if userinfo:  # a password or token: never in an error message
+        value = value.replace(f"{userinfo}@", "***@", 1)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"{name}: {value!r} must start with http:// or https://")
     if not parts.hostname:
@@ -185,13 +189,13 @@ def size(name: str, value: object) -> int:
 
 
 def directory(name: str, value: object) -> Path:
+    """A cache directory Docxy can use: created at start, not here (a check
+    of the configuration must not leave one behind, owned by whoever ran it)."""
     path = Path(str(value))
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{name}: cannot create {value!r}: {e.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"{name}: {value!r} is not writable")
+        check_usable(path)
+    except CacheDirError as e:
+        raise ConfigError(f"{name}: {e}") from None
     return path
 
 

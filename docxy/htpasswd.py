@@ -49,27 +49,7 @@ class Accounts:
     @classmethod
     def load(cls, path: Path) -> Accounts:
         """Raises ConfigError (one line, no hash in it) for a bad file."""
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as e:
-            raise ConfigError(
-                f"htpasswd: cannot read {str(path)!r}: {e.strerror}"
-            ) from None
-        hashes: dict[str, bytes] = {}
-        for number, raw in enumerate(lines, 1):
-            line = raw.strip()
-            if not line or line.startswith(b"#"):
-                continue
-            user, sep, hashed = line.partition(b":")
-            if not sep or not user or not hashed.startswith(_BCRYPT_PREFIXES):
-                raise ConfigError(
-                    f"htpasswd: line {number} of {str(path)!r} is not user:bcrypt-hash "
-                    "(create entries with htpasswd -B)"
-                )
-            hashes[user.decode("utf-8", "replace")] = hashed
-        if not hashes:
-            raise ConfigError(f"htpasswd: {str(path)!r} has no accounts")
-        return cls(hashes)
+        return cls(read_hashes(path))
 
     def check_now(self, user: str, password: str) -> bool:
         """Whether ``password`` is ``user``'s (blocking: call it in a thread)."""
@@ -96,6 +76,31 @@ class Accounts:
         finally:
             self._pending -= 1
         return result
+
+
+def read_hashes(path: Path) -> dict[str, bytes]:
+    """The file's users and hashes; ConfigError (one line, no hash) if bad."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise ConfigError(
+            f"htpasswd: cannot read {str(path)!r}: {e.strerror}"
+        ) from None
+    hashes: dict[str, bytes] = {}
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        user, sep, hashed = line.partition(b":")
+        if not sep or not user or not hashed.startswith(_BCRYPT_PREFIXES):
+            raise ConfigError(
+                f"htpasswd: line {number} of {str(path)!r} is not user:bcrypt-hash "
+                "(create entries with htpasswd -B)"
+            )
+        hashes[user.decode("utf-8", "replace")] = hashed
+    if not hashes:
+        raise ConfigError(f"htpasswd: {str(path)!r} has no accounts")
+    return hashes
 
 
 def _cost(hashed: bytes) -> int | None:

@@ -16,7 +16,7 @@ from .access_setup import build_gate, token_key
 from .cache.directory import CacheLock
 from .cache.pullthrough import build_cache
 from .capacity import raise_soft_limit
-from .config import Config, ConfigError
+from .config import Config
 from .drain import Drain
 from .forward import Forwarder
 from .listeners import Listeners
@@ -223,12 +223,9 @@ def supervise(config: Config, reactor: Any, log_to_stdout: bool) -> DocxyService
         # Created once, here: workers starting at once would each make one.
         Keys.in_directory(config.cache_dir)
     if config.htpasswd is not None:
-        if config.token_key_file is None and config.cache_dir is None:
-            raise ConfigError(
-                "token-key-file: needed with workers > 1 and no cache-dir, so "
-                "every worker signs tokens with the same key"
-            )
-        token_key(config)  # every worker must accept every worker's tokens
+        # Created once, here (docxy.preflight checked it can be): every
+        # worker must accept every worker's tokens.
+        token_key(config)
     supervisor = Supervisor(config, reactor, top.cache_lock, log_to_stdout)
     supervisor.setServiceParent(top)
     if config.metrics_port is not None:

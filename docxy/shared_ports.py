@@ -93,19 +93,24 @@ def bind(reactor: Any, port: str) -> tuple[IListeningPort, SharedSocket]:
     The port object stays with the supervisor (it closes the socket at the
     end); workers get the descriptor.
     """
-    endpoint = serverFromString(reactor, port)
-    outcome: list[Any] = []
-    quiet = Factory.forProtocol(Protocol)
-    quiet.noisy = False
-    endpoint.listen(quiet).addBoth(outcome.append)
-    # tcp:, ssl: and adopted (systemd:) endpoints listen synchronously.
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    listening = outcome[0]
+    listening = listen_now(serverFromString(reactor, port))
     listening.stopReading()  # the workers accept, never the supervisor
     fd = listening.fileno()
     os.set_inheritable(fd, True)
     return listening, SharedSocket(fd, int(listening.addressFamily))
+
+
+def listen_now(endpoint: IStreamServerEndpoint) -> Any:
+    """The listening port of ``endpoint``, which accepts nobody yet; raises
+    what ``listen`` raises. tcp:, ssl:, unix: and adopted (systemd:)
+    endpoints listen synchronously, without the reactor running."""
+    outcome: list[Any] = []
+    quiet = Factory.forProtocol(Protocol)
+    quiet.noisy = False
+    endpoint.listen(quiet).addBoth(outcome.append)
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
 
 
 class _OneAcceptAtATime:

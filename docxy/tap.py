@@ -20,6 +20,8 @@ from .environment import settings_from_env
 
 _DEFAULTS = Config()
 _FLAGS = frozenset({"https-redirect", "no-cache", "anonymous"})
+# Command-line only: not settings (never read from the environment or file).
+_COMMANDS = frozenset({"config", "check-config"})
 
 
 class Options(usage.Options):
@@ -55,6 +57,13 @@ class Options(usage.Options):
             "anonymous",
             None,
             "With --htpasswd: clients without an account may pull too.",
+        ],
+        [
+            "check-config",
+            None,
+            "Check the configuration (options, DOCXY_* environment, file, the "
+            "files they name, the ports) without starting: one line per "
+            "finding; exit status 0 if Docxy would start, else 2.",
         ],
     ]
     optParameters: list[list[Any]] = [
@@ -320,6 +329,9 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
+        from . import check_config
+
+        checking = bool(self["check-config"])
         try:
             env_settings = settings_from_env(os.environ)
             config_file = self["config"] or env_settings.pop("config", None)
@@ -330,14 +342,24 @@ class Options(usage.Options):
             cli = {
                 k: v
                 for k, v in self.items()
-                if k != "config" and not (k in _FLAGS and not v)
+                if k not in _COMMANDS and not (k in _FLAGS and not v)
             }
             config = build_config(cli, file_settings)
         except ConfigError as e:
+            if checking:
+                status = check_config.refused(e, sys.stdout, sys.stderr)
+                raise SystemExit(status) from None
             sys.stderr.write(f"docxy: configuration error: {e}\n")
             sys.stderr.flush()
             raise SystemExit(2) from None
         self.config = config
+        if checking:  # before twistd daemonizes, writes a pid file or listens
+            from twisted.internet import reactor
+
+            found = check_config.check(
+                config, reactor, os.environ, str(config_file or "") or None
+            )
+            raise SystemExit(check_config.report(found, sys.stdout, sys.stderr))
 
 
 def makeService(options: Options) -> IService:
@@ -345,12 +367,14 @@ def makeService(options: Options) -> IService:
 
     from .cache.directory import CacheDirError
     from .logs import to_stdout
+    from .preflight import require
     from .service import DocxyService, make_service, supervise
 
     config = options.config
     assert config is not None
     service: DocxyService
     try:
+        require(config, reactor)  # what --check-config checks of the files
         if config.workers > 1:
             twistd_options = getattr(options, "parent", None) or {}
             service = supervise(config, reactor, to_stdout(twistd_options))

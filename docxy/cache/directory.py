@@ -14,6 +14,7 @@ whenever the last of them exits, however it exits (``kill -9`` too).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -54,6 +55,29 @@ def default_max_size(root: Path, cached: int) -> int:
     return max(1, min(DEFAULT_MAX_SIZE, int((free + cached) * DEFAULT_SHARE)))
 
 
+def check_usable(root: Path) -> bool:
+    """Whether Docxy can use ``root``, without creating or locking anything:
+    True if it exists (a writable directory), False if it is missing and
+    can be created; otherwise :class:`CacheDirError`. Start runs it before
+    taking the lock, ``--check-config`` instead of taking it."""
+    if root.exists():
+        if not root.is_dir():
+            raise CacheDirError(f"{str(root)!r} is not a directory")
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise CacheDirError(f"{str(root)!r} is not writable")
+        return True
+    parent = root.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        why = os.strerror(errno.ENOTDIR)
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        why = os.strerror(errno.EACCES)
+    else:
+        return False
+    raise CacheDirError(f"cannot use {str(root)!r}: {why}")
+
+
 class CacheLock:
     """The exclusive lock on a cache directory, held until the process ends."""
 
@@ -64,6 +88,7 @@ class CacheLock:
     @classmethod
     def acquire(cls, root: Path) -> CacheLock:
         """Create ``root`` if needed and lock it, or raise :class:`CacheDirError`."""
+        check_usable(root)
         try:
             # Private images' blobs are in it: a directory Docxy makes is its
             # own (one the operator made keeps its mode).

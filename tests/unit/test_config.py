@@ -217,3 +217,14 @@ def test_default_public_url_of_an_acme_port(port: str, url: str) -> None:
     from docxy.config import default_public_url
 
     assert default_public_url((port,)) == url
+
+
+def test_an_upstream_url_with_credentials_is_refused_without_showing_them() -> None:
+    with pytest.raises(ConfigError) as refused:
+        build_config({"upstream": "https://bot:s3cret@registry.example"})
+    assert str(refused.value) == (
+        "upstream: 'https://***@registry.example' must not contain credentials"
+    )
+    with pytest.raises(ConfigError) as refused:
+        build_config({"upstream": "ftp://ghp_token@registry.example"})
+    assert "ghp_token" not in str(refused.value)
