@@ -218,3 +218,25 @@ def test_the_live_configuration_of_a_running_docxy_exits_0_with_warnings(
     assert f"(pid {running.pid})" in held
     assert result.stdout.splitlines()[-1].startswith(f"{SUMMARY}Docxy would start")
     assert (cache / "lock").read_text() == f"{running.pid}\n"  # not the check's
+
+
+def test_start_logs_the_certificate_warning_the_check_prints(tmp_path: Path) -> None:
+    key, cert = write_pair(tmp_path, "soon.example", valid_until=3.5)
+    port = free_port()
+    args = ["--port", ssl_port(key, cert, port), "--no-cache", "--workers", "1"]
+    warning = "certificate for soon.example is valid until"
+    result = check(*args, cwd=tmp_path)
+    assert result.returncode == 0, result
+    (line,) = [w for w in findings(result, "warning") if warning in w]
+    assert line.endswith("(3 days left)")
+    running = ManagedProcess(
+        [TWISTD, "-n", "--pidfile=", "docxy", *args],
+        tmp_path / "docxy.log",
+        env=twistd_env(),
+        cwd=tmp_path,
+    )
+    try:
+        running.wait_for_port(port)
+        running.wait_for_log(line)
+    finally:
+        assert running.stop() is not None
