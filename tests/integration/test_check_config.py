@@ -51,6 +51,16 @@ def findings(result: subprocess.CompletedProcess[str], level: str) -> list[str]:
     ]
 
 
+def start(args: list[str], directory: Path) -> ManagedProcess:
+    """The daemon itself, with the configuration a check was given."""
+    return ManagedProcess(
+        [TWISTD, "-n", "--pidfile=", "docxy", *args],
+        directory / "docxy.log",
+        env=twistd_env(),
+        cwd=directory,
+    )
+
+
 def htpasswd(directory: Path) -> Path:
     path = directory / "htpasswd"
     hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
@@ -194,12 +204,7 @@ def test_the_live_configuration_of_a_running_docxy_exits_0_with_warnings(
     port, cache = free_port(), tmp_path / "cache"
     args = ["--port", loopback(port), "--cache-dir", str(cache)]
     args += ["--upstream", f"http://{LOOPBACK}:{free_port()}", "--workers", "1"]
-    running = ManagedProcess(
-        [TWISTD, "-n", "--pidfile=", "docxy", *args],
-        tmp_path / "docxy.log",
-        env=twistd_env(),
-        cwd=tmp_path,
-    )
+    running = start(args, tmp_path)
     try:
         running.wait_for_port(port)
         with socket.create_connection((LOOPBACK, port)):
@@ -229,12 +234,7 @@ def test_start_logs_the_certificate_warning_the_check_prints(tmp_path: Path) -> 
     assert result.returncode == 0, result
     (line,) = [w for w in findings(result, "warning") if warning in w]
     assert line.endswith("(3 days left)")
-    running = ManagedProcess(
-        [TWISTD, "-n", "--pidfile=", "docxy", *args],
-        tmp_path / "docxy.log",
-        env=twistd_env(),
-        cwd=tmp_path,
-    )
+    running = start(args, tmp_path)
     try:
         running.wait_for_port(port)
         running.wait_for_log(line)
