@@ -22,6 +22,7 @@ import pytest
 from tests.support.blob_server import BlobServerProcess
 from tests.support.docxy import AccessLog, Docxy
 from tests.support.images import ImageInfo
+from tests.support.processes import wait_until
 from tests.support.registry import Upstream, fetch
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
@@ -53,6 +54,22 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     yield mount
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remount_read_only(disk: Path) -> None:
+    """``mount -o remount,ro``, once no file on ``disk`` is open for writing:
+    while Docxy still writes what a pull taught it (a ledger batch, say)
+    the kernel refuses with "mount point is busy" (seen in a full run)."""
+    wait_until(
+        lambda: (
+            subprocess.run(
+                ["mount", "-o", "remount,ro", str(disk)], capture_output=True
+            ).returncode
+            == 0
+        ),
+        30,
+        f"{disk} to be remounted read-only",
+    )
 
 
 def fill_up(disk: Path) -> Path:
@@ -172,7 +189,7 @@ def test_a_read_only_cache_directory_pulls_uncached_until_writable(
     pull(docxy, cached, workdir)
     assert image_blobs(cached) <= cached_blobs(cache)
 
-    subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
+    remount_read_only(cache)
     try:
         pull(docxy, cached, workdir)  # served from the read-only cache
         pull(docxy, other, workdir)  # not cacheable now: uncached
