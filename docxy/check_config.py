@@ -17,10 +17,11 @@ start, else 2 with the one line start would print on stderr.
 from __future__ import annotations
 
 import errno
+import os
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 
 from .cache.directory import holder
@@ -33,6 +34,7 @@ from .preflight import (
     OK,
     WARNING,
     Finding,
+    endpoint_of,
     file_findings,
     listening_ports,
     refusal,
@@ -42,6 +44,14 @@ from .start_warnings import start_warnings
 from .tls.endpoint import AcmeEndpoint
 
 SUMMARY = "docxy: configuration check:"
+
+
+def run(config: Config, config_file: str) -> int:
+    """``--check-config`` of a configuration that parsed: the exit status."""
+    from twisted.internet import reactor
+
+    found = check(config, reactor, os.environ, config_file or None)
+    return report(found, sys.stdout, sys.stderr)
 
 
 def check(
@@ -123,14 +133,21 @@ def cache_holder(config: Config) -> list[Finding]:
 def ports(config: Config, reactor: Any) -> Iterator[Finding]:
     """Each port bound for the instant of the check, as start binds it."""
     for port in listening_ports(config):
-        if port.startswith("systemd:"):
+        endpoint = endpoint_of(reactor, port)
+        if endpoint is None:
+            yield Finding(
+                WARNING,
+                f"port {port}: not checked: its socket is systemd's to pass at "
+                "start (socket activation), and this check has none (is the "
+                ".socket unit listening? systemctl status docxy.socket)",
+            )
+        elif "systemd:" in port:
             yield Finding(OK, f"port {port}: inherited from systemd (not bound here)")
-            continue
-        yield _bind(port, reactor)
+        else:
+            yield _bind(port, endpoint, reactor)
 
 
-def _bind(port: str, reactor: Any) -> Finding:
-    endpoint = serverFromString(reactor, port)
+def _bind(port: str, endpoint: Any, reactor: Any) -> Finding:
     if isinstance(endpoint, AcmeEndpoint):
         endpoint = endpoint.wrapped  # its listen would start the ACME manager
     try:
@@ -152,6 +169,8 @@ def _bind(port: str, reactor: Any) -> Finding:
     return Finding(OK, f"port {port}: free")
 
 
-def refused(error: ConfigError, out: TextIO, err: TextIO) -> int:
+def refused(
+    error: ConfigError, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     """A setting start would refuse: nothing else can be checked."""
-    return report([refusal(error)], out, err)
+    return report([refusal(error)], out or sys.stdout, err or sys.stderr)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -101,6 +104,25 @@ def ports(name: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+# A check outside the systemd unit (--check-config) cannot have the sockets
+# systemd passes at start: there a systemd: port is taken as given.
+_SYSTEMD_SOCKETS_ASSUMED: ContextVar[bool] = ContextVar("systemd", default=False)
+NO_SYSTEMD_SOCKET = (
+    "no such socket inherited from systemd: a systemd: port needs "
+    "socket activation (a .socket unit, see deploy/systemd/)"
+)
+
+
+@contextmanager
+def systemd_sockets_assumed() -> Iterator[None]:
+    """Within: a systemd: port without its inherited socket parses."""
+    token = _SYSTEMD_SOCKETS_ASSUMED.set(True)
+    try:
+        yield
+    finally:
+        _SYSTEMD_SOCKETS_ASSUMED.reset(token)
+
+
 def check_endpoint(name: str, endpoint: str) -> None:
     """Parse (without listening) so a typo fails at start, not at bind time."""
     from twisted.internet import endpoints, reactor
@@ -109,6 +131,8 @@ def check_endpoint(name: str, endpoint: str) -> None:
         endpoints.serverFromString(reactor, endpoint)
     except Exception as e:
         reason = endpoint_failure(endpoint, e)
+        if NO_SYSTEMD_SOCKET in reason and _SYSTEMD_SOCKETS_ASSUMED.get():
+            return  # also an acme: port's wrapped systemd: endpoint
         raise ConfigError(f"{name}: invalid endpoint {endpoint!r}: {reason}") from None
 
 
@@ -119,10 +143,7 @@ def endpoint_failure(endpoint: str, error: Exception) -> str:
     without socket activation it fails with a bare IndexError or KeyError.
     """
     if "systemd:" in endpoint and isinstance(error, (IndexError, KeyError)):
-        return (
-            "no such socket inherited from systemd: a systemd: port needs "
-            "socket activation (a .socket unit, see deploy/systemd/)"
-        )
+        return NO_SYSTEMD_SOCKET
     return str(error) or type(error).__name__
 
 

@@ -178,7 +178,7 @@ def certificates(
 ) -> Iterator[Finding]:
     """How long the certificate of each ssl: and acme: port is still valid."""
     for port in listening_ports(config):
-        endpoint = serverFromString(reactor, port)  # parsed already: no error
+        endpoint = endpoint_of(reactor, port)
         if isinstance(endpoint, AcmeEndpoint):
             yield from _acme(port, endpoint, now)
             continue
@@ -189,6 +189,16 @@ def certificates(
         chain = [leaf, *(getattr(options, "extraCertChain", None) or ())]
         certs = [c.to_cryptography() for c in chain]
         yield _validity(f"port {port}: certificate", certs, now, renewed=False)
+
+
+def endpoint_of(reactor: Any, port: str) -> Any:
+    """The endpoint of a port string that parsed, or None for a systemd:
+    socket that a check outside the unit does not have
+    (:func:`docxy.config_values.systemd_sockets_assumed`)."""
+    try:
+        return serverFromString(reactor, port)
+    except Exception:
+        return None
 
 
 def listening_ports(config: Config) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from typing import Any
 
 from twisted.application.service import IService
@@ -16,6 +17,7 @@ from twisted.python import usage
 
 from . import __version__
 from .config import Config, ConfigError, build_config, load_file
+from .config_values import systemd_sockets_assumed
 from .environment import settings_from_env
 
 _DEFAULTS = Config()
@@ -332,34 +334,30 @@ class Options(usage.Options):
         from . import check_config
 
         checking = bool(self["check-config"])
-        try:
-            env_settings = settings_from_env(os.environ)
-            config_file = self["config"] or env_settings.pop("config", None)
-            env_settings.pop("config", None)  # --config wins over DOCXY_CONFIG
-            file_settings = load_file(str(config_file)) if config_file else {}
-            file_settings.update(env_settings)  # the environment over the file
-            # Flags default to 0; only a flag actually given overrides the file.
-            cli = {
-                k: v
-                for k, v in self.items()
-                if k not in _COMMANDS and not (k in _FLAGS and not v)
-            }
-            config = build_config(cli, file_settings)
+        try:  # a check outside the systemd unit has none of its sockets
+            with systemd_sockets_assumed() if checking else nullcontext():
+                env_settings = settings_from_env(os.environ)
+                # --config wins over DOCXY_CONFIG
+                config_file = self["config"] or env_settings.pop("config", None)
+                env_settings.pop("config", None)
+                file_settings = load_file(str(config_file)) if config_file else {}
+                file_settings.update(env_settings)  # the environment over the file
+                # Flags default to 0; only a flag given overrides the file.
+                cli = {
+                    k: v
+                    for k, v in self.items()
+                    if k not in _COMMANDS and not (k in _FLAGS and not v)
+                }
+                config = build_config(cli, file_settings)
         except ConfigError as e:
             if checking:
-                status = check_config.refused(e, sys.stdout, sys.stderr)
-                raise SystemExit(status) from None
+                raise SystemExit(check_config.refused(e)) from None
             sys.stderr.write(f"docxy: configuration error: {e}\n")
             sys.stderr.flush()
             raise SystemExit(2) from None
         self.config = config
         if checking:  # before twistd daemonizes, writes a pid file or listens
-            from twisted.internet import reactor
-
-            found = check_config.check(
-                config, reactor, os.environ, str(config_file or "") or None
-            )
-            raise SystemExit(check_config.report(found, sys.stdout, sys.stderr))
+            raise SystemExit(check_config.run(config, str(config_file or "")))
 
 
 def makeService(options: Options) -> IService:

@@ -187,6 +187,18 @@ def test_an_expired_certificate_is_a_warning_with_its_date(tmp_path: Path) -> No
     assert "clients refuse it" in expired
 
 
+def test_a_systemd_port_is_a_warning_outside_the_unit(tmp_path: Path) -> None:
+    """The shipped socket-activation settings, checked by hand: start stops
+    without systemd's socket, the check says it could not check it."""
+    args = ["--port", "systemd:domain=INET6:index=0", "--no-cache"]
+    args += ["--public-url", "http://mirror.example:5000", "--workers", "1"]
+    result = check(*args, cwd=tmp_path)
+    assert result.returncode == 0, result
+    (warning,) = [w for w in findings(result, "warning") if w.startswith("port ")]
+    assert "not checked: its socket is systemd's to pass at start" in warning
+    assert twistd(*args, cwd=tmp_path).returncode == 2
+
+
 def test_a_port_no_interface_has_exits_2(tmp_path: Path) -> None:
     port = "tcp:5000:interface=192.0.2.1"  # TEST-NET-1: on no interface here
     result = check("--port", port, "--no-cache", cwd=tmp_path)

@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from docxy import check_config, preflight
 from docxy.cache.directory import CacheLock
 from docxy.config import Config, ConfigError, build_config
+from docxy.config_values import systemd_sockets_assumed
 from docxy.credentials import Credentials
 from docxy.tls.store import AcmeStore
 from docxy.upstream_set import PRESETS
@@ -226,3 +227,24 @@ def test_the_report_never_shows_a_secret_and_exits_as_start_would(
 
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    "port",
+    [
+        "systemd:domain=INET6:index=0",
+        "acme:/tmp/acme:systemd:domain=INET6:index=0:domains=m.example",
+    ],
+)
+def test_a_check_takes_a_systemd_socket_as_given_start_does_not(port: str) -> None:
+    settings = {"port": [port], "public-url": "https://m.example", "no-cache": True}
+    with pytest.raises(ConfigError, match="needs socket activation"):
+        build_config(settings)
+    with systemd_sockets_assumed():
+        config = build_config(settings)
+    with pytest.raises(ConfigError, match="needs socket activation"):
+        build_config(settings)  # only within
+    finding = only(list(check_config.ports(config, reactor)))
+    assert finding.level == preflight.WARNING
+    assert "not checked: its socket is systemd's to pass at start" in finding.text
+    assert list(preflight.certificates(config, reactor, now())) == []
