@@ -326,26 +326,35 @@ class _Writer:
 
     def _commit(self) -> None:
         batch = list(self._unwritten)
-        try:
-            # Removed under Docxy (an operator wiping the cache): recreated.
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(connect(self.path)) as db:
-                try:
-                    self._apply(db, batch)
-                except sqlite3.OperationalError as e:
-                    if "no such table" not in str(e):
-                        raise
-                    _create(db)  # the file was removed under Docxy
-                    self._apply(db, batch)
-        except (sqlite3.Error, OSError) as e:
-            if not self._failing:
-                self._failing = True
-                self._report(e)
-            return
+        for attempt in (1, 2):
+            try:
+                self._write(batch)
+                break
+            except (sqlite3.Error, OSError) as e:
+                # Removed under Docxy mid-write (an operator wiping the
+                # cache): SQLite says "disk I/O error"; a new file is made.
+                if attempt == 1 and not self.path.exists():
+                    continue
+                if not self._failing:
+                    self._failing = True
+                    self._report(e)
+                return
         self._unwritten.clear()
         if self._failing:
             self._failing = False
             log.info("writing {path} again", path=str(self.path))
+
+    def _write(self, batch: list[list[Statement]]) -> None:
+        # Removed under Docxy (an operator wiping the cache): recreated.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(connect(self.path)) as db:
+            try:
+                self._apply(db, batch)
+            except sqlite3.OperationalError as e:
+                if "no such table" not in str(e):
+                    raise
+                _create(db)  # the file was removed under Docxy
+                self._apply(db, batch)
 
     @staticmethod
     def _apply(db: sqlite3.Connection, batch: list[list[Statement]]) -> None:

@@ -223,7 +223,7 @@ def test_a_removed_cache_directory_is_recreated_and_pulls_go_on(
     shutil.rmtree(gone, ignore_errors=True)
     pull(docxy, image, workdir)
 
-    assert image_blobs(image) <= cached_blobs(cache)
+    assert image_blobs(image) <= cached_blobs(cache), docxy.log_text()[-6000:]
     recreated = [line for line in docxy.log_text().splitlines() if "recreated" in line]
     assert len(recreated) == 1, docxy.log_text()[-3000:]
     assert leftovers(cache) == []

@@ -259,6 +259,37 @@ def test_a_ledger_removed_under_docxy_is_recreated_with_what_came_since(
     assert rows(root, "SELECT repo FROM public ORDER BY stamp") == [("b",)]
 
 
+def test_a_ledger_removed_in_the_middle_of_a_write_is_not_disk_trouble(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory goes while a batch is being written (SQLite answers
+    "disk I/O error"): the batch lands in a new file, and the cache's disk
+    health is not told (it would step the whole cache aside)."""
+    from docxy.cache.ledger_db import connect as real_connect
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    ledger = open_ledger(root)
+    errors: list[OSError] = []
+    ledger.on_error(errors.append)
+    ledger.public.put(("up", "a"), (), 1.0)
+    ledger.sync()
+    wiped: list[bool] = []
+
+    def wiped_mid_write(path: Path) -> sqlite3.Connection:
+        if not wiped:
+            wiped.append(True)
+            shutil.rmtree(root)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_connect(path)
+
+    monkeypatch.setattr("docxy.cache.ledger.connect", wiped_mid_write)
+    ledger.public.put(("up", "b"), (), 2.0)
+    ledger.close()
+    assert wiped and errors == []
+    assert rows(root, "SELECT repo FROM public ORDER BY stamp") == [("b",)]
+
+
 def test_changes_the_disk_refused_are_written_once_it_takes_them(
     tmp_path: Path,
 ) -> None:
