@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.support.docxy import Docxy  # noqa: E402
+from tests.support.docxy import Docxy, DocxyFactory  # noqa: E402
 from tests.support.images import STANDARD_IMAGES, populate  # noqa: E402
 from tests.support.registry import Upstream, start_upstream  # noqa: E402
 
@@ -44,7 +44,6 @@ STANDARD_REPOSITORIES: list[str] = sorted({spec.repo for spec in STANDARD_IMAGES
 # --workers (docs/scaling.md#workers): logs, pids and signals stay simple.
 os.environ.setdefault("DOCXY_WORKERS", "1")
 
-DocxyFactory = Callable[..., Docxy]
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 
 

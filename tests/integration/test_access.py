@@ -14,7 +14,7 @@ import bcrypt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import STANDARD_REPOSITORIES, DocxyFactory
+from tests.conftest import STANDARD_REPOSITORIES
 from tests.integration.test_prefetch import prefetch
 from tests.support.clients import (
     Containerd,
@@ -26,7 +26,7 @@ from tests.support.daemons import (
     dockerd_through,
     podman_through,
 )
-from tests.support.docxy import TWISTD, Docxy, twistd_env
+from tests.support.docxy import TWISTD, Docxy, DocxyFactory, twistd_env
 from tests.support.processes import free_port
 from tests.support.registry import (
     Upstream,

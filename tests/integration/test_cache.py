@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from tests.support.clients import (
     Dockerd,
 )
 from tests.support.daemons import state_dir
-from tests.support.docxy import AccessLog, Docxy
+from tests.support.docxy import AccessLog, Docxy, DocxyFactory
 from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.processes import LOOPBACK, wait_until
 from tests.support.registry import (
@@ -41,8 +41,6 @@ from tests.support.registry import (
 )
 from tests.support.relay import GatedRelay
 from tests.support.skopeo import assert_pulled, file_digest, skopeo_pull
-
-Factory = Callable[..., Docxy]
 
 # One image with one big layer of incompressible deterministic bytes.
 BIG_LAYER = 200 * 1024 * 1024
@@ -58,7 +56,7 @@ def blob_gets(upstream: Upstream, since: int, blobs: list[str]) -> int:
 
 
 def test_second_pull_and_restart_make_no_upstream_blob_gets(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["library/multi:1.0"]
     cache = tmp_path / "cache"
@@ -79,7 +77,7 @@ def test_second_pull_and_restart_make_no_upstream_blob_gets(
 
 
 def test_private_blobs_are_not_given_to_anonymous_clients(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["private/secret:1"]
     docxy = docxy_factory(upstream.url, "--cache-dir", str(tmp_path / "cache"))
@@ -200,7 +198,7 @@ def big_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]
 
 
 def test_ten_concurrent_pulls_of_a_big_layer_make_one_upstream_get_per_blob(
-    docxy_factory: Factory, big_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, big_upstream: Upstream, tmp_path: Path
 ) -> None:
     image = big_upstream.images[BIG.ref]
     layer = image.layers["linux/amd64"][0]
@@ -330,7 +328,7 @@ def test_pulls_after_skopeo_make_no_upstream_manifest_gets(
 
 
 def test_cache_stays_under_its_size_limit_while_pulling_more(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     limit = 512 * 1024
     cache = tmp_path / "cache"
@@ -368,7 +366,7 @@ def test_cache_stays_under_its_size_limit_while_pulling_more(
 
 
 def test_kill_9_during_a_fill_leaves_nothing_that_is_served(
-    docxy_factory: Factory, big_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, big_upstream: Upstream, tmp_path: Path
 ) -> None:
     image = big_upstream.images[BIG.ref]
     layer = image.layers["linux/amd64"][0]
@@ -429,7 +427,7 @@ def test_kill_9_during_a_fill_leaves_nothing_that_is_served(
 
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_a_flipped_byte_in_a_cached_blob_is_never_served_as_that_digest(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path, where: str
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path, where: str
 ) -> None:
     image = upstream.images["library/alpine:3.20"]
     layer = biggest_layer(upstream, image)  # more than one 256 KiB disk read
@@ -465,7 +463,7 @@ def test_a_flipped_byte_in_a_cached_blob_is_never_served_as_that_digest(
 
 
 def test_access_log_says_miss_joined_and_hit(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["library/alpine:3.20"]
     layer = biggest_layer(upstream, image)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.blob_server import BlobServerProcess
-from tests.support.docxy import AccessLog, Docxy
+from tests.support.docxy import AccessLog, Docxy, DocxyFactory
 from tests.support.images import ImageInfo
 from tests.support.processes import wait_until
 from tests.support.registry import Upstream, fetch
@@ -28,7 +28,6 @@ from tests.support.skopeo import assert_pulled, skopeo_pull
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
 
-DocxyFactory = Callable[..., Docxy]
 MIB = 1024 * 1024
 TROUBLE = "does not take writes"
 

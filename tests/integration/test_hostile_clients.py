@@ -16,19 +16,17 @@ import json
 import os
 import resource
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from tests.support.blob_server import BlobServerProcess
-from tests.support.docxy import Docxy
+from tests.support.docxy import Docxy, DocxyFactory
 from tests.support.processes import LOOPBACK
 from tests.support.registry import Upstream, fetch
 from tests.support.skopeo import assert_pulled, skopeo_pull
-
-DocxyFactory = Callable[..., Docxy]
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
-from tests.support.docxy import Docxy
+from tests.support.docxy import Docxy, DocxyFactory
 from tests.support.images import sha256_digest
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import (
@@ -28,9 +27,6 @@ from tests.support.registry import (
     challenge,
     fetch,
 )
-
-DocxyFactory = Callable[..., Docxy]
-
 
 # --------------------------------------------------------------------------
 # helpers

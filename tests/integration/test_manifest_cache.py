@@ -4,7 +4,7 @@ concurrent misses (one upstream GET, each client still checked)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.test_access import metric_samples
 from tests.integration.test_cache import docxy_token
-from tests.support.docxy import AccessLog, Docxy, with_metrics
+from tests.support.docxy import AccessLog, DocxyFactory, with_metrics
 from tests.support.images import ImageSpec, populate
 from tests.support.processes import wait_until
 from tests.support.registry import (
@@ -23,8 +23,6 @@ from tests.support.registry import (
 )
 from tests.support.relay import GatedRelay
 from tests.support.skopeo import assert_pulled, skopeo_pull
-
-Factory = Callable[..., Docxy]
 
 SPECS = (
     ImageSpec("library/web", "1", layer_sizes=(120 * 1024,), seed="web"),
@@ -77,7 +75,7 @@ def manifest_gets(upstream: Upstream, since: int) -> list[str]:
 
 
 def test_second_pull_asks_upstream_for_no_manifest(
-    docxy_factory: Factory, own_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, own_upstream: Upstream, tmp_path: Path
 ) -> None:
     docxy = docxy_factory(own_upstream.url, "--cache-dir", str(tmp_path / "c"))
     skopeo_pull(docxy.hostport, "web:1", tmp_path / "one")
@@ -94,7 +92,7 @@ def test_second_pull_asks_upstream_for_no_manifest(
 
 
 def test_expired_tag_is_revalidated_with_head_only(
-    docxy_factory: Factory, own_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, own_upstream: Upstream, tmp_path: Path
 ) -> None:
     docxy = docxy_factory(
         own_upstream.url,
@@ -112,7 +110,7 @@ def test_expired_tag_is_revalidated_with_head_only(
 
 
 def test_images_pulled_before_still_pull_when_upstream_is_down(
-    docxy_factory: Factory, own_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, own_upstream: Upstream, tmp_path: Path
 ) -> None:
     docxy = docxy_factory(own_upstream.url, "--cache-dir", str(tmp_path / "c"))
     image = own_upstream.images["library/web:1"]
@@ -142,7 +140,7 @@ def test_images_pulled_before_still_pull_when_upstream_is_down(
 
 
 def test_expired_tag_is_served_stale_when_upstream_is_down(
-    docxy_factory: Factory, own_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, own_upstream: Upstream, tmp_path: Path
 ) -> None:
     docxy = docxy_factory(
         own_upstream.url,
@@ -189,7 +187,7 @@ def everyone_asked(
 
 
 def test_concurrent_cold_pulls_make_one_get_per_manifest(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """N skopeo pulls of an OCI index at the same moment: one upstream GET of
     the index and one of the platform's manifest, not N of each."""
@@ -238,7 +236,7 @@ def test_concurrent_cold_pulls_make_one_get_per_manifest(
 
 
 def test_a_client_without_rights_that_joins_an_entitled_get_gets_no_content(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """alice's GET of a private manifest is in flight; bob (a user without
     rights there), an anonymous token and no credentials at all ask for the

@@ -15,19 +15,17 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from docxy.cache.fill_lock import LENGTH
 from tests.support.blob_server import BlobServerProcess
-from tests.support.docxy import Docxy, twistd_env, with_metrics
+from tests.support.docxy import DocxyFactory, twistd_env, with_metrics
 from tests.support.processes import LOOPBACK, free_port, port_open, wait_until
 from tests.support.registry import Upstream, fetch
 from tests.support.skopeo import skopeo_pull
 
-Factory = Callable[..., Docxy]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 MiB = 1024 * 1024
 
@@ -57,7 +55,7 @@ def total(samples: Samples, name: str) -> float:
 
 
 def test_metrics_follow_two_real_pulls(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["library/alpine:3.20"]
     sizes = {b: len(upstream.blob_bytes(image.repo, b)) for b in image.blobs}
@@ -98,7 +96,7 @@ def test_metrics_follow_two_real_pulls(
 
 
 def test_readiness_follows_the_cache_directory(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
     metrics_port = free_port()
@@ -131,7 +129,7 @@ def test_readiness_follows_the_cache_directory(
 
 
 def test_sigterm_lets_a_big_transfer_finish_and_exits_0(
-    docxy_factory: Factory, tmp_path: Path
+    docxy_factory: DocxyFactory, tmp_path: Path
 ) -> None:
     blob = BlobServerProcess(tmp_path, 256 * MiB)
     cache = tmp_path / "cache"
@@ -186,7 +184,7 @@ def test_sigterm_lets_a_big_transfer_finish_and_exits_0(
 
 
 def test_shutdown_timeout_cuts_what_is_left_and_leaves_no_entry(
-    docxy_factory: Factory, tmp_path: Path
+    docxy_factory: DocxyFactory, tmp_path: Path
 ) -> None:
     """A client that never reads past the deadline is cut; the exit is still 0."""
     blob = BlobServerProcess(tmp_path, 64 * MiB, stall_after=8 * MiB)
@@ -224,7 +222,7 @@ def test_shutdown_timeout_cuts_what_is_left_and_leaves_no_entry(
 
 
 def test_json_logs_carry_the_access_fields_and_no_token(
-    docxy_factory: Factory, upstream: Upstream
+    docxy_factory: DocxyFactory, upstream: Upstream
 ) -> None:
     docxy = docxy_factory(upstream.url, "--log-format", "json")
     answer = fetch(f"{docxy.url}/v2/alpine/manifests/3.20?token=s3cret-value")
@@ -254,7 +252,7 @@ def docxy_cache(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_docxy_cache_beside_a_running_docxy_and_after_it(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["library/alpine:3.20"]
     sizes = {b: len(upstream.blob_bytes(image.repo, b)) for b in image.blobs}

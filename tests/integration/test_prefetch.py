@@ -11,18 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.docxy import REPO, AccessLog, Docxy, twistd_env
+from tests.support.docxy import REPO, AccessLog, Docxy, DocxyFactory, twistd_env
 from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.processes import NO_INTERNET_ENV
 from tests.support.registry import Upstream, start_upstream
 from tests.support.skopeo import assert_pulled, skopeo_pull
-
-Factory = Callable[..., Docxy]
 
 
 def prefetch(
@@ -57,12 +55,12 @@ AMD64 = ("--override-arch", "amd64")
 ARM64 = ("--override-arch", "arm64")
 
 
-def cached(docxy_factory: Factory, upstream: Upstream, tmp_path: Path) -> Docxy:
+def cached(docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path) -> Docxy:
     return docxy_factory(upstream.url, "--cache-dir", str(tmp_path / "cache"))
 
 
 def test_one_platform_of_an_index_then_a_pull_makes_no_upstream_blob_gets(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["library/multi:1.0"]
     arm64 = [image.configs["linux/arm64"], *image.layers["linux/arm64"]]
@@ -89,7 +87,7 @@ def test_one_platform_of_an_index_then_a_pull_makes_no_upstream_blob_gets(
 
 
 def test_all_platforms_then_a_pull_of_all_makes_no_upstream_blob_gets(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["library/multi:list"]  # a Docker manifest list
     docxy = cached(docxy_factory, upstream, tmp_path)
@@ -108,7 +106,7 @@ def test_all_platforms_then_a_pull_of_all_makes_no_upstream_blob_gets(
 
 
 def test_registry_host_and_digest_go_through_the_path_alias(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["library/alpine:3.20"]
     docxy = cached(docxy_factory, upstream, tmp_path)
@@ -135,7 +133,7 @@ def test_registry_host_and_digest_go_through_the_path_alias(
 
 
 def test_unknown_images_fail_with_one_line_each(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     docxy = cached(docxy_factory, upstream, tmp_path)
 
@@ -154,7 +152,7 @@ def test_unknown_images_fail_with_one_line_each(
 
 
 def test_private_image_needs_and_works_with_user(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["private/secret:1"]
     docxy = cached(docxy_factory, upstream, tmp_path)
@@ -186,7 +184,7 @@ def test_private_image_needs_and_works_with_user(
 
 
 def test_mirror_url_with_an_alias_path(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """``--mirror http://docxy/<alias>``: requests go to ``/<alias>/v2/...``."""
     docxy = cached(docxy_factory, upstream, tmp_path)

@@ -9,19 +9,17 @@ answer 429 themselves on demand (:mod:`tests.support.faulty`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemons import EveryClient, at_once, every_client
-from tests.support.docxy import Docxy
+from tests.support.docxy import Docxy, DocxyFactory
 from tests.support.faulty import FaultyUpstream, start_faulty_upstream
 from tests.support.images import ImageInfo, ImageSpec
 from tests.support.registry import fetch
 from tests.support.skopeo import skopeo_pull
-
-Factory = Callable[..., Docxy]
 
 WEB = ImageSpec("library/web", "1", layer_sizes=(120 * 1024, 40 * 1024), seed="rl")
 VAULT = ImageSpec("private/vault", "1", layer_sizes=(80 * 1024,), seed="rl-vault")
@@ -100,7 +98,7 @@ def pull_web_with_every_client(
 
 
 def test_every_client_pulls_cached_images_at_once_while_everything_answers_429(
-    docxy_factory: Factory,
+    docxy_factory: DocxyFactory,
     faulty: FaultyUpstream,
     tmp_path: Path,
 ) -> None:
@@ -119,7 +117,7 @@ def test_every_client_pulls_cached_images_at_once_while_everything_answers_429(
 
 
 def test_a_429_to_the_access_check_lets_remembered_evidence_decide(
-    docxy_factory: Factory, faulty: FaultyUpstream, tmp_path: Path
+    docxy_factory: DocxyFactory, faulty: FaultyUpstream, tmp_path: Path
 ) -> None:
     """A short auth TTL: every cached answer needs an access check, which gets 429."""
     image = faulty.images[WEB.ref]
@@ -158,7 +156,7 @@ def test_a_429_to_the_access_check_lets_remembered_evidence_decide(
 
 @pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
 def test_uncached_content_gets_the_429_envelope_with_retry_after(
-    docxy_factory: Factory, faulty: FaultyUpstream, tmp_path: Path, cache: bool
+    docxy_factory: DocxyFactory, faulty: FaultyUpstream, tmp_path: Path, cache: bool
 ) -> None:
     args = ["--cache-dir", str(tmp_path / "cache")] if cache else []
     docxy = docxy_factory(faulty.url, *args)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import http.client
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +24,11 @@ from docxy.own_tokens import ANONYMOUS_TOKEN
 from tests.support.balancer import BALANCERS, BINARIES, Balancer
 from tests.support.clients import CONTAINERD, CTR, Containerd
 from tests.support.daemons import need, running
-from tests.support.docxy import AccessLog, Docxy
+from tests.support.docxy import AccessLog, Docxy, DocxyFactory
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import Registry, Upstream, fetch, get_token
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
-Factory = Callable[..., Docxy]
 REPLICAS = 3
 
 
@@ -41,7 +40,7 @@ class ReplicaSet:
 
 
 def start_replica_set(
-    kind: str, factory: Factory, upstream: Upstream, base: Path, *extra: str
+    kind: str, factory: DocxyFactory, upstream: Upstream, base: Path, *extra: str
 ) -> ReplicaSet:
     """3 replicas (a cache each, the balancer's public-url) behind ``kind``."""
     need(BINARIES[kind])
@@ -66,7 +65,7 @@ def start_replica_set(
 @pytest.fixture(params=sorted(BALANCERS))
 def replica_set(
     request: pytest.FixtureRequest,
-    docxy_factory: Factory,
+    docxy_factory: DocxyFactory,
     upstream: Upstream,
     tmp_path: Path,
 ) -> Iterator[ReplicaSet]:
@@ -155,7 +154,7 @@ def test_a_token_from_one_replica_works_on_every_replica(
 
 
 def test_docxys_own_tokens_are_good_on_every_replica(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """An open upstream: one replica's realm hands out Docxy's anonymous
     token (the client still wants one); another replica takes it. It is the
@@ -273,7 +272,7 @@ def status_from(source: str, url: str) -> int:
 
 @pytest.mark.parametrize("kind", sorted(BALANCERS))
 def test_the_balancer_passes_the_client_address_to_trusting_replicas(
-    kind: str, docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    kind: str, docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """``allow`` behind the balancer: the shipped configuration sends
     X-Forwarded-For, and replicas that trust the balancer judge the client

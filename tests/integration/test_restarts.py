@@ -9,20 +9,18 @@ from __future__ import annotations
 import contextlib
 import signal
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemons import at_once, every_client
-from tests.support.docxy import Docxy
+from tests.support.docxy import Docxy, DocxyFactory
 from tests.support.faulty import FaultyUpstream, start_faulty_upstream
 from tests.support.images import ImageSpec
 from tests.support.processes import wait_until
 from tests.support.registry import basic_auth, fetch, parse_challenge
 from tests.support.skopeo import skopeo_pull
-
-Factory = Callable[..., Docxy]
 
 WEB = ImageSpec("library/web", "1", layer_sizes=(100 * 1024,), seed="restart")
 VAULT = ImageSpec("private/vault", "1", layer_sizes=(70 * 1024,), seed="restart-v")
@@ -79,7 +77,9 @@ def warm(docxy: Docxy, cache: Path, tmp_path: Path, faulty: FaultyUpstream) -> N
     )
 
 
-def restart(docxy: Docxy, factory: Factory, url: str, cache: Path, how: int) -> Docxy:
+def restart(
+    docxy: Docxy, factory: DocxyFactory, url: str, cache: Path, how: int
+) -> Docxy:
     if how == signal.SIGKILL:
         docxy.kill()
         docxy.popen.wait(30)
@@ -125,7 +125,7 @@ def assert_refused(docxy: Docxy, faulty: FaultyUpstream, token: str) -> None:
     ids=["down-kill-9", "429-sigterm"],
 )
 def test_restarted_during_an_outage_serves_what_it_served_before(
-    docxy_factory: Factory,
+    docxy_factory: DocxyFactory,
     faulty: FaultyUpstream,
     tmp_path: Path,
     fault: str,
@@ -165,7 +165,7 @@ def test_restarted_during_an_outage_serves_what_it_served_before(
 
 
 def test_every_client_pulls_after_a_restart_while_the_upstream_is_down(
-    docxy_factory: Factory, faulty: FaultyUpstream, tmp_path: Path
+    docxy_factory: DocxyFactory, faulty: FaultyUpstream, tmp_path: Path
 ) -> None:
     web = faulty.images[WEB.ref]
     vault = faulty.images[VAULT.ref]
@@ -209,7 +209,7 @@ def test_every_client_pulls_after_a_restart_while_the_upstream_is_down(
 
 
 def test_the_ledger_keeps_no_credential_and_its_secret_is_private(
-    docxy_factory: Factory, faulty: FaultyUpstream, tmp_path: Path
+    docxy_factory: DocxyFactory, faulty: FaultyUpstream, tmp_path: Path
 ) -> None:
     vault = faulty.images[VAULT.ref]
     cache = tmp_path / "cache"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -33,7 +33,7 @@ from tests.support.clients import (
     Podman,
     request_urls,
 )
-from tests.support.docxy import AccessLog, Docxy
+from tests.support.docxy import AccessLog, Docxy, DocxyFactory
 from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.registry import Upstream, start_plain_registry
 from tests.support.skopeo import assert_pulled, skopeo_pull
@@ -127,7 +127,7 @@ def test_skopeo_pulls_an_open_upstream_behind_an_alias(
 
 
 def test_upstream_url_keeps_docker_io_for_containerd(
-    upstream: Upstream, docxy_factory: Callable[..., Docxy]
+    upstream: Upstream, docxy_factory: DocxyFactory
 ) -> None:
     """``--upstream <a Hub mirror>`` and nothing else: containerd's requests
     carry ``?ns=docker.io`` and must be served from that URL."""

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.docxy import Docxy
+from tests.support.docxy import Docxy, DocxyFactory
 from tests.support.images import ImageInfo, sha256_digest
 from tests.support.registry import Upstream
 from tests.support.skopeo import assert_pulled, file_digest, run_skopeo, skopeo_pull
-
-DocxyFactory = Callable[..., Docxy]
 
 # What skopeo prints when the registry (through Docxy) refused access.
 AUTH_FAILURE = re.compile(r"unauthorized|authentication required|denied", re.I)

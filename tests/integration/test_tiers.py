@@ -11,7 +11,7 @@ Docxy's access log count the transfers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import STANDARD_REPOSITORIES
 from tests.support.daemons import every_client
-from tests.support.docxy import AccessLog, Docxy
+from tests.support.docxy import AccessLog, Docxy, DocxyFactory
 from tests.support.registry import (
     Upstream,
     fetch,
@@ -28,8 +28,6 @@ from tests.support.registry import (
     start_upstream,
 )
 from tests.support.skopeo import assert_pulled, skopeo_pull
-
-Factory = Callable[..., Docxy]
 
 
 @dataclass
@@ -40,13 +38,13 @@ class Chain:
     node: Docxy
 
 
-def start_chain(factory: Factory, upstream: Upstream, base: Path) -> Chain:
+def start_chain(factory: DocxyFactory, upstream: Upstream, base: Path) -> Chain:
     regional = factory(upstream.url, "--cache-dir", str(base / "regional"))
     node = factory(regional.url, "--cache-dir", str(base / "node"))
     return Chain(regional, node)
 
 
-def add_node(factory: Factory, chain: Chain, base: Path) -> Docxy:
+def add_node(factory: DocxyFactory, chain: Chain, base: Path) -> Docxy:
     return factory(chain.regional.url, "--cache-dir", str(base))
 
 
@@ -72,7 +70,7 @@ def regional_gets(log: AccessLog, blobs: list[str]) -> dict[str, int]:
 
 
 def test_a_blob_crosses_each_link_once(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """Two nodes pull one image: upstream once in all, regional once per node."""
     image = upstream.images["library/multi:1.0"]
@@ -93,7 +91,7 @@ def test_a_blob_crosses_each_link_once(
 
 
 def test_private_image_with_credentials_through_both_tiers(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """The token request crosses both tiers to the upstream's token service."""
     image = upstream.images["private/secret:1"]
@@ -122,7 +120,7 @@ def test_private_image_with_credentials_through_both_tiers(
 
 
 def test_challenges_name_the_node_realm_and_the_upstream_service(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """A client of the node is sent to the node's realm, never the regional's."""
     chain = start_chain(docxy_factory, upstream, tmp_path)
@@ -143,7 +141,7 @@ def test_challenges_name_the_node_realm_and_the_upstream_service(
 
 
 def test_ranges_and_errors_pass_through_both_tiers(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["library/alpine:3.20"]
     chain = start_chain(docxy_factory, upstream, tmp_path)
@@ -179,7 +177,7 @@ def test_ranges_and_errors_pass_through_both_tiers(
 
 
 def test_alias_and_ns_reach_the_upstream_through_both_tiers(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """podman-style path aliases and containerd's ``ns`` at the node tier."""
     image = upstream.images["library/alpine:3.20"]
@@ -224,7 +222,7 @@ def own_upstream(upstream: Upstream, tmp_path: Path) -> Iterator[Upstream]:
 
 
 def test_a_new_node_pulls_what_an_offline_regional_tier_cached(
-    docxy_factory: Factory, own_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, own_upstream: Upstream, tmp_path: Path
 ) -> None:
     """Upstream gone: the regional tier's offline answers serve a fresh node."""
     image = own_upstream.images["library/multi:1.0"]
@@ -245,7 +243,7 @@ def test_a_new_node_pulls_what_an_offline_regional_tier_cached(
 
 
 def test_a_second_registry_of_the_regional_tier_by_its_alias_mount(
-    docxy_factory: Factory,
+    docxy_factory: DocxyFactory,
     upstream: Upstream,
     own_upstream: Upstream,
     tmp_path: Path,
@@ -296,7 +294,7 @@ def test_a_second_registry_of_the_regional_tier_by_its_alias_mount(
 
 
 def test_clients_pull_through_both_tiers_and_from_the_node_without_regional(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     """skopeo, dockerd (with its Hub login for a private image), containerd
     and podman through both tiers; then the regional tier stops, and what

@@ -8,14 +8,11 @@ it TLS verification must fail closed (502), never be silently disabled.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.docxy import Docxy
+from tests.support.docxy import DocxyFactory
 from tests.support.registry import Response, Upstream, fetch, make_test_ca
 from tests.support.skopeo import assert_pulled, file_digest, skopeo_pull
-
-DocxyFactory = Callable[..., Docxy]
 
 
 def assert_502_envelope(resp: Response) -> None:

@@ -21,7 +21,7 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +34,13 @@ from tests.integration.test_cache import (
     open_blob,
     read_all,
 )
-from tests.support.docxy import TWISTD, Docxy, twistd_env
+from tests.support.docxy import TWISTD, Docxy, DocxyFactory, twistd_env
 from tests.support.images import ImageSpec, populate
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port, wait_until
 from tests.support.registry import Upstream, fetch, start_upstream
 from tests.support.relay import GatedRelay
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
-Factory = Callable[..., Docxy]
 LAYER = 24 * 1024 * 1024
 MID = ImageSpec("library/mid", "1", layer_sizes=(LAYER,), seed="workers")
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
@@ -107,7 +106,7 @@ def sha256(data: bytes) -> str:
 
 
 def test_two_workers_serve_skopeo_pulls_and_share_the_cache(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     image = upstream.images["library/multi:1.0"]
     cache = tmp_path / "cache"
@@ -159,7 +158,7 @@ class HeldFill:
 
 
 def held_fill(
-    docxy_factory: Factory,
+    docxy_factory: DocxyFactory,
     upstream: Upstream,
     relay: GatedRelay,
     cache: Path,
@@ -192,7 +191,7 @@ def _size(path: Path) -> int:
 
 
 def test_eight_cold_pulls_over_two_workers_make_one_upstream_get(
-    docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, mid_upstream: Upstream, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
     relay = GatedRelay(mid_upstream.registry.port)
@@ -223,7 +222,7 @@ def test_eight_cold_pulls_over_two_workers_make_one_upstream_get(
 
 
 def test_a_worker_killed_mid_fill_serves_nothing_corrupt_and_is_restarted(
-    docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, mid_upstream: Upstream, tmp_path: Path
 ) -> None:
     image = mid_upstream.images[MID.ref]
     cache = tmp_path / "cache"
@@ -257,7 +256,7 @@ def test_a_worker_killed_mid_fill_serves_nothing_corrupt_and_is_restarted(
 
 
 def test_a_stopped_worker_mid_fill_does_not_hold_up_the_other_workers_clients(
-    docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, mid_upstream: Upstream, tmp_path: Path
 ) -> None:
     # The filling worker keeps its lock while stopped (SIGSTOP, hung): the
     # other worker's client gets the headers at once and what the file
@@ -289,7 +288,7 @@ def test_a_stopped_worker_mid_fill_does_not_hold_up_the_other_workers_clients(
 
 
 def test_a_second_docxy_on_the_cache_of_two_workers_is_refused(
-    docxy_factory: Factory, upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
     docxy = docxy_factory(upstream.url, "--cache-dir", str(cache), "--workers", "2")
@@ -313,7 +312,7 @@ def test_a_second_docxy_on_the_cache_of_two_workers_is_refused(
 
 
 def test_sigterm_to_the_supervisor_drains_every_worker_and_exits_0(
-    docxy_factory: Factory, mid_upstream: Upstream, tmp_path: Path
+    docxy_factory: DocxyFactory, mid_upstream: Upstream, tmp_path: Path
 ) -> None:
     relay = GatedRelay(mid_upstream.registry.port)
     try:

@@ -61,8 +61,14 @@ class Docxy(ManagedProcess):
         self.wait_for_port(self.port)
 
 
+# The ``docxy_factory`` fixture (tests/conftest.py):
+# ``factory(upstream_url, *extra_args, library_prefix="on") -> Docxy``,
+# each Docxy stopped (and checked for a crash) when the test ends.
+DocxyFactory = Callable[..., Docxy]
+
+
 def with_metrics(
-    factory: Callable[..., Docxy], upstream: str, *extra_args: str
+    factory: DocxyFactory, upstream: str, *extra_args: str
 ) -> tuple[Docxy, int]:
     """A Docxy from ``factory`` with a ``--metrics-port`` of its own, and the port."""
     port = free_port()
