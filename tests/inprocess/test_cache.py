@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -17,11 +16,12 @@ from zope.interface import implementer
 
 from docxy.cache.blob_cache import BlobCache
 from docxy.cache.pullthrough import PullThroughCache
+from tests.support.digests import sha256_digest
 
 from .harness import FakeUpstream, Harness, Reply, start, until
 
 BLOB = os.urandom(3 * 1024 * 1024 + 17)
-DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+DIGEST = sha256_digest(BLOB)
 PATH = f"/v2/library/alpine/blobs/{DIGEST}".encode()
 CLIENT_PATH = f"/v2/alpine/blobs/{DIGEST}"
 

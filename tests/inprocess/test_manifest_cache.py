@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -12,16 +11,13 @@ from twisted.internet import defer
 from twisted.web.server import NOT_DONE_YET, Request
 
 from docxy.cache.pullthrough import PullThroughCache
+from tests.support.digests import sha256_digest
 
 from .harness import FakeUpstream, Harness, Reply, start, until
 
 OCI = b"application/vnd.oci.image.manifest.v1+json"
 DOCKER = b"application/vnd.docker.distribution.manifest.v2+json"
 BODIES = {OCI: b'{"schemaVersion":2,"mediaType":"oci"}', DOCKER: b'{"schemaVersion":2}'}
-
-
-def digest(body: bytes) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 class Manifests:
@@ -40,11 +36,11 @@ class Manifests:
         accept = b",".join(request.requestHeaders.getRawHeaders(b"accept", []))
         kind = OCI if OCI in accept else DOCKER
         for media, body in BODIES.items():
-            if reference == digest(body).encode():
+            if reference == sha256_digest(body).encode():
                 kind = media
         body = BODIES[kind]
         request.setHeader(b"content-type", kind)
-        request.setHeader(b"docker-content-digest", digest(body).encode())
+        request.setHeader(b"docker-content-digest", sha256_digest(body).encode())
         request.setHeader(b"content-length", b"%d" % len(body))
         if request.method == b"HEAD":
             return b""
@@ -62,7 +58,8 @@ def manifests(upstream: FakeUpstream) -> Manifests:
     handler = Manifests()
     upstream.routes[b"/v2/library/app/manifests/1"] = handler
     for body in BODIES.values():
-        upstream.routes[f"/v2/library/app/manifests/{digest(body)}".encode()] = handler
+        path = f"/v2/library/app/manifests/{sha256_digest(body)}"
+        upstream.routes[path.encode()] = handler
     return handler
 
 
@@ -131,7 +128,7 @@ async def test_manifest_bytes_that_do_not_match_are_refused(
 async def test_head_on_a_cached_manifest_answers_from_cache(
     docxy: Harness, manifests: Manifests, upstream: FakeUpstream
 ) -> None:
-    by_digest = f"/v2/app/manifests/{digest(BODIES[DOCKER])}"
+    by_digest = f"/v2/app/manifests/{sha256_digest(BODIES[DOCKER])}"
     await docxy.request(b"GET", by_digest)
     seen = len(upstream.seen)
     head = await docxy.request(b"HEAD", by_digest)
@@ -146,7 +143,7 @@ async def test_head_on_a_cached_manifest_answers_from_cache(
 
 INDEX = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}'
 INDEX_TYPE = b"application/vnd.oci.image.index.v1+json"
-INDEX_DIGEST = digest(INDEX)
+INDEX_DIGEST = sha256_digest(INDEX)
 INDEX_PATH = f"/v2/app/manifests/{INDEX_DIGEST}"
 
 

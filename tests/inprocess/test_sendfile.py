@@ -11,7 +11,6 @@ access log and the counters count the bytes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -24,12 +23,13 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from zope.interface import implementer
 
 from docxy.cache.kernel_sender import KernelSender
+from tests.support.digests import sha256_digest
 
 from .harness import FakeUpstream, Harness, start, until
 from .test_cache import BLOB, CLIENT_PATH, DIGEST, PATH, Blob, cache_of
 
 BIG = os.urandom(24 * 1024 * 1024)
-BIG_DIGEST = "sha256:" + hashlib.sha256(BIG).hexdigest()
+BIG_DIGEST = sha256_digest(BIG)
 BIG_PATH = f"/v2/library/alpine/blobs/{BIG_DIGEST}"
 BIG_CLIENT_PATH = f"/v2/alpine/blobs/{BIG_DIGEST}"
 

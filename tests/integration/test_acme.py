@@ -29,8 +29,8 @@ from cryptography.x509.oid import NameOID
 
 from tests.support.certs_d import certs_d_entry
 from tests.support.clients import DOCKER_CLI, DOCKERD, Dockerd
+from tests.support.digests import sha256_digest
 from tests.support.docxy import Docxy
-from tests.support.images import sha256_digest
 from tests.support.pebble import PEBBLE, Pebble
 from tests.support.processes import LOOPBACK, free_port, wait_until
 from tests.support.registry import (

@@ -8,7 +8,6 @@ upstream's pace, so on loopback it is otherwise over before a test can act).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.blob_counts import blob_get_count, cached_blobs
 from tests.support.clients import (
     CONTAINERD,
     CTR,
@@ -29,6 +29,7 @@ from tests.support.clients import (
     Dockerd,
 )
 from tests.support.daemons import state_dir
+from tests.support.digests import file_digest, sha256_digest
 from tests.support.docxy import AccessLog, Docxy, DocxyFactory
 from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.processes import LOOPBACK, wait_until
@@ -40,19 +41,11 @@ from tests.support.registry import (
     start_upstream,
 )
 from tests.support.relay import GatedRelay
-from tests.support.skopeo import assert_pulled, file_digest, skopeo_pull
+from tests.support.skopeo import assert_pulled, skopeo_pull
 
 # One image with one big layer of incompressible deterministic bytes.
 BIG_LAYER = 200 * 1024 * 1024
 BIG = ImageSpec("library/big", "1", layer_sizes=(BIG_LAYER,), seed="big")
-
-
-def blob_gets(upstream: Upstream, since: int, blobs: list[str]) -> int:
-    return sum(
-        1
-        for method, path in upstream.requests()[since:]
-        if method == "GET" and any(path.split("?")[0].endswith(b) for b in blobs)
-    )
 
 
 def test_second_pull_and_restart_make_no_upstream_blob_gets(
@@ -63,17 +56,17 @@ def test_second_pull_and_restart_make_no_upstream_blob_gets(
     docxy = docxy_factory(upstream.url, "--cache-dir", str(cache))
     before = len(upstream.requests())
     skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / "one", "--all")
-    assert blob_gets(upstream, before, image.blobs) == len(image.blobs)
+    assert blob_get_count(upstream.requests()[before:], image.blobs) == len(image.blobs)
 
     middle = len(upstream.requests())
     skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / "two", "--all")
-    assert blob_gets(upstream, middle, image.blobs) == 0
+    assert blob_get_count(upstream.requests()[middle:], image.blobs) == 0
 
     docxy.stop()
     restarted = docxy_factory(upstream.url, "--cache-dir", str(cache))
     after = len(upstream.requests())
     skopeo_pull(restarted.hostport, "multi:1.0", tmp_path / "three", "--all")
-    assert blob_gets(upstream, after, image.blobs) == 0
+    assert blob_get_count(upstream.requests()[after:], image.blobs) == 0
 
 
 def test_private_blobs_are_not_given_to_anonymous_clients(
@@ -115,15 +108,6 @@ def docxy_token(docxy: Docxy, repo: str, creds: tuple[str, str] | None = None) -
     return get_token(
         params["realm"], params["service"], [f"repository:{repo}:pull"], creds
     )
-
-
-def cached_blobs(cache: Path) -> dict[str, Path]:
-    """digest -> file, for every blob under ``DIR/blobs/<algorithm>/<hh>/<hex>``."""
-    return {
-        f"{path.parent.parent.name}:{path.name}": path
-        for path in (cache / "blobs").glob("*/*/*")
-        if path.is_file()
-    }
 
 
 def blobs_size(cache: Path) -> int:
@@ -218,7 +202,7 @@ def test_ten_concurrent_pulls_of_a_big_layer_make_one_upstream_get_per_blob(
         with ThreadPoolExecutor(len(outs)) as pool:
             list(pool.map(one_client, outs))  # raises the first failed pull
         for blob in image.blobs:
-            assert blob_gets(big_upstream, before, [blob]) == 1, blob
+            assert blob_get_count(big_upstream.requests()[before:], [blob]) == 1, blob
         for out in outs:  # skopeo verified each digest; the files agree
             assert_pulled(out, image.blobs)
     finally:
@@ -264,7 +248,7 @@ def client_pulls(
             docxy.hostport, "multi:1.0", base / "skopeo" / "out"
         )  # this host: linux/amd64
         amd64 = [image.configs["linux/amd64"], *image.layers["linux/amd64"]]
-        assert blob_gets(upstream, before, amd64) == len(amd64)
+        assert blob_get_count(upstream.requests()[before:], amd64) == len(amd64)
 
         mark, log = len(upstream.requests()), AccessLog(docxy)
         dockerd = Dockerd(base / "dockerd", [docxy.url])
@@ -404,7 +388,9 @@ def test_kill_9_during_a_fill_leaves_nothing_that_is_served(
         relay.release()
         # The registry logs the cut-off GET once its connection is gone.
         wait_until(
-            lambda: blob_gets(big_upstream, start, [layer]) == 1, 30, "the cut GET"
+            lambda: blob_get_count(big_upstream.requests()[start:], [layer]) == 1,
+            30,
+            "the cut GET",
         )
 
         restarted = docxy_factory(relay.url, "--cache-dir", str(cache))
@@ -413,7 +399,9 @@ def test_kill_9_during_a_fill_leaves_nothing_that_is_served(
         before = len(big_upstream.requests())
         out = tmp_path / "healed" / "out"
         skopeo_pull(restarted.hostport, "big:1", out)
-        assert blob_gets(big_upstream, before, [layer]) == 1  # not from the cache
+        assert (
+            blob_get_count(big_upstream.requests()[before:], [layer]) == 1
+        )  # not from the cache
         assert_pulled(out, image.blobs)
         assert file_digest(cached_blobs(cache)[layer]) == layer  # healed
     finally:
@@ -446,15 +434,15 @@ def test_a_flipped_byte_in_a_cached_blob_is_never_served_as_that_digest(
     token = docxy_token(docxy, image.repo)
     status, length, body = get_blob(docxy, image.repo, layer, token)
     assert (status, length) == (200, size)
-    assert not (
-        len(body) == length and "sha256:" + hashlib.sha256(body).hexdigest() != layer
-    ), "a damaged cached file was served whole as its digest"
+    assert not (len(body) == length and sha256_digest(body) != layer), (
+        "a damaged cached file was served whole as its digest"
+    )
     assert len(body) < size, "expected a short read"
 
     before = len(upstream.requests())
     out = tmp_path / "second" / "out"
     skopeo_pull(docxy.hostport, "alpine:3.20", out)
-    assert blob_gets(upstream, before, [layer]) == 1  # refetched
+    assert blob_get_count(upstream.requests()[before:], [layer]) == 1  # refetched
     assert_pulled(out, image.blobs)
     assert file_digest(cached_blobs(cache)[layer]) == layer
 
@@ -483,9 +471,9 @@ def test_access_log_says_miss_joined_and_hit(
         assert (first.status, second.status) == (200, 200)
         relay.release()
         for response in (first, second):
-            assert "sha256:" + hashlib.sha256(read_all(response)).hexdigest() == layer
+            assert sha256_digest(read_all(response)) == layer
         status, _, body = get_blob(docxy, image.repo, layer, token)  # the hit
-        assert (status, "sha256:" + hashlib.sha256(body).hexdigest()) == (200, layer)
+        assert (status, sha256_digest(body)) == (200, layer)
         wait_until(lambda: len(blob_lines(log, layer)) == 3, 30, "three log lines")
     finally:
         for conn in opened:

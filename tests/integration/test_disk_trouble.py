@@ -10,7 +10,6 @@ end (so a fill runs into the full disk mid-way).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -19,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.blob_counts import cached_blobs
 from tests.support.blob_server import BlobServerProcess
+from tests.support.digests import sha256_digest
 from tests.support.docxy import AccessLog, Docxy, DocxyFactory
 from tests.support.images import ImageInfo
 from tests.support.processes import wait_until
@@ -90,13 +91,6 @@ def pull(docxy: Docxy, image: ImageInfo, workdir: Path) -> None:
     assert_pulled(out, image.blobs, image.digest)
 
 
-def cached_blobs(cache: Path) -> set[str]:
-    root = cache / "blobs"
-    if not root.is_dir():
-        return set()
-    return {f"{p.parent.parent.name}:{p.name}" for p in root.glob("*/*/*")}
-
-
 def leftovers(cache: Path) -> list[Path]:
     """Partial files anywhere in the cache directory."""
     return [
@@ -131,14 +125,14 @@ def test_a_full_disk_pulls_uncached_and_caching_resumes(
     pull(docxy, first, workdir)
     pull(docxy, second, workdir)
 
-    assert not cached_blobs(cache) & (image_blobs(first) | image_blobs(second))
+    assert not set(cached_blobs(cache)) & (image_blobs(first) | image_blobs(second))
     assert leftovers(cache) == []
     assert len(warnings(docxy)) == 1, docxy.log_text()[-3000:]
 
     filler.unlink()
     log = AccessLog(docxy)
     pull(docxy, first, workdir)
-    assert image_blobs(first) <= cached_blobs(cache), log.dump()
+    assert image_blobs(first) <= set(cached_blobs(cache)), log.dump()
     assert "caching resumes" in docxy.log_text()
     assert len(warnings(docxy)) == 1
 
@@ -167,8 +161,8 @@ def test_a_fill_that_runs_out_of_disk_goes_on_from_upstream(
 
     assert resp.status == 200
     assert len(resp.body) == 12 * MIB
-    assert "sha256:" + hashlib.sha256(resp.body).hexdigest() == chunked_blob.digest
-    assert cached_blobs(cache) == set()
+    assert sha256_digest(resp.body) == chunked_blob.digest
+    assert cached_blobs(cache) == {}
     assert leftovers(cache) == []
     assert len(warnings(docxy)) == 1, docxy.log_text()[-3000:]
 
@@ -186,19 +180,19 @@ def test_a_read_only_cache_directory_pulls_uncached_until_writable(
     workdir = tmp_path / "pulls"
     workdir.mkdir()
     pull(docxy, cached, workdir)
-    assert image_blobs(cached) <= cached_blobs(cache)
+    assert image_blobs(cached) <= set(cached_blobs(cache))
 
     remount_read_only(cache)
     try:
         pull(docxy, cached, workdir)  # served from the read-only cache
         pull(docxy, other, workdir)  # not cacheable now: uncached
-        assert not image_blobs(other) & cached_blobs(cache)
+        assert not image_blobs(other) & set(cached_blobs(cache))
         assert len(warnings(docxy)) == 1, docxy.log_text()[-3000:]
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(cache)], check=True)
 
     pull(docxy, other, workdir)
-    assert image_blobs(other) <= cached_blobs(cache)
+    assert image_blobs(other) <= set(cached_blobs(cache))
     assert leftovers(cache) == []
     assert len(warnings(docxy)) == 1
 
@@ -212,7 +206,7 @@ def test_a_removed_cache_directory_is_recreated_and_pulls_go_on(
     workdir = tmp_path / "pulls"
     workdir.mkdir()
     pull(docxy, image, workdir)
-    assert image_blobs(image) <= cached_blobs(cache)
+    assert image_blobs(image) <= set(cached_blobs(cache))
 
     # Docxy may still be writing (the ledger's writer thread) while the
     # directory goes: take the path away atomically, as `rm -rf` would
@@ -222,7 +216,7 @@ def test_a_removed_cache_directory_is_recreated_and_pulls_go_on(
     shutil.rmtree(gone, ignore_errors=True)
     pull(docxy, image, workdir)
 
-    assert image_blobs(image) <= cached_blobs(cache), docxy.log_text()[-6000:]
+    assert image_blobs(image) <= set(cached_blobs(cache)), docxy.log_text()[-6000:]
     recreated = [line for line in docxy.log_text().splitlines() if "recreated" in line]
     assert len(recreated) == 1, docxy.log_text()[-3000:]
     assert leftovers(cache) == []

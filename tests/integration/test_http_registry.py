@@ -16,8 +16,8 @@ from urllib.parse import urlencode
 
 import pytest
 
+from tests.support.digests import sha256_digest
 from tests.support.docxy import Docxy, DocxyFactory
-from tests.support.images import sha256_digest
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import (
     MANIFEST_ACCEPT,

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.clients import PODMAN, Podman
 from tests.support.daemons import running
+from tests.support.digests import file_digest
 from tests.support.engine import (
     DOCXY_UID,
     NEEDS_ENGINE,
@@ -28,7 +29,7 @@ from tests.support.engine import (
 )
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import Upstream, fetch
-from tests.support.skopeo import assert_pulled, file_digest, skopeo_pull
+from tests.support.skopeo import assert_pulled, skopeo_pull
 
 pytestmark = NEEDS_ENGINE
 

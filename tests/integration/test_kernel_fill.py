@@ -11,26 +11,22 @@ mid-body gives a short read and leaves nothing behind. The metric
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.integration.test_cache import (
-    blob_gets,
-    cached_blobs,
     docxy_token,
     open_blob,
     read_all,
 )
 from tests.integration.test_workers import LAYER, MID, mid_upstream  # noqa: F401
-from tests.support.docxy import Docxy, with_metrics
+from tests.support.blob_counts import blob_get_count, cached_blobs
+from tests.support.digests import file_digest, sha256_digest
+from tests.support.docxy import DocxyFactory, with_metrics
 from tests.support.processes import LOOPBACK, wait_until
 from tests.support.registry import Upstream, fetch
 from tests.support.relay import GatedRelay
-
-Factory = Callable[..., Docxy]
 
 
 def kernel_fills(port: int) -> int:
@@ -40,12 +36,8 @@ def kernel_fills(port: int) -> int:
     return int(float(found.group(1)))
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def test_concurrent_cold_clients_of_a_kernel_fill_get_the_blob_from_one_get(
-    docxy_factory: Factory,
+    docxy_factory: DocxyFactory,
     mid_upstream: Upstream,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -65,10 +57,10 @@ def test_concurrent_cold_clients_of_a_kernel_fill_get_the_blob_from_one_get(
     with ThreadPoolExecutor(4) as pool:
         bodies = list(pool.map(get, range(4)))
 
-    assert [sha256(b) for b in bodies] == [layer] * 4
-    assert blob_gets(mid_upstream, before, [layer]) == 1
+    assert [sha256_digest(b) for b in bodies] == [layer] * 4
+    assert blob_get_count(mid_upstream.requests()[before:], [layer]) == 1
     assert kernel_fills(metrics) == 1  # the kernel path, not Python's
-    assert sha256(cached_blobs(cache)[layer].read_bytes()) == layer
+    assert file_digest(cached_blobs(cache)[layer]) == layer
     assert list((cache / "tmp").iterdir()) == []
     # The upstream connection went back to the pool in a state to be reused.
     again = fetch(
@@ -83,7 +75,7 @@ def test_concurrent_cold_clients_of_a_kernel_fill_get_the_blob_from_one_get(
 
 
 def test_an_upstream_cut_mid_kernel_fill_is_a_short_read_and_caches_nothing(
-    docxy_factory: Factory,
+    docxy_factory: DocxyFactory,
     mid_upstream: Upstream,  # noqa: F811
     tmp_path: Path,
 ) -> None:

@@ -30,6 +30,7 @@ import yaml
 
 from tests.support.clients import CONTAINERD, CTR, Containerd
 from tests.support.daemons import running
+from tests.support.digests import file_digest
 from tests.support.engine import (
     DOCXY_UID,
     KUBERNETES,
@@ -38,7 +39,7 @@ from tests.support.engine import (
 )
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import Upstream, fetch
-from tests.support.skopeo import file_digest, skopeo_pull
+from tests.support.skopeo import skopeo_pull
 
 pytestmark = NEEDS_ENGINE
 

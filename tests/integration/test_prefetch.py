@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.blob_counts import blob_get_count
 from tests.support.docxy import REPO, AccessLog, Docxy, DocxyFactory, twistd_env
 from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.processes import NO_INTERNET_ENV
@@ -37,17 +38,6 @@ def prefetch(
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
-    )
-
-
-def blob_gets(upstream: Upstream, since: int, blobs: list[str] | None = None) -> int:
-    """Upstream GETs of ``blobs`` (of any blob with None) since ``since``."""
-    return sum(
-        1
-        for method, path in upstream.requests()[since:]
-        if method == "GET"
-        and "/blobs/" in path
-        and (blobs is None or any(path.split("?")[0].endswith(b) for b in blobs))
     )
 
 
@@ -76,14 +66,15 @@ def test_one_platform_of_an_index_then_a_pull_makes_no_upstream_blob_gets(
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"multi:1.0: {image.digest} linux/arm64 "), lines
     assert f" blobs={len(arm64)} " in lines[0], lines
-    assert blob_gets(upstream, before, arm64) == len(arm64)
-    assert blob_gets(upstream, before, amd64) == 0  # only the chosen platform
+    assert blob_get_count(upstream.requests()[before:], arm64) == len(arm64)
+    # only the chosen platform
+    assert blob_get_count(upstream.requests()[before:], amd64) == 0
 
     warm = len(upstream.requests())
     skopeo_pull(
         docxy.hostport, "multi:1.0", tmp_path / "pull" / "out", global_flags=ARM64
     )
-    assert blob_gets(upstream, warm) == 0
+    assert blob_get_count(upstream.requests()[warm:]) == 0
 
 
 def test_all_platforms_then_a_pull_of_all_makes_no_upstream_blob_gets(
@@ -98,11 +89,11 @@ def test_all_platforms_then_a_pull_of_all_makes_no_upstream_blob_gets(
     assert result.returncode == 0, result.stderr
     assert "linux/amd64,linux/arm64" in result.stdout, result.stdout
     assert f" blobs={len(image.blobs)} " in result.stdout, result.stdout
-    assert blob_gets(upstream, before, image.blobs) == len(image.blobs)
+    assert blob_get_count(upstream.requests()[before:], image.blobs) == len(image.blobs)
 
     warm = len(upstream.requests())
     skopeo_pull(docxy.hostport, "multi:list", tmp_path / "pull" / "out", "--all")
-    assert blob_gets(upstream, warm) == 0
+    assert blob_get_count(upstream.requests()[warm:]) == 0
 
 
 def test_registry_host_and_digest_go_through_the_path_alias(
@@ -129,7 +120,7 @@ def test_registry_host_and_digest_go_through_the_path_alias(
     skopeo_pull(
         docxy.hostport, "alpine:3.20", tmp_path / "pull" / "out", global_flags=AMD64
     )
-    assert blob_gets(upstream, warm) == 0
+    assert blob_get_count(upstream.requests()[warm:]) == 0
 
 
 def test_unknown_images_fail_with_one_line_each(
@@ -167,7 +158,7 @@ def test_private_image_needs_and_works_with_user(
     before = len(upstream.requests())
     alice = prefetch(docxy, "--user", "alice:secret", "private/secret:1")
     assert alice.returncode == 0, alice.stderr
-    assert blob_gets(upstream, before, image.blobs) == len(image.blobs)
+    assert blob_get_count(upstream.requests()[before:], image.blobs) == len(image.blobs)
     from_env = prefetch(docxy, "private/secret:1", DOCXY_PREFETCH_USER="alice:secret")
     assert from_env.returncode == 0, from_env.stderr
 
@@ -180,7 +171,7 @@ def test_private_image_needs_and_works_with_user(
         "alice:secret",
         global_flags=AMD64,
     )
-    assert blob_gets(upstream, warm) == 0
+    assert blob_get_count(upstream.requests()[warm:]) == 0
 
 
 def test_mirror_url_with_an_alias_path(
@@ -200,7 +191,7 @@ def test_mirror_url_with_an_alias_path(
     skopeo_pull(
         docxy.hostport, "alpine:3.20", tmp_path / "pull" / "out", global_flags=AMD64
     )
-    assert blob_gets(upstream, warm) == 0
+    assert blob_get_count(upstream.requests()[warm:]) == 0
 
 
 # --- the point of it: pulls while the upstream is down ------------------------

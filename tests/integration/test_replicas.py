@@ -22,6 +22,7 @@ import pytest
 
 from docxy.own_tokens import ANONYMOUS_TOKEN
 from tests.support.balancer import BALANCERS, BINARIES, Balancer
+from tests.support.blob_counts import blob_gets
 from tests.support.clients import CONTAINERD, CTR, Containerd
 from tests.support.daemons import need, running
 from tests.support.docxy import AccessLog, Docxy, DocxyFactory
@@ -76,15 +77,6 @@ def replica_set(
         rs.balancer.stop()
 
 
-def blob_gets(upstream: Upstream, since: int, blobs: list[str]) -> dict[str, int]:
-    counts = dict.fromkeys(blobs, 0)
-    for method, path in upstream.requests()[since:]:
-        for blob in blobs:
-            if method == "GET" and path.split("?", 1)[0].endswith(f"/blobs/{blob}"):
-                counts[blob] += 1
-    return counts
-
-
 def served_by(rs: ReplicaSet, blob: str) -> set[int]:
     """The replicas that answered a GET of ``blob``."""
     return {
@@ -111,7 +103,7 @@ def test_concurrent_pulls_through_the_balancer_make_one_upstream_get_per_blob(
 
     for out in outs:
         assert_pulled(out, image.blobs, image.digest)
-    gets = blob_gets(upstream, since, image.blobs)
+    gets = blob_gets(upstream.requests()[since:], image.blobs)
     assert set(gets.values()) == {1}, gets
     # Affinity: each blob's every request went to one replica.
     for blob in image.blobs:
@@ -200,7 +192,7 @@ def test_a_removed_replica_moves_only_its_own_blobs(
     skopeo_pull(replica_set.balancer.hostport, "multi:1.0", tmp_path / "b", "--all")
 
     assert_pulled(tmp_path / "b", image.blobs, image.digest)
-    gets = blob_gets(upstream, since, image.blobs)
+    gets = blob_gets(upstream.requests()[since:], image.blobs)
     moved = {b for b, n in gets.items() if n}
     assert moved == set(by_replica[victim]), (gets, by_replica, victim)
     assert set(gets[b] for b in moved) <= {1}, gets
@@ -248,7 +240,7 @@ def test_containerd_pulls_through_the_balancer(
     containerd.pull("multi", ref)
     assert containerd.image_digest("multi", ref) == image.digest
     wanted = [image.configs["linux/amd64"], *image.layers["linux/amd64"]]
-    gets = blob_gets(upstream, since, wanted)
+    gets = blob_gets(upstream.requests()[since:], wanted)
     assert set(gets.values()) == {1}, gets
     for blob in wanted:
         assert len(served_by(replica_set, blob)) == 1, blob

@@ -47,8 +47,9 @@ from tests.support.clients import (
     response_headers,
 )
 from tests.support.daemons import running
+from tests.support.digests import sha256_digest
 from tests.support.docxy import AccessLog, Docxy
-from tests.support.images import ImageInfo, ImageSpec, populate, sha256_digest
+from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.processes import LOOPBACK, wait_until
 from tests.support.registry import (
     MANIFEST_ACCEPT,

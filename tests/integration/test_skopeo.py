@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.digests import file_digest, sha256_digest
 from tests.support.docxy import Docxy, DocxyFactory
-from tests.support.images import ImageInfo, sha256_digest
+from tests.support.images import ImageInfo
 from tests.support.registry import Upstream
-from tests.support.skopeo import assert_pulled, file_digest, run_skopeo, skopeo_pull
+from tests.support.skopeo import assert_pulled, run_skopeo, skopeo_pull
 
 # What skopeo prints when the registry (through Docxy) refused access.
 AUTH_FAILURE = re.compile(r"unauthorized|authentication required|denied", re.I)

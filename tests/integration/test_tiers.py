@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import STANDARD_REPOSITORIES
+from tests.support.blob_counts import blob_gets
 from tests.support.daemons import every_client
 from tests.support.docxy import AccessLog, Docxy, DocxyFactory
 from tests.support.registry import (
@@ -46,17 +47,6 @@ def start_chain(factory: DocxyFactory, upstream: Upstream, base: Path) -> Chain:
 
 def add_node(factory: DocxyFactory, chain: Chain, base: Path) -> Docxy:
     return factory(chain.regional.url, "--cache-dir", str(base))
-
-
-def blob_gets(entries: list[tuple[str, str]], blobs: list[str]) -> dict[str, int]:
-    """GETs of each blob among (method, path) requests."""
-    counts = dict.fromkeys(blobs, 0)
-    for method, path in entries:
-        bare = path.split("?", 1)[0]
-        for blob in blobs:
-            if method == "GET" and bare.endswith(f"/blobs/{blob}"):
-                counts[blob] += 1
-    return counts
 
 
 def regional_gets(log: AccessLog, blobs: list[str]) -> dict[str, int]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.support.digests import file_digest
 from tests.support.docxy import DocxyFactory
 from tests.support.registry import Response, Upstream, fetch, make_test_ca
-from tests.support.skopeo import assert_pulled, file_digest, skopeo_pull
+from tests.support.skopeo import assert_pulled, skopeo_pull
 
 
 def assert_502_envelope(resp: Response) -> None:

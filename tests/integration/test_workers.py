@@ -13,7 +13,6 @@ connect, so the kernel can only give the connection to the one running.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -28,12 +27,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_cache import (
-    blob_gets,
-    cached_blobs,
     docxy_token,
     open_blob,
     read_all,
 )
+from tests.support.blob_counts import blob_get_count, cached_blobs
+from tests.support.digests import sha256_digest
 from tests.support.docxy import TWISTD, Docxy, DocxyFactory, twistd_env
 from tests.support.images import ImageSpec, populate
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port, wait_until
@@ -101,10 +100,6 @@ def filling(pids: dict[int, int]) -> int:
     return found[0]
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def test_two_workers_serve_skopeo_pulls_and_share_the_cache(
     docxy_factory: DocxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -119,13 +114,13 @@ def test_two_workers_serve_skopeo_pulls_and_share_the_cache(
     assert len(workers(docxy)) == 2
     before = len(upstream.requests())
     skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / "one", "--all")
-    assert blob_gets(upstream, before, image.blobs) == len(image.blobs)
+    assert blob_get_count(upstream.requests()[before:], image.blobs) == len(image.blobs)
     # Whichever worker answers now, it finds what the other one cached.
     for n in range(3):
         middle = len(upstream.requests())
         skopeo_pull(docxy.hostport, "multi:1.0", tmp_path / f"again-{n}", "--all")
         assert_pulled(tmp_path / f"again-{n}", image.blobs)
-        assert blob_gets(upstream, middle, image.blobs) == 0
+        assert blob_get_count(upstream.requests()[middle:], image.blobs) == 0
     # One scrape, every worker's series (labelled), each family once.
     scrape = fetch(f"http://{LOOPBACK}:{metrics}/metrics")
     assert scrape.status == 200
@@ -212,8 +207,8 @@ def test_eight_cold_pulls_over_two_workers_make_one_upstream_get(
         assert statuses == [200] * 8, (statuses, docxy.log_text()[-3000:])
         relay.release()
         bodies = [read_all(response) for _, response in conns]
-        assert [sha256(body) for body in bodies] == [layer] * 8
-        assert blob_gets(mid_upstream, start, [layer]) == 1
+        assert [sha256_digest(body) for body in bodies] == [layer] * 8
+        assert blob_get_count(mid_upstream.requests()[start:], [layer]) == 1
         assert layer in cached_blobs(cache)
         assert list((cache / "tmp").iterdir()) == []
         assert docxy.stop() == 0
@@ -246,9 +241,9 @@ def test_a_worker_killed_mid_fill_serves_nothing_corrupt_and_is_restarted(
         before = len(mid_upstream.requests())
         out = tmp_path / "healed" / "out"
         skopeo_pull(docxy.hostport, "mid:1", out)
-        assert blob_gets(mid_upstream, before, [layer]) == 1
+        assert blob_get_count(mid_upstream.requests()[before:], [layer]) == 1
         assert_pulled(out, image.blobs)
-        assert sha256(cached_blobs(cache)[layer].read_bytes()) == layer
+        assert sha256_digest(cached_blobs(cache)[layer].read_bytes()) == layer
         assert [p.name for p in (cache / "tmp").iterdir()] == []
         assert docxy.stop() == 0
     finally:
@@ -278,7 +273,7 @@ def test_a_stopped_worker_mid_fill_does_not_hold_up_the_other_workers_clients(
             held.get()
             _, response = held.conns[-1]
             assert response.status == 200
-            assert sha256(read_all(response)) == held.layer
+            assert sha256_digest(read_all(response)) == held.layer
         finally:
             os.kill(held.filler, signal.SIGCONT)
         assert "made no progress for 3.0s" in held.docxy.log_text()
@@ -323,7 +318,7 @@ def test_sigterm_to_the_supervisor_drains_every_worker_and_exits_0(
         assert docxy.alive()
         relay.release()
         _, response = held.conns[0]
-        assert sha256(read_all(response)) == held.layer  # the transfer finished
+        assert sha256_digest(read_all(response)) == held.layer  # the transfer finished
         assert docxy.popen.wait(60) == 0
         assert not any(_alive(pid) for pid in held.pids.values())
         docxy.stop()

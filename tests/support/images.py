@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .digests import sha256_digest
 from .skopeo import run_skopeo
 
 if TYPE_CHECKING:
@@ -99,10 +100,6 @@ STANDARD_IMAGES: tuple[ImageSpec, ...] = (
     ImageSpec("someuser/tool", "latest", layer_sizes=(180 * 1024,)),
     ImageSpec("private/secret", "1", layer_sizes=(100 * 1024,)),
 )
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------

@@ -7,12 +7,12 @@ verified every digest, and the ``dir:`` it wrote holds the exact bytes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .digests import file_digest
 from .processes import NO_INTERNET_ENV
 
 SKOPEO = "/usr/bin/skopeo"
@@ -105,15 +105,6 @@ def skopeo_pull(
         f"dir:{out}",
     ]
     return run_skopeo(args, out.parent, check=check)
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file, read in pieces (some test blobs are 200 MiB)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def assert_pulled(out: Path, blobs: Iterable[str], manifest: str | None = None) -> None:

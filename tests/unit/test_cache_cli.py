@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from docxy.cache.cli import cache_dir, main
 from docxy.cache.directory import CacheLock
 from docxy.cache.disk_pool import DiskPool
 from docxy.cache.manifest_store import ManifestStore
+from tests.support.digests import sha256_digest
 
 MANIFEST = (
     b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
@@ -21,7 +21,7 @@ MANIFEST = (
 
 
 def put_blob(store: BlobStore, data: bytes, last_used: float) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_digest(data)
     temp = store.temp_path(digest)
     temp.write_bytes(data)
     store.add(digest, temp)
@@ -38,7 +38,7 @@ def cache(tmp_path: Path) -> tuple[Path, list[str], str]:
         put_blob(store, bytes([n]) * size, 1_000_000.0 * (n + 1))
         for n, size in enumerate((100, 200, 300))
     ]
-    manifest = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+    manifest = sha256_digest(MANIFEST)
     ManifestStore(root, DiskPool(reactor)).write(
         manifest, MANIFEST, b"application/vnd.oci.image.manifest.v1+json"
     )

@@ -17,17 +17,11 @@ from twisted.web.server import Request
 from docxy.cache.blob_store import BlobStore
 from docxy.cache.counters import Counters
 from docxy.cache.fill import Fill, FillState
+from tests.support.digests import sha256_digest
 from tests.support.memory import Held, MemoryNet, QueuedThreads, Scripted, result
-from tests.support.skopeo import file_digest
 
 BLOB = bytes(range(256)) * 40
 IDLE = 30.0
-
-
-def digest_of(data: bytes, tmp_path: Path) -> str:
-    path = tmp_path / "probe"
-    path.write_bytes(data)
-    return file_digest(path)
 
 
 def fill_from(
@@ -56,7 +50,7 @@ def serve(body: bytes, length: int | None = None):
 
 
 def test_a_complete_blob_is_stored_under_its_digest(tmp_path: Path) -> None:
-    digest = digest_of(BLOB, tmp_path)
+    digest = sha256_digest(BLOB)
     store, counters = BlobStore(tmp_path / "cache", 1 << 30), Counters()
     fill = fill_from(
         MemoryNet(Scripted({"/blob": serve(BLOB)})), store, digest, counters
@@ -68,7 +62,7 @@ def test_a_complete_blob_is_stored_under_its_digest(tmp_path: Path) -> None:
 
 
 def test_bytes_that_are_not_the_digest_are_discarded(tmp_path: Path) -> None:
-    digest = digest_of(BLOB, tmp_path)
+    digest = sha256_digest(BLOB)
     store, counters = BlobStore(tmp_path / "cache", 1 << 30), Counters()
     wrong = BLOB[:-1] + b"!"
     fill = fill_from(
@@ -81,7 +75,7 @@ def test_bytes_that_are_not_the_digest_are_discarded(tmp_path: Path) -> None:
 
 
 def test_a_short_body_is_discarded(tmp_path: Path) -> None:
-    digest = digest_of(BLOB, tmp_path)
+    digest = sha256_digest(BLOB)
     store = BlobStore(tmp_path / "cache", 1 << 30)
     short = serve(BLOB[:1000], length=len(BLOB))
     fill = fill_from(MemoryNet(Scripted({"/blob": short})), store, digest, Counters())
@@ -91,7 +85,7 @@ def test_a_short_body_is_discarded(tmp_path: Path) -> None:
 
 
 def test_a_stalled_upstream_is_cut_after_the_idle_timeout(tmp_path: Path) -> None:
-    digest = digest_of(BLOB, tmp_path)
+    digest = sha256_digest(BLOB)
     store = BlobStore(tmp_path / "cache", 1 << 30)
     held = Held()
 
@@ -120,7 +114,7 @@ def test_a_stalled_upstream_is_cut_after_the_idle_timeout(tmp_path: Path) -> Non
 
 
 def test_each_listener_is_called_once_at_the_next_write(tmp_path: Path) -> None:
-    digest = digest_of(BLOB, tmp_path)
+    digest = sha256_digest(BLOB)
     store = BlobStore(tmp_path / "cache", 1 << 30)
     held = Held()
 
@@ -171,7 +165,7 @@ def test_a_reader_of_the_file_wakes_when_the_hash_thread_wrote(tmp_path: Path) -
     """Bytes arrived but not yet written: a reader that waits for them is
     woken by the write, even if the upstream sends nothing more (before,
     a joined client of a paused upstream never got its headers)."""
-    digest = digest_of(BLOB, tmp_path)
+    digest = sha256_digest(BLOB)
     store, counters = BlobStore(tmp_path / "cache", 1 << 30), Counters()
     thread = QueuedHashThread()
     fill = Fill(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from docxy.cache.blob_store import TOUCH_INTERVAL, BlobStore
 from docxy.cache.integrity import Seal
+from tests.support.digests import sha256_digest
 
 
 def put(store: BlobStore, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_digest(data)
     temp = store.temp_path(digest)
     temp.write_bytes(data)
     store.add(digest, temp)

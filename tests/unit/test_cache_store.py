@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -10,10 +9,11 @@ import pytest
 
 from docxy.cache.blob_store import BlobStore
 from docxy.cache.hit import parse_range
+from tests.support.digests import sha256_digest
 
 
 def put(store: BlobStore, data: bytes, last_used: float | None = None) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_digest(data)
     temp = store.temp_path(digest)
     temp.write_bytes(data)
     entry = store.add(digest, temp)

@@ -10,7 +10,6 @@ reads nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
@@ -29,6 +28,7 @@ from docxy.cache.hashing import BackgroundHash, HashThread
 from docxy.cache.kernel_fill import KernelFill
 from docxy.oci import Digest
 from docxy.upstream_client import RawBody
+from tests.support.digests import sha256_digest
 
 MIB = 1024 * 1024
 BODY = os.urandom(3 * MIB + 17)
@@ -100,7 +100,7 @@ def start(
     ours.setblocking(False)
     upstream = Upstream(ours)
     decoder = SimpleNamespace(contentLength=length or len(body))
-    digest = Digest.parse("sha256:" + hashlib.sha256(body[:-1]).hexdigest())
+    digest = Digest.parse(sha256_digest(body[:-1]))
     hashing = BackgroundHash(digest, hash_thread, lambda: None, lambda: None, file)
     outcome = Outcome()
 

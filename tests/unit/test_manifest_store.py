@@ -3,7 +3,6 @@ verified in the disk threads otherwise, never served damaged."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -16,13 +15,14 @@ from twisted.python.threadpool import ThreadPool
 from docxy.cache.disk_pool import DiskPool
 from docxy.cache.manifest_store import ManifestStore
 from docxy.cache.memory_lru import BytesLRU
+from tests.support.digests import sha256_digest
 
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
 BODY = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
 TYPE = b"application/vnd.oci.image.manifest.v1+json"
-DIGEST = "sha256:" + hashlib.sha256(BODY).hexdigest()
+DIGEST = sha256_digest(BODY)
 
 
 class _Inline:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
 from docxy.oci import Digest, Scope, b64url, map_scopes
+from tests.support.digests import sha256_digest
 
 BODY = b"some exact bytes"
-SHA256 = "sha256:" + hashlib.sha256(BODY).hexdigest()
+SHA256 = sha256_digest(BODY)
 
 
 def test_digest_parses_validates_and_lays_out() -> None:

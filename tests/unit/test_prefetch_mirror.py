@@ -8,7 +8,6 @@ over ``--concurrency`` connections.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from urllib.parse import parse_qs
 
@@ -17,15 +16,12 @@ from twisted.internet import defer
 from twisted.web.server import Request
 
 from docxy.prefetch.cli import parse_options, run
+from tests.support.digests import sha256_digest
 from tests.support.memory import Held, MemoryNet, Scripted, result
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = b'{"architecture":"amd64","os":"linux"}'
 LAYER = b"the real layer bytes" * 100
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def manifest(*blobs: bytes) -> bytes:
@@ -34,8 +30,8 @@ def manifest(*blobs: bytes) -> bytes:
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"digest": sha256(config), "size": len(config)},
-            "layers": [{"digest": sha256(b), "size": len(b)} for b in layers],
+            "config": {"digest": sha256_digest(config), "size": len(config)},
+            "layers": [{"digest": sha256_digest(b), "size": len(b)} for b in layers],
         }
     ).encode()
 
@@ -60,7 +56,7 @@ def image(*blobs: bytes, name: str = "img") -> Scripted:
         f"/v2/{name}/manifests/1": send(manifest(*blobs), OCI_MANIFEST.encode()),
     }
     for blob in blobs:
-        routes[f"/v2/{name}/blobs/{sha256(blob)}"] = send(blob)
+        routes[f"/v2/{name}/blobs/{sha256_digest(blob)}"] = send(blob)
     return Scripted(routes)
 
 
@@ -76,7 +72,7 @@ def test_a_good_image(capsys: pytest.CaptureFixture[str]) -> None:
     assert result(prefetch(net, "img:1")) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.startswith(f"img:1: {sha256(manifest(CONFIG, LAYER))} "), out
+    assert out.startswith(f"img:1: {sha256_digest(manifest(CONFIG, LAYER))} "), out
     assert " single-platform manifests=1 blobs=2 bytes=2037 " in out, out
 
 
@@ -91,18 +87,18 @@ def test_a_blob_that_is_not_its_digest_fails_the_image(
     capsys: pytest.CaptureFixture[str], body: bytes, length: int | None, why: str
 ) -> None:
     mirror = image(CONFIG, LAYER)
-    mirror.routes[f"/v2/img/blobs/{sha256(LAYER)}"] = send(body, length=length)
+    mirror.routes[f"/v2/img/blobs/{sha256_digest(LAYER)}"] = send(body, length=length)
     net = MemoryNet(mirror)
     assert result(prefetch(net, "img:1")) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == f"docxy-prefetch: img:1: blob {sha256(LAYER)}: {why}\n"
+    assert err == f"docxy-prefetch: img:1: blob {sha256_digest(LAYER)}: {why}\n"
 
 
 def test_a_manifest_that_is_not_its_digest_fails_the_image(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    wanted = sha256(manifest(CONFIG, LAYER))
+    wanted = sha256_digest(manifest(CONFIG, LAYER))
     mirror = image(CONFIG, LAYER)
     mirror.routes[f"/v2/img/manifests/{wanted}"] = send(manifest(CONFIG))
     net = MemoryNet(mirror)
@@ -124,7 +120,7 @@ def test_a_silent_blob_fails_after_the_timeout_not_before(
         return held(request)
 
     mirror = image(CONFIG, LAYER)
-    mirror.routes[f"/v2/img/blobs/{sha256(LAYER)}"] = stall
+    mirror.routes[f"/v2/img/blobs/{sha256_digest(LAYER)}"] = stall
     net = MemoryNet(mirror)
     done = prefetch(net, "--timeout", "30", "img:1")
     net.advance(29.9)
@@ -132,7 +128,7 @@ def test_a_silent_blob_fails_after_the_timeout_not_before(
     net.advance(0.1)
     assert result(done) == 1
     assert capsys.readouterr().err == (
-        f"docxy-prefetch: img:1: blob {sha256(LAYER)}: "
+        f"docxy-prefetch: img:1: blob {sha256_digest(LAYER)}: "
         "no data for 30 s after 300 bytes\n"
     )
     assert held.lost, "the stalled connection was left open"
@@ -161,7 +157,7 @@ LAYERS = [f"layer {n}".encode() * 50 for n in range(6)]
 def held_blobs(mirror: Scripted) -> Held:
     held = Held()
     for blob in LAYERS:
-        mirror.routes[f"/v2/img/blobs/{sha256(blob)}"] = held
+        mirror.routes[f"/v2/img/blobs/{sha256_digest(blob)}"] = held
     return held
 
 
@@ -172,7 +168,7 @@ def test_blobs_are_fetched_concurrency_at_a_time(
     held = held_blobs(mirror)
     net = MemoryNet(mirror)
     done = prefetch(net, "--concurrency", "2", "img:1")
-    by_path = {f"/v2/img/blobs/{sha256(b)}": b for b in LAYERS}
+    by_path = {f"/v2/img/blobs/{sha256_digest(b)}": b for b in LAYERS}
     answered = 0
     while held.waiting:
         assert len(held.waiting) <= 2
@@ -191,7 +187,7 @@ def test_the_first_failed_blob_cancels_the_others(
     mirror = image(CONFIG, *LAYERS)
     held = held_blobs(mirror)
     config = Held()
-    mirror.routes[f"/v2/img/blobs/{sha256(CONFIG)}"] = config
+    mirror.routes[f"/v2/img/blobs/{sha256_digest(CONFIG)}"] = config
     net = MemoryNet(mirror)
     done = prefetch(net, "--concurrency", "3", "img:1")
     assert (len(config.waiting), len(held.waiting)) == (1, 2)
@@ -201,7 +197,7 @@ def test_the_first_failed_blob_cancels_the_others(
 
     assert result(done) == 1
     assert capsys.readouterr().err == (
-        f"docxy-prefetch: img:1: blob {sha256(CONFIG)}: 404 BLOB_UNKNOWN: gone\n"
+        f"docxy-prefetch: img:1: blob {sha256_digest(CONFIG)}: 404 BLOB_UNKNOWN: gone\n"
     )
     assert len(held.lost) == 2  # the two in flight were dropped...
     blob_requests = [p for p in mirror.paths() if "/blobs/" in p]
@@ -242,7 +238,7 @@ def test_a_token_from_the_challenge_realm_for_the_repository_scope() -> None:
 
 def test_an_expired_token_is_renewed(capsys: pytest.CaptureFixture[str]) -> None:
     mirror = TokenMirror()
-    blob = f"/v2/img/blobs/{sha256(LAYER)}"
+    blob = f"/v2/img/blobs/{sha256_digest(LAYER)}"
     serve = mirror.routes[blob]
 
     def expire(request: Request) -> bytes | int:
@@ -263,7 +259,7 @@ def test_concurrent_401s_of_one_expiry_share_one_token_request(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     mirror = TokenMirror()
-    blobs = {f"/v2/img/blobs/{sha256(b)}": b for b in LAYERS[:2]}
+    blobs = {f"/v2/img/blobs/{sha256_digest(b)}": b for b in LAYERS[:2]}
     mirror.routes.update(image(CONFIG, *LAYERS[:2]).routes)
     renewals = Held()
 

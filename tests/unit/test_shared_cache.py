@@ -7,7 +7,6 @@ do). The end-to-end behaviour with real processes: test_workers.py.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -19,10 +18,11 @@ from docxy.cache.directory import EVICT_LOCK_NAME, turn
 from docxy.cache.fill import FillState
 from docxy.cache.fill_lock import FillClaim, RemoteFill, clean_temp
 from docxy.config import ConfigError, build_config
+from tests.support.digests import sha256_digest
 from tests.unit.test_cache_store import put
 
 DATA = b"x" * 1000
-DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+DIGEST = sha256_digest(DATA)
 
 
 def test_a_blob_one_worker_added_is_found_by_the_other(tmp_path: Path) -> None:
