@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
+import treq
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
@@ -84,15 +86,31 @@ class Harness:
         return f"http://127.0.0.1:{self.docxy_port.getHost().port}"
 
     async def request(
-        self, method: bytes, path: str, headers: dict[bytes, list[bytes]] | None = None
+        self,
+        method: bytes,
+        path: str,
+        headers: dict[bytes, list[bytes]] | None = None,
+        body: bytes | None = None,
+        source: str | None = None,
     ) -> Reply:
-        agent = Agent(reactor)
+        """Docxy's whole answer; ``source``: the client's own address."""
+        agent = Agent(reactor, bindAddress=(source, 0) if source else None)
         response: IResponse = await agent.request(
-            method, (self.url + path).encode(), Headers(headers or {})
+            method,
+            (self.url + path).encode(),
+            Headers(headers or {}),
+            None if body is None else FileBodyProducer(BytesIO(body)),
         )
-        body = await readBody(response)
+        # treq's content(), not readBody(): readBody warns on every Agent
+        # response (its transport proxy has no abortConnection, twisted#8227).
+        answer = await treq.content(response)
         length = None if response.length is UNKNOWN_LENGTH else response.length
-        return Reply(response.code, response.headers, body, length)
+        return Reply(response.code, response.headers, answer, length)
+
+    async def post_form(self, path: str, form: bytes) -> Reply:
+        """A POST of ``application/x-www-form-urlencoded`` (an OAuth token form)."""
+        headers = {b"content-type": [b"application/x-www-form-urlencoded"]}
+        return await self.request(b"POST", path, headers, form)
 
     async def stop(self) -> None:
         await self.docxy_port.stopListening()

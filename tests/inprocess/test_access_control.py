@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-from io import BytesIO
 from pathlib import Path
 
 import bcrypt
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.web.client import Agent, FileBodyProducer, readBody
-from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from .harness import FakeUpstream, Harness, Reply, start
@@ -65,10 +61,7 @@ def challenge_of(reply: Reply) -> bytes:
 
 
 async def from_address(docxy: Harness, source: str, path: str) -> Reply:
-    agent = Agent(reactor, bindAddress=(source, 0))
-    response = await agent.request(b"GET", (docxy.url + path).encode(), Headers())
-    body = await readBody(response)
-    return Reply(response.code, response.headers, body, None)
+    return await docxy.request(b"GET", path, source=source)
 
 
 @pytest_twisted.ensureDeferred
@@ -210,16 +203,9 @@ async def test_oauth_password_grant_as_containerd_posts_it(htpasswd: Path) -> No
             b"grant_type=password&username=alice&password=right&service=docxy"
             b"&scope=repository%3Aapp%3Apull&client_id=ctr"
         )
-        agent = Agent(reactor)
-        response = await agent.request(
-            b"POST",
-            (docxy.url + "/auth/token").encode(),
-            Headers({b"content-type": [b"application/x-www-form-urlencoded"]}),
-            FileBodyProducer(BytesIO(form)),
-        )
-        body = await readBody(response)
-        assert response.code == 200, body
-        token = json.loads(body)["access_token"]
+        posted = await docxy.post_form("/auth/token", form)
+        assert posted.code == 200, posted.body
+        token = json.loads(posted.body)["access_token"]
         reply = await docxy.request(b"GET", "/v2/app/manifests/1", bearer(token))
         assert reply.code == 200
     finally:

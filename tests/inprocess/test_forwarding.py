@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from io import BytesIO
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
-from twisted.web.client import Agent, FileBodyProducer, readBody
-from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from .harness import FakeUpstream, Harness, listen, never_answers, start
@@ -167,14 +164,8 @@ async def test_token_post_form(docxy: Harness, upstream: FakeUpstream) -> None:
         b"grant_type=password&username=bob&password=pw"
         b"&scope=repository%3Aalpine%3Apull&service=x&client_id=containerd"
     )
-    response = await Agent(reactor).request(
-        b"POST",
-        (docxy.url + "/auth/token").encode(),
-        Headers({b"content-type": [b"application/x-www-form-urlencoded"]}),
-        FileBodyProducer(BytesIO(form)),
-    )
-    assert response.code == 200
-    await readBody(response)
+    posted = await docxy.post_form("/auth/token", form)
+    assert posted.code == 200
     seen = upstream.seen[-1]
     assert seen.method == b"POST"
     assert parse_qsl(seen.body.decode()) == [

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from io import BytesIO
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import bcrypt
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.web.client import Agent, FileBodyProducer, readBody
-from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from docxy.oci import MAX_TOKEN_SCOPES
@@ -68,16 +64,6 @@ def query(*scopes: str) -> str:
     return "&".join(["service=svc", *(f"scope={quote(s)}" for s in scopes)])
 
 
-async def post_form(docxy: Harness, form: str) -> Reply:
-    response = await Agent(reactor).request(
-        b"POST",
-        (docxy.url + "/auth/token").encode(),
-        Headers({b"content-type": [b"application/x-www-form-urlencoded"]}),
-        FileBodyProducer(BytesIO(form.encode())),
-    )
-    return Reply(response.code, response.headers, await readBody(response), None)
-
-
 def error_of(reply: Reply) -> dict[str, object]:
     errors = json.loads(reply.body)["errors"]
     assert len(errors) == 1 and set(errors[0]) == {"code", "message", "detail"}
@@ -121,9 +107,8 @@ async def test_a_malformed_scope_is_answered_400_and_never_forwarded(
         b"GET", f"/auth/token?{query('repository:alpine:pull ' + scope)}", LOGIN
     )
     assert listed.code == 400
-    posted = await post_form(
-        docxy, f"grant_type=password&username=bob&password=pw&{query(scope)}"
-    )
+    form = f"grant_type=password&username=bob&password=pw&{query(scope)}"
+    posted = await docxy.post_form("/auth/token", form.encode())
     assert posted.code == 400
     assert asked_realm(upstream) == []
 
@@ -174,9 +159,8 @@ async def test_the_scopes_clients_send_are_forwarded(
 ) -> None:
     reply = await docxy.request(b"GET", f"/auth/token?{query(*scopes)}", LOGIN)
     assert reply.code == 200, reply.body
-    posted = await post_form(
-        docxy, f"grant_type=password&username=bob&password=pw&{query(*scopes)}"
-    )
+    form = f"grant_type=password&username=bob&password=pw&{query(*scopes)}"
+    posted = await docxy.post_form("/auth/token", form.encode())
     assert posted.code == 200, posted.body
     asked = asked_realm(upstream)
     assert len(asked) == 2
