@@ -21,7 +21,9 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.web.client import Agent, readBody
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, ResponseDone
 from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -46,13 +48,48 @@ class _Socket:
         return UNIXClientEndpoint(self.reactor, str(self.path), timeout=TIMEOUT)
 
 
-async def ask(reactor: Any, path: Path, what: bytes) -> tuple[int, bytes]:
-    """A worker's answer to ``GET /<what>`` on its probes socket."""
+class _Body(Protocol):
+    """A worker's answer body; cancelled (by the timeout), it drops the
+    connection. Not ``readBody``: its cancel needs an ``abortConnection``
+    that Agent's transport proxy lacks (twisted#8227), and it warns so."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: defer.Deferred[bytes] = defer.Deferred(self._cancel)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+    def _cancel(self, _: defer.Deferred[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+async def _get(agent: Agent, what: bytes) -> tuple[int, bytes]:
+    response = await agent.request(b"GET", b"http://worker/" + what)
+    body = _Body()
+    response.deliverBody(body)
+    return response.code, await body.done
+
+
+async def ask(
+    reactor: Any, path: Path, what: bytes, timeout: float = TIMEOUT
+) -> tuple[int, bytes]:
+    """A worker's answer to ``GET /<what>`` on its probes socket, body and
+    all within ``timeout`` seconds: a worker that stalls mid-answer must
+    not hold the supervisor's /ready or /metrics open."""
     agent = Agent.usingEndpointFactory(reactor, _Socket(reactor, path))
-    request = agent.request(b"GET", b"http://worker/" + what)
-    request.addTimeout(TIMEOUT, reactor)
-    response = await request
-    return response.code, await readBody(response)
+    answer = defer.Deferred.fromCoroutine(_get(agent, what))
+    answer.addTimeout(timeout, reactor)
+    return await answer
 
 
 def merge(texts: list[tuple[int, str]]) -> str:

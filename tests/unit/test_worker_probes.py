@@ -11,15 +11,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from docxy.metrics import Metrics
 from docxy.probes import Readiness, probes_site
 from docxy.resources import HealthResource
-from docxy.worker_probes import workers_site
+from docxy.worker_probes import ask, workers_site
 
 
 async def get(port: Any, path: str) -> tuple[int, str, Any]:
@@ -109,3 +112,39 @@ async def test_ready_without_workers_is_not_ready(tmp_path: Path) -> None:
         await port.stopListening()
     assert code == 503
     assert body == {"status": "not ready", "reason": "no worker running"}
+
+
+class _Stalls(Resource):
+    """A worker that sends its headers and part of a body, then no more."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped: defer.Deferred[None] = defer.Deferred()
+
+    def render_GET(self, request: Request) -> int:
+        request.setHeader(b"content-length", b"100")
+        request.write(b"# HELP half")
+        request.notifyFinish().addErrback(lambda _: self.dropped.callback(None))
+        return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_stalling_mid_body_is_dropped_at_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """The timeout covers the body too: the supervisor's scrape or /ready
+    must not wait for ever on one worker (it did, once the headers came)."""
+    worker = _Stalls()
+    path = tmp_path / "worker-0.sock"
+    endpoint = UNIXServerEndpoint(reactor, str(path), mode=0o600)
+    port = await endpoint.listen(Site(worker))
+    try:
+        asking = defer.ensureDeferred(ask(reactor, path, b"metrics", timeout=0.1))
+        with pytest.raises(defer.TimeoutError):
+            await asking.addTimeout(30, reactor)  # a guard: it waited for ever
+        # The worker sees its connection closed (a guard, should it not be).
+        await worker.dropped.addTimeout(30, reactor)
+    finally:
+        await port.stopListening()
