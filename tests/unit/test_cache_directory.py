@@ -72,22 +72,22 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
         "CacheLock.acquire(Path(sys.argv[1])); print('locked', flush=True); "
         "sys.stdin.read()"
     )
-    child = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == "locked\n"
-        assert holder(tmp_path) == child.pid
-        with pytest.raises(CacheDirError):
-            CacheLock.acquire(tmp_path)
-    finally:
-        child.kill()
-        child.wait()
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "locked\n"
+            assert holder(tmp_path) == child.pid
+            with pytest.raises(CacheDirError):
+                CacheLock.acquire(tmp_path)
+        finally:
+            child.kill()
+            child.wait()
     CacheLock.acquire(tmp_path).release()
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
@@ -185,3 +187,7 @@ def test_a_reader_of_the_file_wakes_when_the_hash_thread_wrote(tmp_path: Path) -
     thread.threads.run()
     assert woken == [100]
     assert store.temp_path(digest).read_bytes() == BLOB[:100]
+    fill.dataReceived(BLOB[100:])
+    fill.connectionLost(Failure(ResponseDone()))
+    thread.threads.run()
+    assert fill.state is FillState.DONE  # and its file is closed

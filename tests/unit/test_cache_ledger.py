@@ -85,23 +85,23 @@ WRITER = textwrap.dedent(
 
 
 def test_kill_9_mid_write_leaves_a_consistent_database(tmp_path: Path) -> None:
-    writer = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", WRITER, str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        assert writer.stdout is not None
-        synced = 0
-        while synced < 6000:  # committed for sure; more are being written
-            line = writer.stdout.readline()
-            assert line, "the writer died"
-            synced = int(line)
-        writer.send_signal(signal.SIGKILL)
-    finally:
-        writer.kill()
-        writer.wait(30)
+    ) as writer:
+        try:
+            assert writer.stdout is not None
+            synced = 0
+            while synced < 6000:  # committed for sure; more are being written
+                line = writer.stdout.readline()
+                assert line, "the writer died"
+                synced = int(line)
+            writer.send_signal(signal.SIGKILL)
+        finally:
+            writer.kill()
+            writer.wait(30)
     with contextlib.closing(sqlite3.connect(tmp_path / DB_NAME)) as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         tags = {int(t[1:]) for (t,) in db.execute("SELECT tag FROM tags")}
