@@ -10,6 +10,7 @@ reads nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -131,13 +132,22 @@ def start(
     return kernel, upstream, theirs, outcome, hashing, decoder
 
 
-def send_in_thread(sock: socket.socket, data: bytes, close: bool = False) -> None:
+def send_in_thread(
+    sock: socket.socket, data: bytes, close: bool = False
+) -> threading.Thread:
+    """The upstream sends from a thread. A fill that gives up (a refused
+    file) reads no more: its sender waits until the test closes the reading
+    end, then fails (EPIPE), as an upstream would; the file shows the bytes."""
+
     def send() -> None:
-        sock.sendall(data)
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
         if close:
             sock.close()
 
-    threading.Thread(target=send, daemon=True).start()
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
 
 
 @pytest_twisted.ensureDeferred
@@ -186,13 +196,14 @@ async def test_a_file_that_refuses_the_bytes_is_a_disk_error(
     (tmp_path / "fill").write_bytes(b"")
     with open(tmp_path / "fill", "rb", buffering=0) as file:  # not writable
         kernel, upstream, theirs, outcome, _, _ = start(BODY, file, hash_thread, pool)
-        send_in_thread(theirs, BODY)
+        sender = send_in_thread(theirs, BODY)
         await outcome.ended
         assert len(outcome.disk) == 1 and outcome.upstream == []
         assert upstream.calls[-1] == "abortConnection"
         assert kernel.done and outcome.moved == 0
+        upstream.sock.close()  # the sender stops (EPIPE) before its socket goes
+        sender.join(30)
         theirs.close()
-        upstream.sock.close()
 
 
 @pytest_twisted.ensureDeferred
