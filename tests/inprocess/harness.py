@@ -6,6 +6,7 @@ without HEAD lengths, cross-origin redirects, redirect loops, stalls).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -70,6 +71,14 @@ class Reply:
     # Content-Length of a GET: twisted keeps it out of ``headers``; None if
     # the answer came chunked.
     length: int | None
+
+
+def error_of(reply: Reply) -> dict[str, object]:
+    """The one error of a reply's registry envelope (code, message, detail)."""
+    errors = json.loads(reply.body)["errors"]
+    assert len(errors) == 1 and set(errors[0]) == {"code", "message", "detail"}
+    entry: dict[str, object] = errors[0]
+    return entry
 
 
 @dataclass

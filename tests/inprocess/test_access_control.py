@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.web.server import Request
 
-from .harness import FakeUpstream, Harness, Reply, start
+from .harness import FakeUpstream, Harness, Reply, error_of, start
 
 MANIFEST = b'{"schemaVersion":2}'
 XFF = b"x-forwarded-for"
@@ -47,12 +47,6 @@ def basic(user: str, password: str) -> dict[bytes, list[bytes]]:
 
 def bearer(token: str) -> dict[bytes, list[bytes]]:
     return {b"authorization": [f"Bearer {token}".encode()]}
-
-
-def error_of(reply: Reply) -> dict[str, object]:
-    entry: dict[str, object] = json.loads(reply.body)["errors"][0]
-    assert set(entry) == {"code", "message", "detail"}
-    return entry
 
 
 def challenge_of(reply: Reply) -> bytes:

@@ -3,13 +3,11 @@ never a credential (issue 14, item 5)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
-import pytest
 import pytest_twisted
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from .harness import FakeUpstream, Harness, start
 
@@ -27,20 +25,6 @@ async def docxy() -> AsyncIterator[Harness]:
     harness.upstream.routes[b"/v2/library/alpine/tags/list"] = tags
     yield harness
     await harness.stop()
-
-
-@pytest.fixture
-def access_events() -> Iterator[list[dict[str, object]]]:
-    events: list[dict[str, object]] = []
-
-    @implementer(ILogObserver)
-    def observe(event: dict[str, object]) -> None:
-        if event.get("log_namespace") == "docxy.access":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
 
 
 def lines(events: list[dict[str, object]]) -> list[str]:

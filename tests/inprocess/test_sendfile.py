@@ -19,8 +19,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.logger import ILogObserver, globalLogPublisher
-from zope.interface import implementer
 
 from docxy.cache.kernel_sender import KernelSender
 from tests.support.digests import sha256_digest
@@ -70,20 +68,6 @@ def senders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[KernelSender]]:
 
     monkeypatch.setattr(KernelSender, "start", start)
     yield started
-
-
-@pytest.fixture
-def access_events() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    @implementer(ILogObserver)
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "docxy.access":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
 
 
 async def cached(docxy: Harness, path: str, digest: str) -> None:

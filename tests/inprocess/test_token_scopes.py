@@ -3,7 +3,6 @@ realm; the scopes real clients send keep being forwarded."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -15,7 +14,7 @@ from twisted.web.server import Request
 
 from docxy.oci import MAX_TOKEN_SCOPES
 
-from .harness import FakeUpstream, Harness, Reply, start
+from .harness import FakeUpstream, Harness, error_of, start
 
 LOGIN = {b"authorization": [b"Basic Ym9iOnB3"]}  # the client's own: forwarded
 
@@ -62,13 +61,6 @@ def asked_realm(upstream: FakeUpstream) -> list[list[tuple[str, str]]]:
 
 def query(*scopes: str) -> str:
     return "&".join(["service=svc", *(f"scope={quote(s)}" for s in scopes)])
-
-
-def error_of(reply: Reply) -> dict[str, object]:
-    errors = json.loads(reply.body)["errors"]
-    assert len(errors) == 1 and set(errors[0]) == {"code", "message", "detail"}
-    entry: dict[str, object] = errors[0]
-    return entry
 
 
 UNSUPPORTED = [
