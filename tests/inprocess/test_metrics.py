@@ -7,24 +7,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_twisted
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.web.server import Request
 
 from docxy.metrics import Metrics, route_of
+from tests.support.metrics import Samples, samples_of
 
 from .harness import FakeUpstream, Harness, start
 
 MANIFEST = b'{"schemaVersion":2}'
 
 
-def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def samples(metrics: Metrics) -> Samples:
     """(sample name, sorted labels) -> value, from the rendered text format."""
-    text = metrics.render().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return samples_of(metrics.render().decode())
 
 
 @pytest_twisted.async_yield_fixture

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import STANDARD_REPOSITORIES
 from tests.integration.test_prefetch import prefetch
@@ -27,6 +26,7 @@ from tests.support.daemons import (
     podman_through,
 )
 from tests.support.docxy import TWISTD, Docxy, DocxyFactory, twistd_env
+from tests.support.metrics import scrape
 from tests.support.processes import free_port
 from tests.support.registry import (
     Upstream,
@@ -262,15 +262,6 @@ def budgeted(
         up.stop()
 
 
-def metric_samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = fetch(f"http://127.0.0.1:{port}/metrics").body.decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_the_budget_counts_the_mirrors_account_and_a_spent_one_is_not_hammered(
     budgeted: Upstream, docxy_factory: DocxyFactory, tmp_path: Path
 ) -> None:
@@ -291,7 +282,7 @@ def test_the_budget_counts_the_mirrors_account_and_a_spent_one_is_not_hammered(
     asked = budgeted.token_requests()
     assert [(e["user"], e["status"]) for e in asked] == [("alice", 200)], asked
     budget = (("account", "alice"), ("upstream", "docker.io"))
-    found = metric_samples(metrics_port)
+    found = scrape(metrics_port)
     assert found[("docxy_upstream_ratelimit_remaining", budget)] == 0
     assert found[("docxy_upstream_ratelimit_limit", budget)] == 1
     docxy.wait_for_log("pull budget of docker.io for alice: 0 of 1 left")

@@ -11,7 +11,6 @@ mid-body gives a short read and leaves nothing behind. The metric
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,16 +23,10 @@ from tests.integration.test_workers import LAYER, MID, mid_upstream  # noqa: F40
 from tests.support.blob_counts import blob_get_count, cached_blobs
 from tests.support.digests import file_digest, sha256_digest
 from tests.support.docxy import DocxyFactory, with_metrics
-from tests.support.processes import LOOPBACK, wait_until
+from tests.support.metrics import one, scrape
+from tests.support.processes import wait_until
 from tests.support.registry import Upstream, fetch
 from tests.support.relay import GatedRelay
-
-
-def kernel_fills(port: int) -> int:
-    text = fetch(f"http://{LOOPBACK}:{port}/metrics").body.decode()
-    found = re.search(r"^docxy_cache_kernel_fills_total (\S+)$", text, re.M)
-    assert found, text
-    return int(float(found.group(1)))
 
 
 def test_concurrent_cold_clients_of_a_kernel_fill_get_the_blob_from_one_get(
@@ -59,7 +52,8 @@ def test_concurrent_cold_clients_of_a_kernel_fill_get_the_blob_from_one_get(
 
     assert [sha256_digest(b) for b in bodies] == [layer] * 4
     assert blob_get_count(mid_upstream.requests()[before:], [layer]) == 1
-    assert kernel_fills(metrics) == 1  # the kernel path, not Python's
+    # The kernel path, not Python's.
+    assert one(scrape(metrics), "docxy_cache_kernel_fills_total") == 1
     assert file_digest(cached_blobs(cache)[layer]) == layer
     assert list((cache / "tmp").iterdir()) == []
     # The upstream connection went back to the pool in a state to be reused.
@@ -90,7 +84,7 @@ def test_an_upstream_cut_mid_kernel_fill_is_a_short_read_and_caches_nothing(
         relay.hold_after(6 * 1024 * 1024)
         conns = [open_blob(docxy, MID.repo, layer, token) for _ in range(2)]
         wait_until(lambda: relay.held() == 1, 30, "the fill to be held mid-body")
-        assert kernel_fills(metrics) == 1
+        assert one(scrape(metrics), "docxy_cache_kernel_fills_total") == 1
         relay.go_down()  # the upstream connection is cut
         bodies = [read_all(response) for _, response in conns]
         assert all(len(body) < LAYER for body in bodies), [len(b) for b in bodies]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_access import metric_samples
 from tests.integration.test_cache import docxy_token
 from tests.support.docxy import AccessLog, DocxyFactory, with_metrics
 from tests.support.images import ImageSpec, populate
+from tests.support.metrics import scrape
 from tests.support.processes import wait_until
 from tests.support.registry import (
     MANIFEST_ACCEPT,
@@ -168,7 +168,7 @@ def manifest_get(method: str, target: str) -> bool:
 
 
 def joins(metrics_port: int) -> float:
-    return metric_samples(metrics_port)[("docxy_cache_joins_total", ())]
+    return scrape(metrics_port)[("docxy_cache_joins_total", ())]
 
 
 def everyone_asked(
@@ -285,7 +285,7 @@ def test_a_client_without_rights_that_joins_an_entitled_get_gets_no_content(
         assert manifest not in reply.body
         assert reply.header("Docker-Content-Digest") is None
         assert [e["code"] for e in reply.json()["errors"]], reply.body  # envelope
-    samples = metric_samples(metrics_port)
+    samples = scrape(metrics_port)
     assert samples[("docxy_cache_denied_total", ())] == len(refused)
     # One pull of it upstream: alice's (the refusals' own GETs got 401).
     pulled = [

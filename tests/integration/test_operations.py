@@ -17,41 +17,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from docxy.cache.fill_lock import LENGTH
 from tests.support.blob_server import BlobServerProcess
 from tests.support.docxy import DocxyFactory, twistd_env, with_metrics
+from tests.support.metrics import one, scrape, total
 from tests.support.processes import LOOPBACK, free_port, port_open, wait_until
 from tests.support.registry import Upstream, fetch
 from tests.support.skopeo import skopeo_pull
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 MiB = 1024 * 1024
 
 
 def fill_files(cache: Path) -> list[Path]:
     """The fills' temp files (not the length notes beside them, fill_lock)."""
     return [p for p in (cache / "tmp").iterdir() if not p.name.endswith(LENGTH)]
-
-
-def scrape(port: int) -> Samples:
-    answer = fetch(f"http://{LOOPBACK}:{port}/metrics")
-    assert answer.status == 200
-    assert (answer.header("Content-Type") or "").startswith("text/plain; version=0.0.4")
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(answer.body.decode())
-        for s in family.samples
-    }
-
-
-def one(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def total(samples: Samples, name: str) -> float:
-    return sum(v for (n, _), v in samples.items() if n == name)
 
 
 def test_metrics_follow_two_real_pulls(
