@@ -17,6 +17,8 @@ Fixture contract (other test modules rely on these names and attributes):
 - ``cdn_upstream``: same images; blob GET/HEAD answer 307 to a static
   "CDN"; adds ``cdn_requests()``.
 - ``tls_upstream``: same images over https; adds ``ca_path``.
+- ``mid_upstream``: a registry of its own per module with only ``MID``
+  (``library/mid:1``, one 24 MiB layer, ``MID_LAYER`` bytes).
 - ``docxy_factory(upstream_url, *extra_args, library_prefix="on")``.
 - ``docxy``: one plain Docxy in front of ``upstream``, shared by the session.
 """
@@ -24,6 +26,7 @@ Fixture contract (other test modules rely on these names and attributes):
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,10 +38,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.docxy import Docxy, DocxyFactory  # noqa: E402
-from tests.support.images import STANDARD_IMAGES, populate  # noqa: E402
+from tests.support.images import STANDARD_IMAGES, ImageSpec, populate  # noqa: E402
 from tests.support.registry import Upstream, start_upstream  # noqa: E402
 
 STANDARD_REPOSITORIES: list[str] = sorted({spec.repo for spec in STANDARD_IMAGES})
+# One 24 MiB layer: a fill long enough to hold mid-way (workers, kernel fills).
+MID_LAYER = 24 * 1024 * 1024
+MID = ImageSpec("library/mid", "1", layer_sizes=(MID_LAYER,), seed="workers")
 
 # Every Docxy the tests start is one process unless the test names
 # --workers (docs/scaling.md#workers): logs, pids and signals stay simple.
@@ -103,6 +109,19 @@ def tls_upstream(
 ) -> Iterator[Upstream]:
     """Variant (c): https registry and token service with a test CA."""
     yield from _variant(upstream, tmp_path_factory, "tls-upstream", tls=True)
+
+
+@pytest.fixture(scope="module")
+def mid_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """A registry of its own holding ``library/mid:1`` (one 24 MiB layer)."""
+    workdir = tmp_path_factory.mktemp("mid-upstream")
+    up = start_upstream(workdir, [MID.repo])
+    try:
+        up.images = populate(up, workdir / "images", [MID])
+        shutil.rmtree(workdir / "images" / "layouts", ignore_errors=True)
+        yield up
+    finally:
+        up.stop()
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.conftest import MID, MID_LAYER
 from tests.integration.test_cache import (
     docxy_token,
     open_blob,
     read_all,
 )
-from tests.integration.test_workers import LAYER, MID, mid_upstream  # noqa: F401
 from tests.support.blob_counts import blob_get_count, cached_blobs
 from tests.support.digests import file_digest, sha256_digest
 from tests.support.docxy import DocxyFactory, with_metrics
@@ -31,7 +31,7 @@ from tests.support.relay import GatedRelay
 
 def test_concurrent_cold_clients_of_a_kernel_fill_get_the_blob_from_one_get(
     docxy_factory: DocxyFactory,
-    mid_upstream: Upstream,  # noqa: F811
+    mid_upstream: Upstream,
     tmp_path: Path,
 ) -> None:
     cache = tmp_path / "cache"
@@ -70,7 +70,7 @@ def test_concurrent_cold_clients_of_a_kernel_fill_get_the_blob_from_one_get(
 
 def test_an_upstream_cut_mid_kernel_fill_is_a_short_read_and_caches_nothing(
     docxy_factory: DocxyFactory,
-    mid_upstream: Upstream,  # noqa: F811
+    mid_upstream: Upstream,
     tmp_path: Path,
 ) -> None:
     cache = tmp_path / "cache"
@@ -87,7 +87,7 @@ def test_an_upstream_cut_mid_kernel_fill_is_a_short_read_and_caches_nothing(
         assert one(scrape(metrics), "docxy_cache_kernel_fills_total") == 1
         relay.go_down()  # the upstream connection is cut
         bodies = [read_all(response) for _, response in conns]
-        assert all(len(body) < LAYER for body in bodies), [len(b) for b in bodies]
+        assert all(len(body) < MID_LAYER for body in bodies), [len(b) for b in bodies]
         short, long = sorted(bodies, key=len)  # both the blob's beginning
         assert long[: len(short)] == short
         assert layer not in cached_blobs(cache)

@@ -17,15 +17,12 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import MID, MID_LAYER
 from tests.integration.test_cache import (
     docxy_token,
     open_blob,
@@ -34,28 +31,12 @@ from tests.integration.test_cache import (
 from tests.support.blob_counts import blob_get_count, cached_blobs
 from tests.support.digests import sha256_digest
 from tests.support.docxy import TWISTD, Docxy, DocxyFactory, twistd_env
-from tests.support.images import ImageSpec, populate
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port, wait_until
-from tests.support.registry import Upstream, fetch, start_upstream
+from tests.support.registry import Upstream, fetch
 from tests.support.relay import GatedRelay
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
-LAYER = 24 * 1024 * 1024
-MID = ImageSpec("library/mid", "1", layer_sizes=(LAYER,), seed="workers")
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
-
-
-@pytest.fixture(scope="module")
-def mid_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    """A registry of its own holding ``library/mid:1`` (one 24 MiB layer)."""
-    workdir = tmp_path_factory.mktemp("workers-upstream")
-    up = start_upstream(workdir, [MID.repo])
-    try:
-        up.images = populate(up, workdir / "images", [MID])
-        shutil.rmtree(workdir / "images" / "layouts", ignore_errors=True)
-        yield up
-    finally:
-        up.stop()
 
 
 def workers(docxy: ManagedProcess, count: int = 2) -> dict[int, int]:
@@ -233,7 +214,7 @@ def test_a_worker_killed_mid_fill_serves_nothing_corrupt_and_is_restarted(
         bodies = [read_all(response) for _, response in conns]
         # A short read for both: the one of the killed worker and the one
         # reading the dead fill from the other worker.
-        assert all(len(body) < LAYER for body in bodies), [len(b) for b in bodies]
+        assert all(len(body) < MID_LAYER for body in bodies), [len(b) for b in bodies]
         assert layer not in cached_blobs(cache)
         relay.release()
         restarted = workers(docxy)
