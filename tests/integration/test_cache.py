@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.blob_counts import blob_get_count, cached_blobs
+from tests.support.blob_pull import get_blob, open_blob, pull_token, read_all
 from tests.support.clients import (
     CONTAINERD,
     CTR,
@@ -35,9 +36,6 @@ from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.processes import LOOPBACK, wait_until
 from tests.support.registry import (
     Upstream,
-    fetch,
-    get_token,
-    parse_challenge,
     start_upstream,
 )
 from tests.support.relay import GatedRelay
@@ -100,16 +98,6 @@ def test_private_blobs_are_not_given_to_anonymous_clients(
 # --- helpers ------------------------------------------------------------------
 
 
-def docxy_token(docxy: Docxy, repo: str, creds: tuple[str, str] | None = None) -> str:
-    """A pull token as a client gets one: from the realm of Docxy's challenge."""
-    ping = fetch(f"{docxy.url}/v2/")
-    assert ping.status == 401, (ping.status, ping.body)
-    _, params = parse_challenge(ping.header("WWW-Authenticate") or "")
-    return get_token(
-        params["realm"], params["service"], [f"repository:{repo}:pull"], creds
-    )
-
-
 def blobs_size(cache: Path) -> int:
     """Bytes of every file under ``DIR/blobs``."""
     return sum(p.stat().st_size for p in (cache / "blobs").rglob("*") if p.is_file())
@@ -118,42 +106,6 @@ def blobs_size(cache: Path) -> int:
 def biggest_layer(upstream: Upstream, image: ImageInfo) -> str:
     layers = [layer for platform in image.layers.values() for layer in platform]
     return max(layers, key=lambda d: len(upstream.blob_bytes(image.repo, d)))
-
-
-def open_blob(
-    docxy: Docxy, repo: str, digest: str, token: str
-) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """A blob GET whose status and headers have arrived; the body is unread."""
-    conn = http.client.HTTPConnection(LOOPBACK, docxy.port, timeout=60)
-    conn.request(
-        "GET",
-        f"/v2/{repo}/blobs/{digest}",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    return conn, conn.getresponse()
-
-
-def read_all(response: http.client.HTTPResponse) -> bytes:
-    """Every body byte that arrives before the end or before the cut."""
-    parts = []
-    try:
-        while chunk := response.read(64 * 1024):
-            parts.append(chunk)
-    except (http.client.IncompleteRead, ConnectionError):
-        pass  # a cut connection: what arrived is what counts
-    return b"".join(parts)
-
-
-def get_blob(
-    docxy: Docxy, repo: str, digest: str, token: str
-) -> tuple[int, int | None, bytes]:
-    """(status, Content-Length, the bytes that arrived) of a plain blob GET."""
-    conn, response = open_blob(docxy, repo, digest, token)
-    try:
-        length = response.getheader("Content-Length")
-        return response.status, int(length) if length else None, read_all(response)
-    finally:
-        conn.close()
 
 
 def blob_lines(log: AccessLog, digest: str) -> list[str]:
@@ -359,7 +311,7 @@ def test_kill_9_during_a_fill_leaves_nothing_that_is_served(
     reader = None
     try:
         docxy = docxy_factory(relay.url, "--cache-dir", str(cache))
-        token = docxy_token(docxy, BIG.repo)
+        token = pull_token(docxy, BIG.repo)
         start = len(big_upstream.requests())
         relay.hold_after(8 * 1024 * 1024)  # the fill stops at ~8 of 200 MiB
         # A slow reader starts the fill: reads the head and a little, then stops.
@@ -431,7 +383,7 @@ def test_a_flipped_byte_in_a_cached_blob_is_never_served_as_that_digest(
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
 
-    token = docxy_token(docxy, image.repo)
+    token = pull_token(docxy, image.repo)
     status, length, body = get_blob(docxy, image.repo, layer, token)
     assert (status, length) == (200, size)
     assert not (len(body) == length and sha256_digest(body) != layer), (
@@ -459,7 +411,7 @@ def test_access_log_says_miss_joined_and_hit(
     opened: list[http.client.HTTPConnection] = []
     try:
         docxy = docxy_factory(relay.url, "--cache-dir", str(tmp_path / "cache"))
-        token = docxy_token(docxy, image.repo)
+        token = pull_token(docxy, image.repo)
         log = AccessLog(docxy)
         relay.hold_after(64 * 1024)  # the fill stops after ~64 KiB
         conn, first = open_blob(docxy, image.repo, layer, token)  # the miss

@@ -15,12 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.conftest import MID, MID_LAYER
-from tests.integration.test_cache import (
-    docxy_token,
-    open_blob,
-    read_all,
-)
 from tests.support.blob_counts import blob_get_count, cached_blobs
+from tests.support.blob_pull import open_blob, pull_token, read_all
 from tests.support.digests import file_digest, sha256_digest
 from tests.support.docxy import DocxyFactory, with_metrics
 from tests.support.metrics import one, scrape
@@ -39,7 +35,7 @@ def test_concurrent_cold_clients_of_a_kernel_fill_get_the_blob_from_one_get(
         docxy_factory, mid_upstream.url, "--cache-dir", str(cache)
     )
     layer = mid_upstream.images[MID.ref].layers["linux/amd64"][0]
-    token = docxy_token(docxy, MID.repo)
+    token = pull_token(docxy, MID.repo)
     before = len(mid_upstream.requests())
 
     def get(n: int) -> bytes:
@@ -80,7 +76,7 @@ def test_an_upstream_cut_mid_kernel_fill_is_a_short_read_and_caches_nothing(
             docxy_factory, relay.url, "--cache-dir", str(cache)
         )
         layer = mid_upstream.images[MID.ref].layers["linux/amd64"][0]
-        token = docxy_token(docxy, MID.repo)
+        token = pull_token(docxy, MID.repo)
         relay.hold_after(6 * 1024 * 1024)
         conns = [open_blob(docxy, MID.repo, layer, token) for _ in range(2)]
         wait_until(lambda: relay.held() == 1, 30, "the fill to be held mid-body")

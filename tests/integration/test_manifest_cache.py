@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cache import docxy_token
+from tests.support.blob_pull import pull_token
 from tests.support.docxy import AccessLog, DocxyFactory, with_metrics
 from tests.support.images import ImageSpec, populate
 from tests.support.metrics import scrape
@@ -253,7 +253,7 @@ def test_a_client_without_rights_that_joins_an_entitled_get_gets_no_content(
         )
 
         def headers(creds: tuple[str, str] | None) -> dict[str, str]:
-            token = docxy_token(docxy, "private/secret", creds)
+            token = pull_token(docxy, "private/secret", creds)
             return {"Authorization": f"Bearer {token}", "Accept": MANIFEST_ACCEPT}
 
         alice = headers(("alice", "secret"))

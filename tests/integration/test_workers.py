@@ -23,12 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import MID, MID_LAYER
-from tests.integration.test_cache import (
-    docxy_token,
-    open_blob,
-    read_all,
-)
 from tests.support.blob_counts import blob_get_count, cached_blobs
+from tests.support.blob_pull import open_blob, pull_token, read_all
 from tests.support.digests import sha256_digest
 from tests.support.docxy import TWISTD, Docxy, DocxyFactory, twistd_env
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port, wait_until
@@ -144,7 +140,7 @@ def held_fill(
         relay.url, "--cache-dir", str(cache), "--workers", "2", *options
     )
     pids = workers(docxy)
-    token = docxy_token(docxy, MID.repo)
+    token = pull_token(docxy, MID.repo)
     layer = upstream.images[MID.ref].layers["linux/amd64"][0]
     relay.hold_after(4 * 1024 * 1024)  # the fill stops at ~4 of 24 MiB
     held = HeldFill(docxy, pids, token, layer, 0, [])
