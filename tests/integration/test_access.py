@@ -14,7 +14,6 @@ import bcrypt
 import pytest
 
 from tests.conftest import STANDARD_REPOSITORIES
-from tests.integration.test_prefetch import prefetch
 from tests.support.clients import (
     Containerd,
     Dockerd,
@@ -25,7 +24,7 @@ from tests.support.daemons import (
     dockerd_through,
     podman_through,
 )
-from tests.support.docxy import TWISTD, Docxy, DocxyFactory, twistd_env
+from tests.support.docxy import TWISTD, Docxy, DocxyFactory, prefetch, twistd_env
 from tests.support.metrics import scrape
 from tests.support.processes import free_port
 from tests.support.registry import (

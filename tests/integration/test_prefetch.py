@@ -8,38 +8,16 @@ tests prove it: a skopeo pull afterwards makes no upstream blob GET
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.blob_counts import blob_get_count
-from tests.support.docxy import REPO, AccessLog, Docxy, DocxyFactory, twistd_env
+from tests.support.docxy import AccessLog, Docxy, DocxyFactory, prefetch
 from tests.support.images import ImageInfo, ImageSpec, populate
-from tests.support.processes import NO_INTERNET_ENV
 from tests.support.registry import Upstream, start_upstream
 from tests.support.skopeo import assert_pulled, skopeo_pull
-
-
-def prefetch(
-    docxy: Docxy, *args: str, mirror: str | None = None, **env: str
-) -> subprocess.CompletedProcess[str]:
-    """``python -m docxy.prefetch --mirror <docxy> ARGS``, as a user runs it."""
-    mirror = mirror or docxy.url
-    clean = {k: v for k, v in os.environ.items() if k != "DOCXY_PREFETCH_USER"}
-    return subprocess.run(
-        [sys.executable, "-m", "docxy.prefetch", "--mirror", mirror, *args],
-        env={**clean, **twistd_env(), **NO_INTERNET_ENV, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
 
 AMD64 = ("--override-arch", "amd64")
 ARM64 = ("--override-arch", "arm64")

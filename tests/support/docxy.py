@@ -1,16 +1,17 @@
-"""Run the real ``twistd docxy`` from this working tree."""
+"""Run the real ``twistd docxy`` (and ``docxy.prefetch``) from this working tree."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from .processes import LOOPBACK, ManagedProcess, free_port
+from .processes import LOOPBACK, NO_INTERNET_ENV, ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -74,6 +75,23 @@ def with_metrics(
     port = free_port()
     metrics = ("--metrics-port", f"tcp:{port}:interface={LOOPBACK}")
     return factory(upstream, *extra_args, *metrics), port
+
+
+def prefetch(
+    docxy: Docxy, *args: str, mirror: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m docxy.prefetch --mirror <docxy> ARGS``, as a user runs it."""
+    mirror = mirror or docxy.url
+    clean = {k: v for k, v in os.environ.items() if k != "DOCXY_PREFETCH_USER"}
+    return subprocess.run(
+        [sys.executable, "-m", "docxy.prefetch", "--mirror", mirror, *args],
+        env={**clean, **twistd_env(), **NO_INTERNET_ENV, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 # --- Docxy's access log -----------------------------------------------------
