@@ -22,6 +22,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from docxy.cache.pullthrough import PullThroughCache
 from docxy.config import build_config
 from docxy.service import build_site
 
@@ -93,6 +94,13 @@ class Harness:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.docxy_port.getHost().port}"
+
+    @property
+    def cache(self) -> PullThroughCache:
+        """The Site's cache (started with a ``cache-dir``)."""
+        cache = self.docxy_port.factory.resource.children[b"v2"].cache
+        assert isinstance(cache, PullThroughCache)
+        return cache
 
     async def request(
         self,

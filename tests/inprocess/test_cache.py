@@ -14,8 +14,6 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from docxy.cache.blob_cache import BlobCache
-from docxy.cache.pullthrough import PullThroughCache
 from tests.support.digests import sha256_digest
 
 from .harness import FakeUpstream, Harness, Reply, start, until
@@ -82,12 +80,6 @@ async def docxy(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[Harness
     await harness.stop()
 
 
-def cache_of(docxy: Harness) -> BlobCache:
-    cache = docxy.docxy_port.factory.resource.children[b"v2"].cache
-    assert isinstance(cache, PullThroughCache)
-    return cache.blobs
-
-
 @pytest_twisted.ensureDeferred
 async def test_second_get_is_served_from_disk(
     docxy: Harness, upstream: FakeUpstream
@@ -95,7 +87,7 @@ async def test_second_get_is_served_from_disk(
     blob = upstream.routes[PATH] = Blob()
     first = await docxy.request(b"GET", CLIENT_PATH)
     assert (first.code, first.body, first.length) == (200, BLOB, len(BLOB))
-    cache = cache_of(docxy)
+    cache = docxy.cache.blobs
     await until(lambda: DIGEST in cache.store.entries, "the fill to be committed")
     second = await docxy.request(b"GET", CLIENT_PATH)
     assert (second.code, second.body, second.length) == (200, BLOB, len(BLOB))
@@ -109,7 +101,7 @@ async def test_concurrent_gets_share_one_upstream_transfer(
     docxy: Harness, upstream: FakeUpstream
 ) -> None:
     blob = upstream.routes[PATH] = Blob(hold=True)
-    cache = cache_of(docxy)
+    cache = docxy.cache.blobs
     first = defer.ensureDeferred(docxy.request(b"GET", CLIENT_PATH))
     await until(lambda: DIGEST in cache.fills, "the fill to start")
     others = [
@@ -134,7 +126,7 @@ async def test_fill_survives_the_client_that_started_it(
             self.transport.stopProducing()  # type: ignore[union-attr]
 
     blob = upstream.routes[PATH] = Blob(hold=True)
-    cache = cache_of(docxy)
+    cache = docxy.cache.blobs
     d = Agent(reactor).request(b"GET", (docxy.url + CLIENT_PATH).encode())
     (await d).deliverBody(Leave())  # the client goes away mid-body
     await until(lambda: cache.fills.get(DIGEST) is not None, "the fill")
@@ -152,7 +144,7 @@ async def test_upstream_bytes_that_do_not_match_are_never_cached(
     wrong = bytearray(BLOB)
     wrong[1000] ^= 0xFF
     blob = upstream.routes[PATH] = Blob(bytes(wrong))
-    cache = cache_of(docxy)
+    cache = docxy.cache.blobs
     with pytest.raises(Exception):  # noqa: B017 (a short read, whatever its type)
         await docxy.request(b"GET", CLIENT_PATH)
     await until(lambda: DIGEST not in cache.fills, "the fill to end")
@@ -168,7 +160,7 @@ async def test_damaged_file_is_never_served_as_good(
     docxy: Harness, upstream: FakeUpstream
 ) -> None:
     blob = upstream.routes[PATH] = Blob()
-    cache = cache_of(docxy)
+    cache = docxy.cache.blobs
     await docxy.request(b"GET", CLIENT_PATH)
     await until(lambda: DIGEST in cache.store.entries, "the blob to be cached")
     path = cache.store.path(DIGEST)
@@ -187,7 +179,7 @@ async def test_damaged_file_is_never_served_as_good(
 @pytest_twisted.ensureDeferred
 async def test_range_from_cache(docxy: Harness, upstream: FakeUpstream) -> None:
     upstream.routes[PATH] = Blob()
-    cache = cache_of(docxy)
+    cache = docxy.cache.blobs
     await docxy.request(b"GET", CLIENT_PATH)
     await until(lambda: DIGEST in cache.store.entries, "the blob to be cached")
     part = await docxy.request(b"GET", CLIENT_PATH, {b"range": [b"bytes=100-199"]})
@@ -211,7 +203,7 @@ async def test_cached_blob_is_not_given_to_a_client_upstream_refuses(
 ) -> None:
     blob = upstream.routes[PATH] = Blob()
     blob.allowed = lambda request: request.getHeader(b"authorization") == b"Bearer ok"
-    cache = cache_of(docxy)
+    cache = docxy.cache.blobs
     ok = await docxy.request(b"GET", CLIENT_PATH, {b"authorization": [b"Bearer ok"]})
     assert ok.body == BLOB
     await until(lambda: DIGEST in cache.store.entries, "the blob to be cached")
@@ -230,7 +222,7 @@ async def test_fill_survives_a_starter_that_leaves_before_upstream_answers(
     docxy: Harness, upstream: FakeUpstream
 ) -> None:
     blob = upstream.routes[PATH] = Blob(hold_headers=True)
-    cache = cache_of(docxy)
+    cache = docxy.cache.blobs
     starter = defer.ensureDeferred(docxy.request(b"GET", CLIENT_PATH))
     await until(lambda: DIGEST in cache._opening, "the fill to be opening")
     joiner = defer.ensureDeferred(docxy.request(b"GET", CLIENT_PATH))
@@ -266,7 +258,7 @@ async def cached_then_stopped(
     first = await start(upstream, settings)
     try:
         await first.request(b"GET", CLIENT_PATH)
-        await until(lambda: DIGEST in cache_of(first).store.entries, "the fill")
+        await until(lambda: DIGEST in first.cache.blobs.store.entries, "the fill")
     finally:
         await first.stop()
     return settings
@@ -287,7 +279,7 @@ async def test_after_a_restart_the_first_read_is_hashed(
 
     restarted = await start(upstream, settings)
     try:
-        cache = cache_of(restarted)
+        cache = restarted.cache.blobs
         with pytest.raises(Exception):  # noqa: B017 (a short read)
             await restarted.request(b"GET", CLIENT_PATH)
         await until(lambda: DIGEST not in cache.store.entries, "the entry dropped")
@@ -306,7 +298,7 @@ async def test_a_hashed_read_seals_the_file_for_later_hits(
     settings = await cached_then_stopped(upstream, tmp_path)
     restarted = await start(upstream, settings)
     try:
-        entry = cache_of(restarted).store.entries[DIGEST]
+        entry = restarted.cache.blobs.store.entries[DIGEST]
         assert entry.seal is None  # not trusted yet
         assert (await restarted.request(b"GET", CLIENT_PATH)).body == BLOB
         await until(lambda: entry.seal is not None, "the hashed read to seal it")

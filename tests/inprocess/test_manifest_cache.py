@@ -10,7 +10,6 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.web.server import NOT_DONE_YET, Request
 
-from docxy.cache.pullthrough import PullThroughCache
 from tests.support.digests import sha256_digest
 
 from .harness import FakeUpstream, Harness, Reply, start, until
@@ -72,12 +71,6 @@ async def docxy(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[Harness
     await harness.stop()
 
 
-def cache_of(docxy: Harness) -> PullThroughCache:
-    cache = docxy.docxy_port.factory.resource.children[b"v2"].cache
-    assert isinstance(cache, PullThroughCache)
-    return cache
-
-
 @pytest_twisted.ensureDeferred
 async def test_tag_entries_depend_on_accept(
     docxy: Harness, manifests: Manifests
@@ -98,7 +91,7 @@ async def test_429_and_5xx_serve_the_last_known_manifest(
         manifests.status = status
         stale = await docxy.request(b"GET", "/v2/app/manifests/1", {b"accept": [OCI]})
         assert (stale.code, stale.body) == (200, first.body)
-    assert cache_of(docxy).counters.stale_serves == 2
+    assert docxy.cache.counters.stale_serves == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -118,7 +111,7 @@ async def test_manifest_bytes_that_do_not_match_are_refused(
     reply = await docxy.request(b"GET", "/v2/app/manifests/1", {b"accept": [OCI]})
     assert reply.code == 502
     assert b"MANIFEST_INVALID" in reply.body
-    assert cache_of(docxy).counters.digest_mismatches == 1
+    assert docxy.cache.counters.digest_mismatches == 1
     manifests.corrupt = False
     healed = await docxy.request(b"GET", "/v2/app/manifests/1", {b"accept": [OCI]})
     assert healed.body == BODIES[OCI]
@@ -204,7 +197,7 @@ async def first_and_joiners(
     docxy: Harness, held: HeldManifest, first: bytes | None, *joiners: bytes | None
 ) -> tuple[defer.Deferred[Reply], list[defer.Deferred[Reply]]]:
     """The first client's GET in flight upstream, then joiners waiting on it."""
-    counters = cache_of(docxy).counters
+    counters = docxy.cache.counters
     leader = get(docxy, first)
     await until(lambda: held.first is not None, "the first upstream GET")
     waiting = [get(docxy, auth) for auth in joiners]
@@ -226,7 +219,7 @@ async def test_concurrent_misses_of_a_manifest_make_one_upstream_get(
             INDEX_DIGEST.encode()
         ]
     assert len(held.gets) == 1
-    counters = cache_of(docxy).counters
+    counters = docxy.cache.counters
     assert (counters.misses, counters.joined_fills) == (1, 4)
 
 
@@ -270,7 +263,7 @@ async def test_a_joiner_the_upstream_refuses_gets_its_refusal_not_the_bytes(
     for reply in await defer.gatherResults(joiners):
         assert reply.code == 401
         assert b"UNAUTHORIZED" in reply.body and INDEX not in reply.body
-    assert cache_of(docxy).counters.denied == 2
+    assert docxy.cache.counters.denied == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -284,6 +277,6 @@ async def test_the_get_lands_when_the_first_client_leaves(
     held.answer_first(200)
     (reply,) = await defer.gatherResults(joiners)
     assert (reply.code, reply.body) == (200, INDEX)
-    stored = await cache_of(docxy).manifests.store.get(INDEX_DIGEST)
+    stored = await docxy.cache.manifests.store.get(INDEX_DIGEST)
     assert stored == (INDEX, INDEX_TYPE)
     assert len(held.gets) == 1

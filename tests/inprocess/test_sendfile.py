@@ -24,7 +24,7 @@ from docxy.cache.kernel_sender import KernelSender
 from tests.support.digests import sha256_digest
 
 from .harness import FakeUpstream, Harness, start, until
-from .test_cache import BLOB, CLIENT_PATH, DIGEST, PATH, Blob, cache_of
+from .test_cache import BLOB, CLIENT_PATH, DIGEST, PATH, Blob
 
 BIG = os.urandom(24 * 1024 * 1024)
 BIG_DIGEST = sha256_digest(BIG)
@@ -72,7 +72,7 @@ def senders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[KernelSender]]:
 
 async def cached(docxy: Harness, path: str, digest: str) -> None:
     await docxy.request(b"GET", path)
-    await until(lambda: digest in cache_of(docxy).store.entries, "the fill")
+    await until(lambda: digest in docxy.cache.blobs.store.entries, "the fill")
 
 
 def open_fds() -> int:
@@ -115,7 +115,7 @@ async def test_a_hit_and_a_range_go_out_by_sendfile_with_their_bytes_counted(
     docxy: Harness, sendfiles: list[int], access_events: list[dict[str, Any]]
 ) -> None:
     await cached(docxy, CLIENT_PATH, DIGEST)
-    counters = cache_of(docxy).counters
+    counters = docxy.cache.blobs.counters
     # The miss went upstream socket -> file in the kernel, then by sendfile
     # from the growing file (all but what the first chunks brought).
     assert counters.kernel_fills == 1
@@ -148,9 +148,9 @@ async def test_a_client_that_leaves_mid_transfer_leaves_no_descriptor(
 ) -> None:
     await cached(docxy, BIG_CLIENT_PATH, BIG_DIGEST)
     senders.clear()  # the miss's own (a kernel fill's client reads the file)
-    entry = cache_of(docxy).store.entries[BIG_DIGEST]
+    entry = docxy.cache.blobs.store.entries[BIG_DIGEST]
     before = open_fds()
-    assert str(cache_of(docxy).store.path(BIG_DIGEST)) not in links()
+    assert str(docxy.cache.blobs.store.path(BIG_DIGEST)) not in links()
     client = raw_get(docxy, BIG_CLIENT_PATH, rcvbuf=64 * 1024)
     received = bytearray()
 
@@ -160,11 +160,11 @@ async def test_a_client_that_leaves_mid_transfer_leaves_no_descriptor(
 
     await until(some_arrived, "the first MiB")
     assert entry.readers == 1 and senders and senders[0].fd >= 0
-    assert str(cache_of(docxy).store.path(BIG_DIGEST)) in links()  # can fail
+    assert str(docxy.cache.blobs.store.path(BIG_DIGEST)) in links()  # can fail
     client.close()
     await until(lambda: senders[0].fd == -1, "the sender to close its file")
     await until(lambda: open_fds() <= before, "every descriptor closed")
-    assert str(cache_of(docxy).store.path(BIG_DIGEST)) not in links()
+    assert str(docxy.cache.blobs.store.path(BIG_DIGEST)) not in links()
     assert entry.readers == 0
     assert len(received) < len(BIG)
 
