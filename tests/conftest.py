@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -111,17 +111,25 @@ def tls_upstream(
     yield from _variant(upstream, tmp_path_factory, "tls-upstream", tls=True)
 
 
-@pytest.fixture(scope="module")
-def mid_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    """A registry of its own holding ``library/mid:1`` (one 24 MiB layer)."""
-    workdir = tmp_path_factory.mktemp("mid-upstream")
-    up = start_upstream(workdir, [MID.repo])
+def upstream_of(
+    factory: pytest.TempPathFactory, name: str, specs: Sequence[ImageSpec]
+) -> Iterator[Upstream]:
+    """A registry (and token service) of its own holding just ``specs``,
+    pushed once; the pushed layouts go (the registry has the bytes)."""
+    workdir = factory.mktemp(name)
+    up = start_upstream(workdir, sorted({spec.repo for spec in specs}))
     try:
-        up.images = populate(up, workdir / "images", [MID])
+        up.images = populate(up, workdir / "images", specs)
         shutil.rmtree(workdir / "images" / "layouts", ignore_errors=True)
         yield up
     finally:
         up.stop()
+
+
+@pytest.fixture(scope="module")
+def mid_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """A registry of its own holding ``library/mid:1`` (one 24 MiB layer)."""
+    yield from upstream_of(tmp_path_factory, "mid-upstream", [MID])
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import upstream_of
 from tests.support.blob_counts import blob_get_count, cached_blobs
 from tests.support.blob_pull import get_blob, open_blob, pull_token, read_all
 from tests.support.clients import (
@@ -32,11 +33,10 @@ from tests.support.clients import (
 from tests.support.daemons import state_dir
 from tests.support.digests import file_digest, sha256_digest
 from tests.support.docxy import AccessLog, Docxy, DocxyFactory
-from tests.support.images import ImageInfo, ImageSpec, populate
+from tests.support.images import ImageInfo, ImageSpec
 from tests.support.processes import LOOPBACK, wait_until
 from tests.support.registry import (
     Upstream,
-    start_upstream,
 )
 from tests.support.relay import GatedRelay
 from tests.support.skopeo import assert_pulled, skopeo_pull
@@ -122,15 +122,7 @@ def blob_lines(log: AccessLog, digest: str) -> list[str]:
 @pytest.fixture(scope="module")
 def big_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """A registry of its own holding ``library/big:1`` (one 200 MiB layer)."""
-    workdir = tmp_path_factory.mktemp("big-upstream")
-    up = start_upstream(workdir, [BIG.repo])
-    try:
-        up.images = populate(up, workdir / "images", [BIG])
-        # The pushed layout is another 200 MiB on disk; the registry has it.
-        shutil.rmtree(workdir / "images" / "layouts", ignore_errors=True)
-        yield up
-    finally:
-        up.stop()
+    yield from upstream_of(tmp_path_factory, "big-upstream", [BIG])
 
 
 def test_ten_concurrent_pulls_of_a_big_layer_make_one_upstream_get_per_blob(

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import upstream_of
 from tests.support.blob_pull import pull_token
 from tests.support.docxy import AccessLog, DocxyFactory, with_metrics
-from tests.support.images import ImageSpec, populate
+from tests.support.images import ImageSpec
 from tests.support.metrics import scrape
 from tests.support.processes import wait_until
 from tests.support.registry import (
@@ -43,13 +44,7 @@ REPOSITORIES = sorted({s.repo for s in SPECS})
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """The images, pushed once for the module."""
-    workdir = tmp_path_factory.mktemp("manifest-cache-seed")
-    up = start_upstream(workdir, REPOSITORIES)
-    try:
-        up.images = populate(up, workdir / "images", SPECS)
-        yield up
-    finally:
-        up.stop()
+    yield from upstream_of(tmp_path_factory, "manifest-cache-seed", SPECS)
 
 
 @pytest.fixture
