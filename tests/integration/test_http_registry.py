@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
 from tests.support.digests import sha256_digest
 from tests.support.docxy import Docxy, DocxyFactory
+from tests.support.envelope import assert_envelope
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.registry import (
     MANIFEST_ACCEPT,
-    Response,
     Upstream,
     basic_auth,
     challenge,
@@ -49,26 +48,6 @@ def docxy_token(
 
 def bearer(token: str, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", **extra}
-
-
-def assert_envelope(
-    resp: Response, status: int, code: str | None = None
-) -> dict[str, Any]:
-    """The registry error envelope ``{"errors":[{code,message,detail}]}``."""
-    assert resp.status == status, (resp.status, resp.headers, resp.body)
-    try:
-        doc = json.loads(resp.body)
-    except ValueError:
-        raise AssertionError(f"not a JSON error envelope: {resp.body!r}") from None
-    assert isinstance(doc.get("errors"), list) and doc["errors"], doc
-    error: dict[str, Any] = doc["errors"][0]
-    assert isinstance(error.get("code"), str) and isinstance(
-        error.get("message"), str
-    ), doc
-    assert "detail" in error, doc
-    if code is not None:
-        assert error["code"] == code, doc
-    return error
 
 
 def upstream_paths(upstream: Upstream, since: int = 0) -> list[str]:

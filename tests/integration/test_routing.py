@@ -49,6 +49,7 @@ from tests.support.clients import (
 from tests.support.daemons import running
 from tests.support.digests import sha256_digest
 from tests.support.docxy import AccessLog, Docxy
+from tests.support.envelope import assert_envelope
 from tests.support.images import ImageInfo, ImageSpec, populate
 from tests.support.processes import LOOPBACK, wait_until
 from tests.support.registry import (
@@ -308,18 +309,6 @@ def token_from(realm: str, params: Mapping[str, str]) -> str:
     doc = resp.json()
     token: str = doc.get("token") or doc["access_token"]
     return token
-
-
-def envelope_code(resp: Response) -> str:
-    """The first error code of a registry error envelope (asserting its shape)."""
-    assert (resp.header("Content-Type") or "").startswith("application/json"), (
-        resp.headers,
-        resp.body,
-    )
-    doc = resp.json()
-    code: str = doc["errors"][0]["code"]
-    assert doc["errors"][0]["message"], doc
-    return code
 
 
 def paths_of(requests: Sequence[tuple[str, str]]) -> list[str]:
@@ -612,7 +601,7 @@ def test_one_token_request_cannot_span_registries(
     )
     resp = request(docxy, f"/auth/token?{query}")
     assert resp.status == 400, resp.body
-    assert envelope_code(resp) == "DENIED"
+    assert_envelope(resp, code="DENIED")
     assert all(v == [] for v in fleet.new_tokens(since).values())
 
 
@@ -930,7 +919,7 @@ def test_unconfigured_registry_is_a_clear_error(
 
     assert resp.status == status, (resp.status, resp.body)
     if code is not None:
-        assert envelope_code(resp) == code
+        assert_envelope(resp, code=code)
     entries = log.entries()
     assert entries and all(e.upstream_status == "-" for e in entries), log.dump()
     assert "upstream_error" not in log.dump()
@@ -1006,7 +995,7 @@ def test_path_traversal_is_refused_before_routing_upstream(
     resp = request(docxy, path)
 
     assert resp.status == 400, (resp.status, resp.body)
-    assert envelope_code(resp) == code
+    assert_envelope(resp, code=code)
     assert all(e.upstream_status == "-" for e in log.entries()), log.dump()
     assert_no_upstream_contact(fleet, since)
 
@@ -1143,7 +1132,7 @@ def test_unknown_inner_path_is_an_envelope_404(
     resp = request(docxy, path.format(sentinel=sentinel.hostport))
     assert_no_upstream_contact(fleet, since)
     assert resp.status == 404, resp.body
-    assert envelope_code(resp) == "NOT_FOUND"
+    assert_envelope(resp, code="NOT_FOUND")
 
 
 INJECTED_NS = "%5Bghcr.io%5D%0D%0AX-Injected:%20yes"
@@ -1173,7 +1162,7 @@ def test_ns_with_junk_after_brackets_is_unknown(
     resp = request(fleet.docxy, f"/v2/owner/ghtool/manifests/1?ns={INJECTED_NS}")
     assert_no_upstream_contact(fleet, since)
     assert resp.status == 404, (resp.status, resp.headers)
-    assert envelope_code(resp) == "NAME_UNKNOWN"
+    assert_envelope(resp, code="NAME_UNKNOWN")
 
 
 def test_token_scope_names_are_validated(fleet: Fleet, sentinel: Sentinel) -> None:

@@ -7,24 +7,13 @@ it TLS verification must fail closed (502), never be silently disabled.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tests.support.digests import file_digest
 from tests.support.docxy import DocxyFactory
-from tests.support.registry import Response, Upstream, fetch, make_test_ca
+from tests.support.envelope import assert_envelope
+from tests.support.registry import Upstream, fetch, make_test_ca
 from tests.support.skopeo import assert_pulled, skopeo_pull
-
-
-def assert_502_envelope(resp: Response) -> None:
-    assert resp.status == 502, (resp.status, resp.headers, resp.body)
-    try:
-        doc = json.loads(resp.body)
-    except ValueError:
-        raise AssertionError(f"not a JSON error envelope: {resp.body!r}") from None
-    error = doc["errors"][0]
-    assert isinstance(error["code"], str) and isinstance(error["message"], str), doc
-    assert "detail" in error, doc
 
 
 def test_pull_with_upstream_ca(
@@ -53,8 +42,8 @@ def test_untrusted_upstream_is_502(
     """Without --upstream-ca the upstream's cert is not trusted: 502, no request."""
     docxy = docxy_factory(tls_upstream.url)
     before = len(tls_upstream.requests())
-    assert_502_envelope(fetch(docxy.url + "/v2/"))
-    assert_502_envelope(fetch(docxy.url + "/v2/library/alpine/manifests/3.20"))
+    assert_envelope(fetch(docxy.url + "/v2/"), 502)
+    assert_envelope(fetch(docxy.url + "/v2/library/alpine/manifests/3.20"), 502)
     # The TLS handshake failed, so the registry never saw an HTTP request.
     assert tls_upstream.requests()[before:] == []
 
@@ -66,5 +55,5 @@ def test_wrong_ca_is_502(
     other_ca, _, _ = make_test_ca(tmp_path / "other-pki")
     docxy = docxy_factory(tls_upstream.url, "--upstream-ca", str(other_ca))
     before = len(tls_upstream.requests())
-    assert_502_envelope(fetch(docxy.url + "/v2/"))
+    assert_envelope(fetch(docxy.url + "/v2/"), 502)
     assert tls_upstream.requests()[before:] == []
