@@ -177,3 +177,21 @@ def never_answers(request: Request) -> int:
     d: defer.Deferred[None] = defer.Deferred()
     request.notifyFinish().addBoth(lambda _: d)
     return NOT_DONE_YET
+
+
+def token_answer(token: str) -> bytes:
+    """A token endpoint's answer with ``token`` (300 s)."""
+    return json.dumps({"token": token, "expires_in": 300}).encode()
+
+
+def challenge_to(realm: str) -> Callable[[Request], bytes]:
+    """An upstream handler that answers 401 with a Bearer challenge to ``realm``."""
+
+    def handler(request: Request) -> bytes:
+        request.setResponseCode(401)
+        request.setHeader(
+            b"www-authenticate", f'Bearer realm="{realm}",service="svc"'.encode()
+        )
+        return b'{"errors":[{"code":"UNAUTHORIZED"}]}'
+
+    return handler

@@ -11,8 +11,15 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.server import Request, Site
 
-from .harness import FakeUpstream, Handler, Harness, Reply, start
-from .test_upstream_account import challenge_to, token_answer
+from .harness import (
+    FakeUpstream,
+    Handler,
+    Harness,
+    Reply,
+    challenge_to,
+    start,
+    token_answer,
+)
 
 BASIC = b"Basic " + base64.b64encode(b"alice:s3cret")
 BLOB = "/v2/library/app/blobs/sha256:" + "a" * 64

@@ -23,8 +23,8 @@ import pytest_twisted
 from docxy.cache.kernel_sender import KernelSender
 from tests.support.digests import sha256_digest
 
+from .blob_upstream import BLOB, CLIENT_PATH, DIGEST, PATH, Blob
 from .harness import FakeUpstream, Harness, start, until
-from .test_cache import BLOB, CLIENT_PATH, DIGEST, PATH, Blob
 
 BIG = os.urandom(24 * 1024 * 1024)
 BIG_DIGEST = sha256_digest(BIG)

@@ -17,26 +17,11 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from .harness import FakeUpstream, Harness, start
+from .harness import FakeUpstream, Harness, challenge_to, start, token_answer
 
 PASSWORD = "s3cret-Pa55"
 BASIC = b"Basic " + base64.b64encode(f"alice:{PASSWORD}".encode())
 MANIFEST = b'{"schemaVersion":2}'
-
-
-def token_answer(token: str) -> bytes:
-    return json.dumps({"token": token, "expires_in": 300}).encode()
-
-
-def challenge_to(realm: str) -> Any:
-    def handler(request: Request) -> bytes:
-        request.setResponseCode(401)
-        request.setHeader(
-            b"www-authenticate", f'Bearer realm="{realm}",service="svc"'.encode()
-        )
-        return b'{"errors":[{"code":"UNAUTHORIZED"}]}'
-
-    return handler
 
 
 def manifest_for(token: bytes) -> Any:
