@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,12 @@ from tests.support.daemons import (
     dockerd_through,
     podman_through,
 )
-from tests.support.docxy import TWISTD, Docxy, DocxyFactory, prefetch, twistd_env
+from tests.support.docxy import (
+    Docxy,
+    DocxyFactory,
+    prefetch,
+    run_docxy,
+)
 from tests.support.metrics import scrape
 from tests.support.processes import free_port
 from tests.support.registry import (
@@ -368,24 +372,12 @@ def test_bad_access_configuration_is_one_line_and_nothing_listens(
     htpasswd.write_text(f"a:{bcrypt.hashpw(b'p', bcrypt.gensalt(4)).decode()}\n")
     args = [{"FILE": str(path), "HT": str(htpasswd)}.get(a, a) for a in args]
     port = free_port()
-    result = subprocess.run(
-        [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "docxy",
-            "--port",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--no-cache",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
+    result = run_docxy(
+        *("--port", f"tcp:{port}:interface=127.0.0.1", "--no-cache", *args),
+        cwd=tmp_path,
         # One process, as every Docxy of the tests (conftest): with workers
         # a missing token-key-file would be named before the bad file.
-        env={**twistd_env(), "PATH": "/usr/bin:/bin", "DOCXY_WORKERS": "1"},
-        cwd=tmp_path,
-        timeout=60,
+        env={"DOCXY_WORKERS": "1"},
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

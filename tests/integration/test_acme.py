@@ -16,7 +16,6 @@ import shutil
 import socket
 import ssl
 import stat
-import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from tests.support.certs_d import certs_d_entry
 from tests.support.clients import DOCKER_CLI, DOCKERD, Dockerd
 from tests.support.digests import sha256_digest
-from tests.support.docxy import Docxy
+from tests.support.docxy import Docxy, run_docxy
 from tests.support.pebble import PEBBLE, Pebble
 from tests.support.processes import LOOPBACK, free_port, wait_until
 from tests.support.registry import (
@@ -511,24 +510,10 @@ def test_dockerd_pulls_over_https(setup: Setup, upstream: Upstream) -> None:
 
 
 def test_bad_acme_string_stops_twistd_with_one_line(tmp_path: Path) -> None:
-    from tests.support.docxy import TWISTD, twistd_env
-
-    result = subprocess.run(
-        [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "docxy",
-            "--port",
-            f"acme:{tmp_path}:tcp:{free_port()}:domains=*.example.com",
-            "--public-url",
-            "https://mirror.example.com",
-        ],
-        capture_output=True,
-        text=True,
-        env={**twistd_env(), "PATH": "/usr/bin:/bin"},
+    result = run_docxy(
+        *("--port", f"acme:{tmp_path}:tcp:{free_port()}:domains=*.example.com"),
+        *("--public-url", "https://mirror.example.com"),
         cwd=tmp_path,
-        timeout=60,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -12,30 +12,17 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.support.docxy import TWISTD, twistd_env
+from tests.support.docxy import TWISTD, run_docxy, twistd_env
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port, port_open
 from tests.support.server_certs import ssl_port, write_pair
 
 SUMMARY = "docxy: configuration check: "
 
 
-def twistd(
-    *args: str, cwd: Path, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "docxy", *args],
-        capture_output=True,
-        text=True,
-        env={**twistd_env(), "PATH": "/usr/bin:/bin", **(env or {})},
-        cwd=cwd,
-        timeout=60,
-    )
-
-
 def check(
     *args: str, cwd: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return twistd("--check-config", *args, cwd=cwd, env=env)
+    return run_docxy("--check-config", *args, cwd=cwd, env=env)
 
 
 def loopback(port: int) -> str:
@@ -130,7 +117,7 @@ def test_a_bad_setting_exits_2_with_the_line_start_prints(
     port = free_port()
     common = ["--port", loopback(port), "--no-cache", *args]
     result = check(*common, cwd=tmp_path, env=env)
-    started = twistd(*common, cwd=tmp_path, env=env)
+    started = run_docxy(*common, cwd=tmp_path, env=env)
     assert (result.returncode, started.returncode) == (2, 2)
     assert result.stderr == started.stderr
     (line,) = result.stderr.splitlines()
@@ -162,7 +149,7 @@ def test_a_bad_htpasswd_stops_check_and_workers_start_alike(tmp_path: Path) -> N
     args = ["--port", loopback(port), "--no-cache", "--htpasswd", str(accounts)]
     args += ["--token-key-file", str(tmp_path / "token.key"), "--workers", "2"]
     result = check(*args, cwd=tmp_path)
-    started = twistd(*args, cwd=tmp_path)
+    started = run_docxy(*args, cwd=tmp_path)
     assert (result.returncode, started.returncode) == (2, 2)
     assert result.stderr == started.stderr
     assert "is not user:bcrypt-hash" in result.stderr
@@ -196,7 +183,7 @@ def test_a_systemd_port_is_a_warning_outside_the_unit(tmp_path: Path) -> None:
     assert result.returncode == 0, result
     (warning,) = [w for w in findings(result, "warning") if w.startswith("port ")]
     assert "not checked: its socket is systemd's to pass at start" in warning
-    assert twistd(*args, cwd=tmp_path).returncode == 2
+    assert run_docxy(*args, cwd=tmp_path).returncode == 2
 
 
 def test_a_port_no_interface_has_exits_2(tmp_path: Path) -> None:

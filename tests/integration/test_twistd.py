@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.docxy import TWISTD, twistd_env
+from tests.support.docxy import TWISTD, run_docxy, twistd_env
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port, port_open
 
 OPTIONS = [
@@ -43,19 +43,8 @@ OPTIONS = [
 ]
 
 
-def twistd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "docxy", *args],
-        capture_output=True,
-        text=True,
-        env={**twistd_env(), "PATH": "/usr/bin:/bin"},
-        cwd=cwd,
-        timeout=60,
-    )
-
-
 def test_help_documents_every_option(tmp_path: Path) -> None:
-    result = twistd("--help", cwd=tmp_path)
+    result = run_docxy("--help", cwd=tmp_path)
     assert result.returncode == 0
     for option in OPTIONS:
         assert f"{option}" in result.stdout, option
@@ -81,7 +70,9 @@ def test_bad_configuration_is_one_line_and_nothing_listens(
     tmp_path: Path, args: list[str], reason: str
 ) -> None:
     port = free_port()
-    result = twistd("--port", f"tcp:{port}:interface={LOOPBACK}", *args, cwd=tmp_path)
+    result = run_docxy(
+        "--port", f"tcp:{port}:interface={LOOPBACK}", *args, cwd=tmp_path
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -93,7 +84,7 @@ def test_bad_configuration_is_one_line_and_nothing_listens(
 def test_unknown_setting_in_file(tmp_path: Path) -> None:
     config = tmp_path / "docxy.toml"
     config.write_text('upstrem = "https://quay.io"\n')
-    result = twistd("--config", str(config), cwd=tmp_path)
+    result = run_docxy("--config", str(config), cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown setting 'upstrem'" in result.stderr
 
@@ -146,7 +137,7 @@ def test_a_second_docxy_on_the_same_cache_dir_stops_at_start(tmp_path: Path) -> 
     try:
         first.wait_for_port(port)
         second_port = free_port()
-        result = twistd(
+        result = run_docxy(
             "--port",
             f"tcp:{second_port}:interface={LOOPBACK}",
             "--cache-dir",
@@ -180,7 +171,7 @@ def test_a_port_in_use_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         endpoint = f"tcp:{port}:interface={LOOPBACK}"
-        result = twistd("--no-cache", "--port", endpoint, cwd=tmp_path)
+        result = run_docxy("--no-cache", "--port", endpoint, cwd=tmp_path)
     line = _one_line_listen_error(result)
     assert f"cannot listen on {endpoint}: Address already in use" in line
 
@@ -197,22 +188,6 @@ def test_a_port_without_permission_stops_the_daemon_with_one_line(
         pytest.skip("every port is unprivileged on this host")
     endpoint = f"tcp:{start - 1}:interface={LOOPBACK}"
     tmp_path.chmod(0o777)
-    result = subprocess.run(
-        [
-            *AS_NOBODY,
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "docxy",
-            "--no-cache",
-            "--port",
-            endpoint,
-        ],
-        capture_output=True,
-        text=True,
-        env={**twistd_env(), "PATH": "/usr/bin:/bin"},
-        cwd=tmp_path,
-        timeout=60,
-    )
+    result = run_docxy("--no-cache", "--port", endpoint, cwd=tmp_path, prefix=AS_NOBODY)
     line = _one_line_listen_error(result)
     assert f"cannot listen on {endpoint}: Permission denied" in line

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tests.conftest import MID, MID_LAYER
 from tests.support.blob_counts import blob_get_count, cached_blobs
 from tests.support.blob_pull import open_blob, pull_token, read_all
 from tests.support.digests import sha256_digest
-from tests.support.docxy import TWISTD, Docxy, DocxyFactory, twistd_env
+from tests.support.docxy import TWISTD, Docxy, DocxyFactory, run_docxy, twistd_env
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port, wait_until
 from tests.support.registry import Upstream, fetch
 from tests.support.relay import GatedRelay
@@ -265,16 +264,9 @@ def test_a_second_docxy_on_the_cache_of_two_workers_is_refused(
     cache = tmp_path / "cache"
     docxy = docxy_factory(upstream.url, "--cache-dir", str(cache), "--workers", "2")
     workers(docxy)
-    second = subprocess.run(
-        [
-            *(TWISTD, "-n", "--pidfile=", "docxy", "--port", "tcp:0"),
-            *("--upstream", upstream.url, "--cache-dir", str(cache)),
-            *("--workers", "2"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **twistd_env()},
+    second = run_docxy(
+        *("--port", "tcp:0", "--upstream", upstream.url),
+        *("--cache-dir", str(cache), "--workers", "2"),
         cwd=tmp_path,
     )
     assert second.returncode == 2, second.stderr

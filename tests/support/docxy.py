@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -75,6 +75,25 @@ def with_metrics(
     port = free_port()
     metrics = ("--metrics-port", f"tcp:{port}:interface={LOOPBACK}")
     return factory(upstream, *extra_args, *metrics), port
+
+
+def run_docxy(
+    *args: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """``twistd -n docxy ARGS`` run to its end (``--help``, ``--check-config``,
+    a start that must stop with one line): this tree's code, a bare PATH, a
+    minute at most. ``prefix`` runs it as another user (``setpriv ...``)."""
+    return subprocess.run(
+        [*prefix, TWISTD, "-n", "--pidfile=", "docxy", *args],
+        capture_output=True,
+        text=True,
+        env={**twistd_env(), "PATH": "/usr/bin:/bin", **(env or {})},
+        cwd=cwd,
+        timeout=60,
+    )
 
 
 def prefetch(
