@@ -20,6 +20,7 @@ from .config import Config
 from .drain import Drain
 from .forward import Forwarder
 from .listeners import Listeners
+from .malloc_policy import keep_large_buffers
 from .metrics import Metrics
 from .mirror_tokens import MirrorTokens
 from .probes import Readiness, probes_site
@@ -92,6 +93,7 @@ class _Announce(Service):
 
 
 def build_site(config: Config, reactor: Any) -> tuple[DocxySite, HTTPConnectionPool]:
+    keep_large_buffers()  # before the first blob: see docxy.malloc_policy
     agent, pool = make_agent(
         reactor,
         ca_file=config.upstream_ca,
