@@ -30,6 +30,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,25 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
         up.stop()
 
 
+def upstream_over(
+    base: Upstream,
+    workdir: Path,
+    repositories: Sequence[str] = STANDARD_REPOSITORIES,
+    **options: Any,
+) -> Iterator[Upstream]:
+    """Another registry (and token service) over ``base``'s storage,
+    read-only: the same images without pushing them again, in a process a
+    test may stop or configure (``options``: cdn, tls, budgets...)."""
+    up = start_upstream(
+        workdir, repositories, storage=base.registry.storage, readonly=True, **options
+    )
+    up.images = base.images
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
 def _variant(
     upstream: Upstream,
     factory: pytest.TempPathFactory,
@@ -80,19 +100,7 @@ def _variant(
     tls: bool = False,
 ) -> Iterator[Upstream]:
     """Another registry over (a)'s storage, read-only: same images, one push."""
-    up = start_upstream(
-        factory.mktemp(name),
-        STANDARD_REPOSITORIES,
-        storage=upstream.registry.storage,
-        readonly=True,
-        cdn=cdn,
-        tls=tls,
-    )
-    up.images = upstream.images
-    try:
-        yield up
-    finally:
-        up.stop()
+    yield from upstream_over(upstream, factory.mktemp(name), cdn=cdn, tls=tls)
 
 
 @pytest.fixture(scope="session")

@@ -168,23 +168,29 @@ class Fill(Protocol):
     def untap(self) -> None:
         self._tap = self._leave = None
 
+    @property
+    def _in_kernel(self) -> KernelFill | None:
+        """The KernelFill moving the body now, if one does."""
+        kernel = self._kernel
+        return kernel if kernel is not None and not kernel.done else None
+
     def _pause(self) -> None:
-        if self._kernel is not None and not self._kernel.done:
-            self._kernel.pause()
+        if kernel := self._in_kernel:
+            kernel.pause()
         elif self.transport is not None:
             cast(IPushProducer, self.transport).pauseProducing()
 
     def _resume(self) -> None:
         if self.state is not FillState.FILLING or self._kernel_pending:
             return
-        if self._kernel is not None and not self._kernel.done:
-            self._kernel.resume()
+        if kernel := self._in_kernel:
+            kernel.resume()
         elif self.transport is not None:
             cast(IPushProducer, self.transport).resumeProducing()
 
     def _stop_upstream(self) -> None:
-        if self._kernel is not None and not self._kernel.done:
-            self._kernel.stop()
+        if kernel := self._in_kernel:
+            kernel.stop()
         elif self.transport is not None:
             cast(IPushProducer, self.transport).stopProducing()
 
@@ -194,7 +200,7 @@ class Fill(Protocol):
         which must have no hole)."""
         self._kernel_tries -= 1
         hashing = self._hash
-        if self.kernel_pool is None or not isinstance(hashing, BackgroundHash):
+        if not isinstance(hashing, BackgroundHash):  # (tries: a hash thread)
             return
         body = raw_body(self.transport)
         if body is None or body.remaining - 1 < KERNEL_MIN:

@@ -57,11 +57,9 @@ _NONBLOCK = os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
 
 @dataclass
 class Step:
-    """What one step in the thread did: bytes now in the file (each pipeful
-    told by ``progress`` already), and why it stopped early (None: the
-    socket had no more for now)."""
+    """Why one step in the thread stopped early (both None: the socket had
+    no more for now); the bytes it moved were told by ``progress``."""
 
-    moved: int
     upstream_error: str | None = None
     disk_error: OSError | None = None
 
@@ -70,7 +68,7 @@ class Step:
 class KernelFill:
     """Moves ``body``'s bytes but its last into the fill's file, from offset
     ``hashing.submitted`` on (every earlier byte is written), in steps in
-    ``pool``; ``moved(n)`` after each step, ``disk_failed(e)`` if the file
+    ``pool``; ``moved(n)`` as each pipeful lands, ``disk_failed(e)`` if the file
     refused them, ``upstream_failed(why)`` before the upstream connection is
     aborted."""
 
@@ -259,9 +257,9 @@ def _step(
         except InterruptedError:
             continue
         except OSError as e:
-            return Step(moved, upstream_error=os.strerror(e.errno or 0))
+            return Step(upstream_error=os.strerror(e.errno or 0))
         if count == 0:
-            return Step(moved, upstream_error="upstream closed the connection")
+            return Step(upstream_error="upstream closed the connection")
         at = offset + moved
         written = 0
         try:
@@ -273,7 +271,7 @@ def _step(
                 except InterruptedError:
                     continue
         except OSError as e:  # the file refused them: the fill ends
-            return Step(moved, disk_error=e)
+            return Step(disk_error=e)
         moved += count
         progress(count)
-    return Step(moved)
+    return Step()

@@ -12,7 +12,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.conftest import STANDARD_REPOSITORIES
+from tests.conftest import upstream_over
 from tests.support.clients import (
     Containerd,
     Dockerd,
@@ -36,7 +36,6 @@ from tests.support.registry import (
     basic_auth,
     challenge,
     fetch,
-    start_upstream,
 )
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
@@ -251,18 +250,11 @@ def budgeted(
 ) -> Iterator[Upstream]:
     """The session's images behind a token service with pull budgets:
     alice may pull once, each anonymous address five times."""
-    up = start_upstream(
+    yield from upstream_over(
+        upstream,
         tmp_path_factory.mktemp("budgeted"),
-        STANDARD_REPOSITORIES,
-        storage=upstream.registry.storage,
-        readonly=True,
         budgets={"alice": 1, "anonymous": 5},
     )
-    up.images = upstream.images
-    try:
-        yield up
-    finally:
-        up.stop()
 
 
 def test_the_budget_counts_the_mirrors_account_and_a_spent_one_is_not_hammered(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import upstream_of
+from tests.conftest import upstream_of, upstream_over
 from tests.support.blob_pull import pull_token
 from tests.support.docxy import AccessLog, DocxyFactory, with_metrics
 from tests.support.images import ImageSpec
@@ -20,7 +20,6 @@ from tests.support.registry import (
     MANIFEST_ACCEPT,
     Upstream,
     fetch,
-    start_upstream,
 )
 from tests.support.relay import GatedRelay
 from tests.support.skopeo import assert_pulled, skopeo_pull
@@ -51,14 +50,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
 def own_upstream(seeded: Upstream, tmp_path: Path) -> Iterator[Upstream]:
     """An upstream this test may stop: a registry of its own over the seeded
     storage (read-only), so no test pushes the images again."""
-    up = start_upstream(
-        tmp_path / "up", REPOSITORIES, storage=seeded.registry.storage, readonly=True
-    )
-    up.images = seeded.images
-    try:
-        yield up
-    finally:
-        up.stop()
+    yield from upstream_over(seeded, tmp_path / "up", REPOSITORIES)
 
 
 def manifest_gets(upstream: Upstream, since: int) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import STANDARD_REPOSITORIES
+from tests.conftest import upstream_over
 from tests.support.blob_counts import blob_gets
 from tests.support.daemons import every_client
 from tests.support.docxy import AccessLog, Docxy, DocxyFactory
@@ -26,7 +26,6 @@ from tests.support.registry import (
     fetch,
     get_token,
     parse_challenge,
-    start_upstream,
 )
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
@@ -198,17 +197,7 @@ def test_alias_and_ns_reach_the_upstream_through_both_tiers(
 @pytest.fixture
 def own_upstream(upstream: Upstream, tmp_path: Path) -> Iterator[Upstream]:
     """An upstream this test may stop: the session's images, read-only."""
-    up = start_upstream(
-        tmp_path / "up",
-        STANDARD_REPOSITORIES,
-        storage=upstream.registry.storage,
-        readonly=True,
-    )
-    up.images = upstream.images
-    try:
-        yield up
-    finally:
-        up.stop()
+    yield from upstream_over(upstream, tmp_path / "up")
 
 
 def test_a_new_node_pulls_what_an_offline_regional_tier_cached(

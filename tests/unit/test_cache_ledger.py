@@ -242,29 +242,14 @@ def test_a_principal_survives_new_tokens_and_restarts(tmp_path: Path) -> None:
     ledger.close()
 
 
+@pytest.mark.parametrize("when", ["between writes", "in the middle of a write"])
 def test_a_ledger_removed_under_docxy_is_recreated_with_what_came_since(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
-    root = tmp_path / "cache"
-    root.mkdir()
-    ledger = open_ledger(root)
-    errors: list[OSError] = []
-    ledger.on_error(errors.append)
-    ledger.public.put(("up", "a"), (), 1.0)
-    ledger.sync()
-    shutil.rmtree(root)  # an operator wiping the cache under Docxy
-    ledger.public.put(("up", "b"), (), 2.0)
-    ledger.close()
-    assert errors == []
-    assert rows(root, "SELECT repo FROM public ORDER BY stamp") == [("b",)]
-
-
-def test_a_ledger_removed_in_the_middle_of_a_write_is_not_disk_trouble(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The directory goes while a batch is being written (SQLite answers
-    "disk I/O error"): the batch lands in a new file, and the cache's disk
-    health is not told (it would step the whole cache aside)."""
+    """An operator wipes the cache directory under Docxy. In the middle of a
+    write SQLite answers "disk I/O error": that batch too lands in a new
+    file, and the cache's disk health is not told (it would step the whole
+    cache aside)."""
     from docxy.cache.ledger_db import connect as real_connect
 
     root = tmp_path / "cache"
@@ -283,10 +268,14 @@ def test_a_ledger_removed_in_the_middle_of_a_write_is_not_disk_trouble(
             raise sqlite3.OperationalError("disk I/O error")
         return real_connect(path)
 
-    monkeypatch.setattr("docxy.cache.ledger.connect", wiped_mid_write)
+    if when == "between writes":
+        shutil.rmtree(root)
+    else:
+        monkeypatch.setattr("docxy.cache.ledger.connect", wiped_mid_write)
     ledger.public.put(("up", "b"), (), 2.0)
     ledger.close()
-    assert wiped and errors == []
+    assert errors == []
+    assert wiped == ([True] if when != "between writes" else [])
     assert rows(root, "SELECT repo FROM public ORDER BY stamp") == [("b",)]
 
 
