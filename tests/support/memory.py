@@ -350,3 +350,18 @@ class InMemoryDocxy(Wiring):
         self.connections.append(connection)
         self.pump()
         return connection
+
+
+class QueuedHashThread:
+    """The fill's hash thread (``docxy.cache.hashing.HashThread``), run
+    when the test says."""
+
+    def __init__(self) -> None:
+        self.threads = QueuedThreads()
+        self.reactor = self.threads
+
+    def pool(self) -> QueuedThreads:
+        return self.threads
+
+    def stop(self) -> None:
+        pass

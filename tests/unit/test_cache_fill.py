@@ -21,7 +21,13 @@ from docxy.cache.blob_store import BlobStore
 from docxy.cache.counters import Counters
 from docxy.cache.fill import Fill, FillState, open_fill_file
 from tests.support.digests import sha256_digest
-from tests.support.memory import Held, MemoryNet, QueuedThreads, Scripted, result
+from tests.support.memory import (
+    Held,
+    MemoryNet,
+    QueuedHashThread,
+    Scripted,
+    result,
+)
 
 BLOB = bytes(range(256)) * 40
 IDLE = 30.0
@@ -170,21 +176,6 @@ def test_each_listener_is_called_once_at_the_next_write(tmp_path: Path) -> None:
     filling = FillState.FILLING
     assert heard == [(200, filling), (len(BLOB), filling), (len(BLOB), filling)]
     assert fill.state is FillState.DONE
-
-
-class QueuedHashThread:
-    """The fill's hash thread (``docxy.cache.hashing.HashThread``), run
-    when the test says."""
-
-    def __init__(self) -> None:
-        self.threads = QueuedThreads()
-        self.reactor = self.threads
-
-    def pool(self) -> QueuedThreads:
-        return self.threads
-
-    def stop(self) -> None:
-        pass
 
 
 def test_a_reader_of_the_file_wakes_when_the_hash_thread_wrote(tmp_path: Path) -> None:
