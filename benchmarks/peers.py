@@ -22,7 +22,11 @@ runs one worker here); the manifest figures also show ``--workers 2``.
 It prints the median of per-round ratios (Docxy/peer, as throughput: the
 peer's time over Docxy's), the median MiB/s of each variant, and each
 server's CPU seconds per GiB served (``/proc/<pid>/stat`` utime+stime
-deltas over the transfer, a process and its children together). Then
+deltas over the transfer, a process and its children together) and
+what the upstream sent for each read, in blobs (``/proc/<pid>/io``
+wchar, until the variant is done: distribution's cold proxy GETs the
+blob a second time for its storage after the client's, and is stopped
+only once its storage holds it). Then
 ``wrk`` against cached manifests by tag and by digest (Docxy and
 distribution warm), and Docxy's peak RSS while ``--slow-clients``
 rate-limited curls read the blob at once, warm and cold. The machine's
@@ -87,6 +91,29 @@ class Variant:
     tls: bool = False
     times: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    # Bytes the upstream sent for each read (to its end, cleanup included).
+    upstream: list[int] = field(default_factory=list)
+
+
+def bytes_sent(pid: int) -> int:
+    """What ``pid`` wrote to files and sockets (``sendfile`` included)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no wchar in /proc/{pid}/io")
+
+
+def stored_by(storage: Path, digest: str, size: int, timeout: float = 60.0) -> None:
+    """Wait until distribution's storage holds the whole blob: its copy is
+    a second upstream GET that goes on after the client's response."""
+    hex_ = digest.split(":", 1)[1]
+    data = storage / "docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if data.exists() and data.stat().st_size == size:
+            return
+        time.sleep(0.05)  # polling a benchmark peer, not a test
+    print(f"  distribution had not stored {digest} after {timeout:.0f}s")
 
 
 def cpu_of(pids: list[int]) -> float:
@@ -276,27 +303,32 @@ ONLY = {
 }
 
 
-def rounds(variants: list[Variant], path: str, size: int, count: int) -> None:
+def rounds(
+    variants: list[Variant], path: str, size: int, count: int, upstream: int
+) -> None:
     for r in range(count):
         shift = r % len(variants)
         for v in variants[shift:] + variants[:shift]:
             if v.prepare:
                 v.prepare(v)
-            cpu0 = cpu_of(v.pids)
+            cpu0, sent0 = cpu_of(v.pids), bytes_sent(upstream)
             v.times.append(curl(v.url + path, size, v.tls))
             v.cpu.append(cpu_of(v.pids) - cpu0)
             if v.cleanup:
                 v.cleanup(v)
+            v.upstream.append(bytes_sent(upstream) - sent0)
         print(f"  round {r + 1}/{count} done (load {load()})", flush=True)
 
 
 def report(variants: list[Variant], size: int) -> None:
     by = {v.name: v for v in variants}
-    print("\n| variant | median MiB/s | server CPU s/GiB |\n|---|---|---|")
+    print("\n| variant | median MiB/s | server CPU s/GiB | upstream sent, blobs |")
+    print("|---|---|---|---|")
     for v in variants:
         rate = size / MiB / statistics.median(v.times)
         cpu = statistics.median(v.cpu) / (size / GiB)
-        print(f"| {v.name} | {rate:.0f} | {cpu:.2f} |")
+        sent = statistics.median(v.upstream) / size
+        print(f"| {v.name} | {rate:.0f} | {cpu:.2f} | {sent:.2f} |")
     print("\n| Docxy / peer (throughput) | median of per-round ratios | target |")
     print("|---|---|---|")
     for mine, peer, target in PAIRS:
@@ -405,6 +437,10 @@ def main() -> int:
             v.process.stop()  # type: ignore[attr-defined]
             group.managed.remove(v.process)  # type: ignore[attr-defined]
 
+        def stop_dist(v: Variant) -> None:
+            stored_by(work / "dist-cold-storage", digest, size)
+            stop(v)
+
         variants = [
             Variant("direct", up, [upstream.pid]),
             Variant("docxy no cache", nocache.url, [nocache.pid]),
@@ -413,7 +449,7 @@ def main() -> int:
             Variant(
                 "docxy warm tls", f"https://{LOOPBACK}:{tls_port}", [warm.pid], tls=True
             ),
-            Variant("distribution cold", prepare=cold_dist, cleanup=stop),
+            Variant("distribution cold", prepare=cold_dist, cleanup=stop_dist),
             Variant("distribution warm", dist_url, [dist.pid]),
             Variant("distribution warm tls", dist_tls_url, [dist_tls.pid], tls=True),
             Variant("nginx proxy_cache warm", ngx_url, ngx_pids),
@@ -421,7 +457,7 @@ def main() -> int:
         if args.only:
             variants = [v for v in variants if v.name in ONLY[args.only]]
         print(f"{args.rounds} rounds of a {args.size_mib} MiB blob, curl to /dev/null")
-        rounds(variants, path, size, args.rounds)
+        rounds(variants, path, size, args.rounds, upstream.pid)
         report(variants, size)
         if args.only:
             print(f"\nload average at the end {load()}")
