@@ -11,7 +11,7 @@ the growing file as they read a fill of their own, until the lock is
 free; then the file is either the verified blob or a failure.
 
 The kernel drops a lock when its holder dies, ``kill -9`` included: a
-dead fill leaves a temp file nobody holds, which the next claim truncates
+dead fill leaves a temp file nobody holds, which the next fill truncates
 and the next start removes (:func:`clean_temp` never removes a file a
 live fill holds). The last byte of a file being filled is never sent
 before the fill ended well, so a reader of a fill that died sees a short
@@ -49,6 +49,8 @@ log = Logger()
 
 SUFFIX = ".fill"
 LENGTH = ".length"
+# The same claim on a manifest's GET (docxy.cache.manifest_claim).
+MANIFEST_SUFFIX = ".manifest"
 # How often a watcher looks at a file another worker fills (seconds).
 POLL = 0.02
 # How long a watcher waits for news of a fill before it stops waiting.
@@ -247,7 +249,7 @@ def clean_temp(tmp: Path) -> None:
     """Remove what dead fills left in ``tmp/``, never a live fill's file."""
     for leftover in sorted(tmp.iterdir()):
         name = leftover.name
-        if name.endswith(SUFFIX):
+        if name.endswith((SUFFIX, MANIFEST_SUFFIX)):
             with contextlib.suppress(FileNotFoundError):
                 claim = FillClaim.take(leftover)
                 if isinstance(claim, FillClaim):

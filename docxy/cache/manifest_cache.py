@@ -46,6 +46,7 @@ from .answers import CONDITIONAL, cached_headers, may_have
 from .counters import Counters
 from .disk_health import DiskHealth
 from .evidence import Who
+from .manifest_claim import ManifestClaims
 from .manifest_store import ManifestStore, TagIndex, TagKey, accept_key
 
 log = Logger()
@@ -63,6 +64,8 @@ class Landed:
     body: bytes
     content_type: bytes
     stored: bool
+    # Another worker's GET stored it: this one's client was not checked.
+    elsewhere: bool = False
 
 
 Content = tuple[str, str, str]  # upstream, repository, digest
@@ -86,8 +89,11 @@ class ManifestCache:
         freshness: float,
         counters: Counters,
         health: DiskHealth | None = None,
+        claims: ManifestClaims | None = None,
     ) -> None:
+        """``claims``: other workers share the cache (and its GETs)."""
         self.store = store
+        self.claims = claims
         self.tags = tags
         self.health = health or DiskHealth(store.root.parent, clock)
         self.relay = relay
@@ -220,6 +226,8 @@ class ManifestCache:
         land, then are answered as a hit would answer them, after the same
         access check; if it did not land (an error, or the upstream's
         answer to the first client's credentials), each fetches its own.
+        Across workers the same holds (:mod:`docxy.cache.manifest_claim`):
+        a worker whose GET waited for another's answers as a joiner.
         """
         upstream = target.mirror.upstream.name
         who = self.access.who(request)
@@ -229,10 +237,13 @@ class ManifestCache:
             headers.removeHeader(name)
         waiter, first = self._fetching.wait(
             (upstream, repo, digest),
-            lambda: self._get(target, repo, digest, url, headers, who, key),
+            lambda: self._get_once(target, repo, digest, url, headers, who, key),
         )
         if first:
             outcome = await waiter
+            if isinstance(outcome, Landed) and outcome.elsewhere:
+                await self._joined(request, exchange, target, repo, key, outcome)
+                return
         else:
             self.counters.joined_fills += 1
             landed = await shared(waiter, Landed)
@@ -245,6 +256,36 @@ class ManifestCache:
             return
         record(request, upstream_status=200)
         self._send(request, digest, outcome.body, outcome.content_type, "miss")
+
+    async def _get_once(
+        self,
+        target: Target,
+        repo: str,
+        digest: str,
+        url: str,
+        headers: Headers,
+        who: Who,
+        key: TagKey | None,
+    ) -> Landed | UpstreamResponse:
+        """:meth:`_get`, unless another worker's GET of it lands meanwhile."""
+
+        async def get() -> Landed | UpstreamResponse:
+            return await self._get(target, repo, digest, url, headers, who, key)
+
+        if self.claims is None:
+            return await get()
+        return await self.claims.get_once(
+            digest, get, lambda: self._landed_elsewhere(digest), self._joined_elsewhere
+        )
+
+    async def _landed_elsewhere(self, digest: str) -> Landed | None:
+        stored = await self.store.get(digest)
+        if stored is None:
+            return None
+        return Landed(digest, *stored, stored=True, elsewhere=True)
+
+    def _joined_elsewhere(self) -> None:
+        self.counters.joined_fills += 1
 
     async def _get(
         self,

@@ -24,6 +24,7 @@ from .disk_health import DiskHealth
 from .evidence import Evidence
 from .ledger import PRUNE_INTERVAL, Ledger
 from .manifest_cache import ManifestCache
+from .manifest_claim import ManifestClaims
 from .manifest_store import ManifestStore, TagIndex
 from .offline import TokenBook, answer_ping, keep_challenges
 
@@ -142,5 +143,6 @@ def build_cache(
         freshness,
         counters,
         health,
+        ManifestClaims(store.tmp, reactor) if shared else None,
     )
     return PullThroughCache(blobs, manifests, counters, relay, tokens)

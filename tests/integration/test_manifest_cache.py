@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import upstream_of, upstream_over
+from tests.support.blob_counts import manifest_get, manifest_gets
 from tests.support.blob_pull import pull_token
 from tests.support.docxy import AccessLog, DocxyFactory, with_metrics
 from tests.support.images import ImageSpec
@@ -53,14 +54,6 @@ def own_upstream(seeded: Upstream, tmp_path: Path) -> Iterator[Upstream]:
     yield from upstream_over(seeded, tmp_path / "up", REPOSITORIES)
 
 
-def manifest_gets(upstream: Upstream, since: int) -> list[str]:
-    return [
-        path
-        for method, path in upstream.requests()[since:]
-        if method == "GET" and "/manifests/" in path
-    ]
-
-
 def test_second_pull_asks_upstream_for_no_manifest(
     docxy_factory: DocxyFactory, own_upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -70,7 +63,7 @@ def test_second_pull_asks_upstream_for_no_manifest(
     since = len(own_upstream.requests())
     skopeo_pull(docxy.hostport, "web:1", tmp_path / "two")
     skopeo_pull(docxy.hostport, "arch:2", tmp_path / "all-again", "--all")
-    assert manifest_gets(own_upstream, since) == []
+    assert manifest_gets(own_upstream.requests()[since:]) == []
     blob_gets = [
         p for m, p in own_upstream.requests()[since:] if m == "GET" and "/blobs/" in p
     ]
@@ -92,7 +85,7 @@ def test_expired_tag_is_revalidated_with_head_only(
     since = len(own_upstream.requests())
     skopeo_pull(docxy.hostport, "web:1", tmp_path / "two")
     new = own_upstream.requests()[since:]
-    assert manifest_gets(own_upstream, since) == []
+    assert manifest_gets(own_upstream.requests()[since:]) == []
     assert any(m == "HEAD" and p.endswith("/manifests/1") for m, p in new), new
 
 
@@ -147,11 +140,6 @@ def test_expired_tag_is_served_stale_when_upstream_is_down(
 # --- concurrent misses: one upstream GET per manifest ----------------------------
 
 CLIENTS = 4
-
-
-def manifest_get(method: str, target: str) -> bool:
-    """A GET of a manifest by digest: what Docker Hub counts as a pull."""
-    return method == "GET" and "/manifests/sha256:" in target
 
 
 def joins(metrics_port: int) -> float:
@@ -209,7 +197,9 @@ def test_concurrent_cold_pulls_make_one_get_per_manifest(
     amd64 = [image.configs["linux/amd64"], *image.layers["linux/amd64"]]
     for out in outs:
         assert_pulled(out, amd64, platform)
-    gets = Counter(path.rsplit("/", 1)[1] for path in manifest_gets(upstream, since))
+    gets = Counter(
+        path.rsplit("/", 1)[1] for path in manifest_gets(upstream.requests()[since:])
+    )
     assert gets == {image.digest: 1, platform: 1}, gets
     for reference in ("1.0", platform):
         outcomes = sorted(

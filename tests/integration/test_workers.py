@@ -18,16 +18,22 @@ import json
 import os
 import re
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import MID, MID_LAYER
-from tests.support.blob_counts import blob_get_count, cached_blobs
+from tests.support.blob_counts import (
+    blob_get_count,
+    cached_blobs,
+    manifest_get,
+    manifest_gets,
+)
 from tests.support.blob_pull import open_blob, pull_token, read_all
 from tests.support.digests import sha256_digest
 from tests.support.docxy import TWISTD, Docxy, DocxyFactory, run_docxy, twistd_env
 from tests.support.processes import LOOPBACK, ManagedProcess, free_port, wait_until
-from tests.support.registry import Upstream, fetch
+from tests.support.registry import MANIFEST_ACCEPT, Upstream, fetch
 from tests.support.relay import GatedRelay
 from tests.support.skopeo import assert_pulled, skopeo_pull
 
@@ -53,6 +59,17 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] not in "ZX"
     except OSError:
         return False
+
+
+def holds(pid: int, suffix: str) -> bool:
+    """Whether ``pid`` has a file whose name ends in ``suffix`` open."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).endswith(suffix):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def filling(pids: dict[int, int]) -> int:
@@ -190,6 +207,55 @@ def test_eight_cold_pulls_over_two_workers_make_one_upstream_get(
         assert docxy.stop() == 0
     finally:
         relay.close()
+
+
+def test_a_manifest_missed_on_both_workers_at_once_is_one_upstream_get(
+    docxy_factory: DocxyFactory, mid_upstream: Upstream, tmp_path: Path
+) -> None:
+    """Docker Hub counts each manifest GET as a pull: a client on each worker
+    asking for the same uncached manifest at the same moment costs one. The
+    second worker waits for the first one's GET (it holds the manifest's
+    claim file open meanwhile), then answers from the shared cache."""
+    image = mid_upstream.images[MID.ref]
+    relay = GatedRelay(mid_upstream.registry.port)
+    try:
+        docxy = docxy_factory(
+            relay.url, "--cache-dir", str(tmp_path / "cache"), "--workers", "2"
+        )
+        first, second = workers(docxy).values()
+        token = pull_token(docxy, MID.repo)
+        url = f"{docxy.url}/v2/{MID.repo}/manifests/{image.digest}"
+        headers = {"Authorization": f"Bearer {token}", "Accept": MANIFEST_ACCEPT}
+        since = len(mid_upstream.requests())
+        relay.hold_answers(manifest_get)
+        with ThreadPoolExecutor(2) as pool:
+            os.kill(second, signal.SIGSTOP)  # the first client lands on `first`
+            try:
+                one = pool.submit(fetch, url, headers=headers)
+                wait_until(lambda: relay.held() == 1, 30, "the first worker's GET")
+            finally:
+                os.kill(second, signal.SIGCONT)
+            os.kill(first, signal.SIGSTOP)  # the second one on `second`
+            try:
+                two = pool.submit(fetch, url, headers=headers)
+                wait_until(
+                    lambda: holds(second, ".manifest") or relay.held() == 2,
+                    30,
+                    "the second worker to wait for the first or GET it too",
+                )
+            finally:
+                os.kill(first, signal.SIGCONT)
+            relay.hold_answers(None)
+            relay.release_answers()
+            replies = [one.result(), two.result()]
+    finally:
+        relay.close()
+    manifest = image.manifests[image.digest]
+    assert [(r.status, r.body) for r in replies] == [(200, manifest)] * 2
+    gets = manifest_gets(mid_upstream.requests()[since:])
+    assert gets == [f"/v2/{MID.repo}/manifests/{image.digest}"], gets
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+    assert docxy.stop() == 0
 
 
 def test_a_worker_killed_mid_fill_serves_nothing_corrupt_and_is_restarted(

@@ -1,4 +1,5 @@
-"""How often blobs were fetched, and which blobs a cache directory holds.
+"""How often blobs and manifests were fetched, and which blobs a cache
+directory holds.
 
 The tests' measure of a mirror: each blob crosses each link once, and
 what is cached is on disk under ``<cache-dir>/blobs/<algorithm>/<hh>/<hex>``.
@@ -49,3 +50,15 @@ def cached_blobs(cache: Path) -> dict[str, Path]:
         for path in (cache / "blobs").glob("*/*/*")
         if path.is_file()
     }
+
+
+def manifest_get(method: str, target: str) -> bool:
+    """A GET of a manifest by digest: what Docker Hub counts as a pull."""
+    return method == "GET" and "/manifests/sha256:" in target
+
+
+def manifest_gets(requests: Iterable[tuple[str, str]]) -> list[str]:
+    """The paths of the manifest GETs (by tag or digest) among ``requests``."""
+    return [
+        path for method, path in requests if method == "GET" and "/manifests/" in path
+    ]

@@ -17,6 +17,7 @@ from docxy.cache.blob_store import BlobStore
 from docxy.cache.directory import EVICT_LOCK_NAME, turn
 from docxy.cache.fill import FillState
 from docxy.cache.fill_lock import FillClaim, RemoteFill, clean_temp
+from docxy.cache.manifest_claim import ManifestClaims
 from docxy.config import ConfigError, build_config
 from tests.support.digests import sha256_digest
 from tests.unit.test_cache_store import put
@@ -151,18 +152,26 @@ def test_a_dead_fill_is_no_reason_to_resume_from_upstream(tmp_path: Path) -> Non
     assert remote.state is FillState.FAILED and not remote.resume_upstream
 
 
-def test_clean_temp_leaves_a_live_fill_alone(tmp_path: Path) -> None:
+def test_clean_temp_leaves_a_live_fill_and_a_live_manifest_get_alone(
+    tmp_path: Path,
+) -> None:
     store = BlobStore(tmp_path, 10_000)
     live = FillClaim.take(store.temp_path(DIGEST))
     assert isinstance(live, FillClaim)
     live.announce(None)
+    getting = FillClaim.take(ManifestClaims(store.tmp, None).path(DIGEST))
+    assert isinstance(getting, FillClaim)
     dead = store.tmp / "sha256-dead.fill"
     dead.write_bytes(b"half")
+    (store.tmp / "sha256-dead.manifest").touch()
     (store.tmp / "sha256-old.1234.5678").write_bytes(b"an older version's")
     clean_temp(store.tmp)
     names = sorted(p.name for p in store.tmp.iterdir())
-    assert names == [live.path.name, live.path.name + ".length"]
+    assert names == sorted(
+        [live.path.name, live.path.name + ".length", getting.path.name]
+    )
     live.release()
+    getting.release()
 
 
 @pytest.mark.parametrize(
