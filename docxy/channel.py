@@ -209,6 +209,10 @@ class DocxyChannel(HTTPChannel):
                         {"limit": MAX_TOKEN_FORM},
                     )
                 )
+                # Its body so far (a temporary file) is never read now.
+                content = getattr(self.requests[-1], "content", None)
+                if content is not None:
+                    content.close()
                 return
         super().rawDataReceived(data)
 

@@ -181,6 +181,8 @@ def test_a_chunked_token_form_is_capped_as_it_comes(
     assert client.status() == 413
     assert client.closed
     assert resource.seen == []
+    # What it received is dropped at once, not when the connection ends.
+    assert client.channel.requests[-1].content.closed
 
 
 def test_a_small_chunked_token_form_is_read(client: Client, resource: Recorder) -> None:
