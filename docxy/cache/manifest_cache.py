@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.logger import Logger
@@ -235,9 +237,9 @@ class ManifestCache:
         headers = exchange.headers.copy()
         for name in CONDITIONAL:
             headers.removeHeader(name)
+        get = partial(self._get, target, repo, digest, url, headers, who, key)
         waiter, first = self._fetching.wait(
-            (upstream, repo, digest),
-            lambda: self._get_once(target, repo, digest, url, headers, who, key),
+            (upstream, repo, digest), lambda: self._get_once(digest, get)
         )
         if first:
             outcome = await waiter
@@ -250,7 +252,7 @@ class ManifestCache:
             if landed is not None:
                 await self._joined(request, exchange, target, repo, key, landed)
                 return
-            outcome = await self._get(target, repo, digest, url, headers, who, key)
+            outcome = await get()
         if isinstance(outcome, UpstreamResponse):
             await self.relay.answer(request, exchange, outcome)
             return
@@ -258,20 +260,10 @@ class ManifestCache:
         self._send(request, digest, outcome.body, outcome.content_type, "miss")
 
     async def _get_once(
-        self,
-        target: Target,
-        repo: str,
-        digest: str,
-        url: str,
-        headers: Headers,
-        who: Who,
-        key: TagKey | None,
+        self, digest: str, get: Callable[[], Awaitable[Landed | UpstreamResponse]]
     ) -> Landed | UpstreamResponse:
-        """:meth:`_get`, unless another worker's GET of it lands meanwhile."""
-
-        async def get() -> Landed | UpstreamResponse:
-            return await self._get(target, repo, digest, url, headers, who, key)
-
+        """``get()`` (:meth:`_get`), unless another worker's GET of ``digest``
+        lands meanwhile."""
         if self.claims is None:
             return await get()
         return await self.claims.get_once(

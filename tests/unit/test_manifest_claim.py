@@ -39,6 +39,13 @@ class Calls:
         self.waits += 1
 
 
+def another_worker_gets(claims: ManifestClaims) -> FillClaim:
+    """The claim another worker would hold while its GET runs."""
+    claim = FillClaim.take(claims.path(DIGEST))
+    assert isinstance(claim, FillClaim)
+    return claim
+
+
 def run(claims: ManifestClaims, calls: Calls) -> defer.Deferred[bytes]:
     return defer.Deferred.fromCoroutine(
         claims.get_once(DIGEST, calls.get, calls.landed, calls.waited)
@@ -58,8 +65,7 @@ def test_a_worker_waits_for_the_others_get_and_takes_what_it_stored(
 ) -> None:
     clock = Clock()
     claims = ManifestClaims(tmp_path, clock, poll=0.5, stall=30)
-    other = FillClaim.take(claims.path(DIGEST))
-    assert isinstance(other, FillClaim)
+    other = another_worker_gets(claims)
     calls = Calls()
     d = run(claims, calls)
     clock.advance(5)
@@ -76,8 +82,7 @@ def test_if_the_others_get_stored_nothing_this_worker_claims_and_gets(
 ) -> None:
     clock = Clock()
     claims = ManifestClaims(tmp_path, clock, poll=0.5)
-    other = FillClaim.take(claims.path(DIGEST))
-    assert isinstance(other, FillClaim)
+    other = another_worker_gets(claims)
     calls = Calls()
     d = run(claims, calls)
     other.release()  # its GET failed, or its client was refused
@@ -90,8 +95,7 @@ def test_if_the_others_get_stored_nothing_this_worker_claims_and_gets(
 def test_a_stuck_holder_is_waited_for_stall_seconds_only(tmp_path: Path) -> None:
     clock = Clock()
     claims = ManifestClaims(tmp_path, clock, poll=1, stall=10)
-    other = FillClaim.take(claims.path(DIGEST))
-    assert isinstance(other, FillClaim)
+    other = another_worker_gets(claims)
     calls = Calls()
     d = run(claims, calls)
     clock.pump([1] * 9)
