@@ -124,6 +124,7 @@ class Fill(Protocol):
                 self._pause,
                 self._resume,
                 file=self._file,
+                clock=clock,
             )
         )
         # The first client's feed: what arrived before it tapped, then a tap.
