@@ -15,7 +15,10 @@ tagged ``v1`` that names it. Each round reads the blob once with curl
   round); Docxy warm (plain TCP: sendfile); Docxy warm over TLS;
 - distribution in proxy mode, cold (fresh each round) and warm, and warm
   over TLS;
-- nginx ``proxy_cache`` warm (Debian nginx, ``sendfile on``, one worker).
+- nginx ``proxy_cache`` warm (Debian nginx, ``sendfile on``, one worker);
+- Docxy cold and distribution cold from the same upstream over TLS (a
+  second registry on its storage, self-signed): the path through Python
+  a Docker Hub fill takes.
 
 Every blob variant of Docxy runs ``--workers 1`` (one reactor, as nginx
 runs one worker here); the manifest figures also show ``--workers 2``.
@@ -93,6 +96,7 @@ class Variant:
     cpu: list[float] = field(default_factory=list)
     # Bytes the upstream sent for each read (to its end, cleanup included).
     upstream: list[int] = field(default_factory=list)
+    origin: int = 0  # the pid of its upstream, if not the plain one
 
 
 def bytes_sent(pid: int) -> int:
@@ -166,9 +170,15 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def proxy_registry(
-    work: Path, name: str, upstream: str, tls: tuple[Path, Path] | None = None
+    work: Path,
+    name: str,
+    upstream: str,
+    tls: tuple[Path, Path] | None = None,
+    upstream_ca: Path | None = None,
 ) -> tuple[ManagedProcess, str]:
-    """distribution in proxy mode in front of ``upstream``, fresh storage."""
+    """distribution in proxy mode in front of ``upstream``, fresh storage;
+    ``upstream_ca``: the certificate a TLS upstream's is (trusted through
+    ``SSL_CERT_FILE``)."""
     port = free_port()
     storage = work / f"{name}-storage"
     shutil.rmtree(storage, ignore_errors=True)
@@ -178,7 +188,10 @@ def proxy_registry(
     config += f"proxy:\n  remoteurl: {upstream}\n"
     path = work / f"{name}.yml"
     path.write_text(config)
-    process = ManagedProcess([REGISTRY_BIN, "serve", str(path)], work / f"{name}.log")
+    env = {"SSL_CERT_FILE": str(upstream_ca)} if upstream_ca else None
+    process = ManagedProcess(
+        [REGISTRY_BIN, "serve", str(path)], work / f"{name}.log", env=env
+    )
     process.wait_for_port(port)
     scheme = "https" if tls else "http"
     return process, f"{scheme}://{LOOPBACK}:{port}"
@@ -294,12 +307,14 @@ PAIRS = (
     ("docxy cold", "distribution cold", 1.0),
     ("docxy no cache", "direct", 0.8),
     ("docxy warm", "docxy no cache", None),
+    ("docxy cold tls upstream", "distribution cold tls upstream", None),
 )
 
 
 # --only: the variants of one comparison, for a run of a few minutes.
 ONLY = {
     "cold": ("direct", "docxy no cache", "docxy cold", "distribution cold"),
+    "tls-upstream": ("docxy cold tls upstream", "distribution cold tls upstream"),
 }
 
 
@@ -311,12 +326,13 @@ def rounds(
         for v in variants[shift:] + variants[:shift]:
             if v.prepare:
                 v.prepare(v)
-            cpu0, sent0 = cpu_of(v.pids), bytes_sent(upstream)
+            origin = v.origin or upstream
+            cpu0, sent0 = cpu_of(v.pids), bytes_sent(origin)
             v.times.append(curl(v.url + path, size, v.tls))
             v.cpu.append(cpu_of(v.pids) - cpu0)
             if v.cleanup:
                 v.cleanup(v)
-            v.upstream.append(bytes_sent(upstream) - sent0)
+            v.upstream.append(bytes_sent(origin) - sent0)
         print(f"  round {r + 1}/{count} done (load {load()})", flush=True)
 
 
@@ -394,6 +410,20 @@ def main() -> int:
         manifest = push_manifest(up_port, digest, size)
         path = f"/v2/{REPO_NAME}/blobs/{digest}"
         key, cert = self_signed(work)
+        # The same storage over TLS: a cold fill from it goes through Python
+        # (Docker Hub's case); only the kernel's splice needs plain TCP.
+        tls_up_port = free_port()
+        (work / "upstream-tls.yml").write_text(
+            registry_config(work / "up", tls_up_port)
+            + f"  tls:\n    certificate: {cert}\n    key: {key}\n"
+        )
+        tls_upstream = ManagedProcess(
+            [REGISTRY_BIN, "serve", str(work / "upstream-tls.yml")],
+            work / "up-tls.log",
+        )
+        group.managed.append(tls_upstream)
+        tls_upstream.wait_for_port(tls_up_port)
+        up_tls = f"https://{LOOPBACK}:{tls_up_port}"
 
         def docxy(name: str, *extra: str, workers: int = 1) -> Docxy:
             args = [*extra, "--workers", str(workers)]
@@ -433,12 +463,37 @@ def main() -> int:
             v.url, v.pids, v.process = url, [d.pid], d  # type: ignore[attr-defined]
             group.managed.append(d)
 
+        def cold_docxy_tls_upstream(v: Variant) -> None:
+            shutil.rmtree(work / "cold", ignore_errors=True)
+            d = Docxy(
+                up_tls,
+                work / "cold-tls.log",
+                extra_args=[
+                    *("--cache-dir", str(work / "cold"), "--workers", "1"),
+                    *("--upstream-ca", str(cert)),
+                ],
+            )
+            v.url, v.pids, v.process = d.url, [d.pid], d  # type: ignore[attr-defined]
+            group.managed.append(d)
+            subprocess.run(
+                ["curl", "-s", "-o", "/dev/null", d.url + "/v2/"], check=True
+            )
+
+        def cold_dist_tls_upstream(v: Variant) -> None:
+            d, url = proxy_registry(work, "dist-cold-tls", up_tls, upstream_ca=cert)
+            v.url, v.pids, v.process = url, [d.pid], d  # type: ignore[attr-defined]
+            group.managed.append(d)
+
         def stop(v: Variant) -> None:
             v.process.stop()  # type: ignore[attr-defined]
             group.managed.remove(v.process)  # type: ignore[attr-defined]
 
         def stop_dist(v: Variant) -> None:
             stored_by(work / "dist-cold-storage", digest, size)
+            stop(v)
+
+        def stop_dist_tls(v: Variant) -> None:
+            stored_by(work / "dist-cold-tls-storage", digest, size)
             stop(v)
 
         variants = [
@@ -453,6 +508,18 @@ def main() -> int:
             Variant("distribution warm", dist_url, [dist.pid]),
             Variant("distribution warm tls", dist_tls_url, [dist_tls.pid], tls=True),
             Variant("nginx proxy_cache warm", ngx_url, ngx_pids),
+            Variant(
+                "docxy cold tls upstream",
+                prepare=cold_docxy_tls_upstream,
+                cleanup=stop,
+                origin=tls_upstream.pid,
+            ),
+            Variant(
+                "distribution cold tls upstream",
+                prepare=cold_dist_tls_upstream,
+                cleanup=stop_dist_tls,
+                origin=tls_upstream.pid,
+            ),
         ]
         if args.only:
             variants = [v for v in variants if v.name in ONLY[args.only]]
