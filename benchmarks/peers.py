@@ -333,6 +333,9 @@ def rounds(
             if v.cleanup:
                 v.cleanup(v)
             v.upstream.append(bytes_sent(origin) - sent0)
+            # A cold read leaves 500 MiB of dirty pages; written back later,
+            # they would load whichever variant runs then.
+            os.sync()
         print(f"  round {r + 1}/{count} done (load {load()})", flush=True)
 
 
