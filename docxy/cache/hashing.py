@@ -103,8 +103,7 @@ class BackgroundHash:
         self._buffer: bytearray | None = None  # absorb's, made on first use
         self.clock: IReactorTime = clock or thread.reactor
         self._held: list[bytes] = []  # received, not yet handed to the thread
-        self._held_from = 0  # the offset of the first of them
-        self._held_bytes = 0
+        self._held_bytes = 0  # (the last ones before ``submitted``)
         self._handing: IDelayedCall | None = None
 
     @property
@@ -114,8 +113,6 @@ class BackgroundHash:
 
     def update(self, data: bytes) -> None:
         """The body's next bytes, received: written and hashed in the thread."""
-        if not self._held:
-            self._held_from = self.submitted
         self._held.append(data)
         self._held_bytes += len(data)
         self.submitted += len(data)
@@ -132,7 +129,7 @@ class BackgroundHash:
                 self._handing.cancel()
             self._handing = None
         if self._held:
-            chunks, offset = self._held, self._held_from
+            chunks, offset = self._held, self.submitted - self._held_bytes
             self._held, self._held_bytes = [], 0
             self.thread.pool().callInThread(self._hash, chunks, offset)
 
