@@ -1,9 +1,9 @@
-"""Client connections the kernel can write to directly (sendfile, splice).
+"""Client connections Docxy can write to directly (sendfile, its own sends).
 
 TLS encrypts in user space, so only plain TCP (and Unix) sockets qualify,
 and only while twisted.web's channel is the transport's producer: a sender
 borrows that slot for the length of a body (see
-:mod:`docxy.cache.kernel_sender`, :mod:`docxy.splice`).
+:mod:`docxy.cache.kernel_sender`, :mod:`docxy.socket_relay`).
 """
 
 from __future__ import annotations

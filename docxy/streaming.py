@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from .oci import DigestHasher
 from .plain_tcp import kernel_transport
-from .splice import Splice, can_splice
+from .socket_relay import SocketRelay, can_relay
 from .upstream_client import raw_body
 
 log = Logger()
@@ -113,8 +113,8 @@ class BodyPump(Protocol):
         self._ended = False
         self.upstream: IPushProducer | None = None
         self.watchdog = IdleWatchdog(clock, idle_timeout, self._idle)
-        # A few first chunks may find the body ready to splice (docxy.splice).
-        self._splice_tries = 4 if verify is None and can_splice(clock) else 0
+        # A few first chunks may find the body ready to relay (docxy.socket_relay).
+        self._relay_tries = 4 if verify is None and can_relay(clock) else 0
         self.clock = clock
         request.notifyFinish().addErrback(self._client_lost)
 
@@ -135,27 +135,27 @@ class BodyPump(Protocol):
         if self.verify is not None:
             self.verify.update(data)
         self.request.write(data)
-        if self._splice_tries:
-            self._try_splice()
+        if self._relay_tries:
+            self._try_relay()
 
-    def _try_splice(self) -> None:
-        """Hand the rest of the body to the kernel, if both sockets allow."""
-        self._splice_tries -= 1
+    def _try_relay(self) -> None:
+        """Move the rest of the body socket to socket, if both sockets allow."""
+        self._relay_tries -= 1
         client = kernel_transport(self.request)
         body = raw_body(self.transport)
         if client is None or body is None or self._ended:
             return
-        splice = Splice(
-            self.request, client, body, self.clock, self._spliced, self._splice_failed
+        relay = SocketRelay(
+            self.request, client, body, self.clock, self._relayed, self._relay_failed
         )
-        if splice.start():
-            self._splice_tries = 0
+        if relay.start():
+            self._relay_tries = 0
 
-    def _spliced(self, count: int) -> None:
+    def _relayed(self, count: int) -> None:
         self.watchdog.touch()
         self.bytes += count
 
-    def _splice_failed(self, why: str) -> None:
+    def _relay_failed(self, why: str) -> None:
         log.warn(
             "upstream body failed after {bytes} bytes: {why}", bytes=self.bytes, why=why
         )

@@ -118,10 +118,11 @@ class _WideReads(HTTP11ClientProtocol):
 class RawBody:
     """The rest of an identity-encoded body, still unread in its socket.
 
-    Whoever moves ``n`` bytes out of ``transport``'s socket itself (with
-    ``splice(2)``) says so with ``consumed(n)``; the client's parser then
-    expects only what is left, and a body ends (and its connection goes
-    back to the pool) as if the parser had read it all.
+    Whoever moves ``n`` bytes out of ``transport``'s socket itself (a
+    ``splice(2)`` into a file, a relay's ``recv_into``) says so with
+    ``consumed(n)``; the client's parser then expects only what is left,
+    and a body ends (and its connection goes back to the pool) as if the
+    parser had read it all.
     """
 
     transport: tcp.Client

@@ -7,6 +7,7 @@ without HEAD lengths, cross-origin redirects, redirect loops, stalls).
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -195,3 +196,39 @@ def challenge_to(realm: str) -> Callable[[Request], bytes]:
         return b'{"errors":[{"code":"UNAUTHORIZED"}]}'
 
     return handler
+
+
+def raw_get(docxy: Harness, path: str, rcvbuf: int | None = None) -> socket.socket:
+    client = socket.socket()
+    if rcvbuf is not None:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    client.connect(("127.0.0.1", docxy.docxy_port.getHost().port))
+    client.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
+    client.setblocking(False)
+    return client
+
+
+def drain(client: socket.socket, into: bytearray) -> None:
+    """Read what has arrived, without waiting."""
+    while True:
+        try:
+            data = client.recv(1 << 20)
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        into += data
+
+
+async def read_whole(client: socket.socket, body: bytes) -> tuple[bytes, bytes]:
+    """Head and body of an answer ending in ``body``'s last bytes, read as
+    they arrive."""
+    received = bytearray()
+
+    def all_arrived() -> bool:
+        drain(client, received)
+        return b"\r\n\r\n" in received and received.endswith(body[-4096:])
+
+    await until(all_arrived, "the rest of the body")
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    return head, rest

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from docxy.cache.kernel_sender import KernelSender
 from tests.support.digests import sha256_digest
 
 from .blob_upstream import BLOB, CLIENT_PATH, DIGEST, PATH, Blob
-from .harness import FakeUpstream, Harness, start, until
+from .harness import FakeUpstream, Harness, drain, raw_get, read_whole, start, until
 
 BIG = os.urandom(24 * 1024 * 1024)
 BIG_DIGEST = sha256_digest(BIG)
@@ -86,28 +85,6 @@ def links() -> list[str]:
         with contextlib.suppress(OSError):  # the listing's own descriptor
             found.append(os.readlink(f"/proc/self/fd/{fd}"))
     return found
-
-
-def raw_get(docxy: Harness, path: str, rcvbuf: int | None = None) -> socket.socket:
-    client = socket.socket()
-    if rcvbuf is not None:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    client.connect(("127.0.0.1", docxy.docxy_port.getHost().port))
-    client.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
-    client.setblocking(False)
-    return client
-
-
-def drain(client: socket.socket, into: bytearray) -> None:
-    """Read what has arrived, without waiting."""
-    while True:
-        try:
-            data = client.recv(1 << 20)
-        except BlockingIOError:
-            return
-        if not data:
-            return
-        into += data
 
 
 @pytest_twisted.ensureDeferred
@@ -185,14 +162,7 @@ async def test_a_client_that_reads_nothing_holds_nothing_in_memory(
         assert buffered + transport._tempDataLen == 0  # nothing in user space
         assert sender.sent < len(BIG)  # the rest waits in the file
 
-        received = bytearray()
-
-        def all_arrived() -> bool:
-            drain(client, received)
-            return b"\r\n\r\n" in received and received.endswith(BIG[-4096:])
-
-        await until(all_arrived, "the rest of the blob")
-        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        head, body = await read_whole(client, BIG)
         assert head.startswith(b"HTTP/1.1 200")
         assert body == BIG
     finally:

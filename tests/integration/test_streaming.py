@@ -420,15 +420,16 @@ def test_slow_reader_keeps_docxy_memory_flat(procs: Processes) -> None:
     )
 
 
-def test_spliced_bodies_are_intact_and_leave_the_upstream_connection_reusable(
+def test_relayed_bodies_are_intact_and_leave_the_upstream_connection_reusable(
     procs: Processes,
 ) -> None:
     """Two reads in a row, each intact, over one upstream connection.
 
-    On plain TCP the body goes socket to socket in the kernel (docxy.splice)
-    and Docxy's HTTP client is told how much went past it. If it were told
-    wrong, the first response would never end (a hang: the socket timeout),
-    end early, or the connection could not carry the second request.
+    On plain TCP the body goes socket to socket past Twisted's transports
+    (docxy.socket_relay) and Docxy's HTTP client is told how much went past
+    it. If it were told wrong, the first response would never end (a hang:
+    the socket timeout), end early, or the connection could not carry the
+    second request.
     """
     size = 64 * MiB
     upstream = procs.upstream(size)
