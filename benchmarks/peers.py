@@ -3,7 +3,8 @@
 Not a test: it prints figures for a human (see benchmarks/README.md).
 
     .venv/bin/python benchmarks/peers.py [--size-mib 500] [--rounds 3]
-        [--slow-clients 16] [--slow-rate 25M] [--wrk-seconds 5] [--only cold]
+        [--slow-clients 16] [--slow-rate 25M] [--wrk-seconds 5]
+        [--only cold|no-cache|tls-upstream]
 
 Upstream: a real distribution registry (Debian ``docker-registry``), no
 auth, on 127.0.0.1, holding one blob of ``--size-mib`` and a manifest
@@ -15,7 +16,9 @@ tagged ``v1`` that names it. Each round reads the blob once with curl
   round); Docxy warm (plain TCP: sendfile); Docxy warm over TLS;
 - distribution in proxy mode, cold (fresh each round) and warm, and warm
   over TLS;
-- nginx ``proxy_cache`` warm (Debian nginx, ``sendfile on``, one worker);
+- nginx ``proxy_cache`` warm (Debian nginx, ``sendfile on``, one worker),
+  and nginx as a plain ``proxy_pass`` (256 KiB buffers): what a C proxy
+  makes of "no cache" on the same machine;
 - Docxy cold and distribution cold from the same upstream over TLS (a
   second registry on its storage, self-signed): the path through Python
   a Docker Hub fill takes.
@@ -32,7 +35,7 @@ blob a second time for its storage after the client's, and is stopped
 only once its storage holds it). Then
 ``wrk`` against cached manifests by tag and by digest (Docxy and
 distribution warm), and Docxy's peak RSS while ``--slow-clients``
-rate-limited curls read the blob at once, warm and cold. The machine's
+rate-limited curls read the blob at once, warm, cold and with no cache. The machine's
 load average is printed at the start and the end: on a shared machine,
 quote ratios, not absolute figures.
 """
@@ -198,13 +201,23 @@ def proxy_registry(
     return process, f"{scheme}://{LOOPBACK}:{port}"
 
 
-def nginx_cache(work: Path, upstream: str) -> tuple[ManagedProcess, str]:
+def nginx_cache(
+    work: Path, upstream: str, cache: bool = True
+) -> tuple[ManagedProcess, str]:
+    """nginx in front of ``upstream``: ``proxy_cache`` on, or a plain
+    ``proxy_pass`` with 256 KiB buffers (never spooled to disk)."""
     port = free_port()
-    root = work / "nginx"
+    root = work / ("nginx" if cache else "nginx-proxy")
     root.mkdir(exist_ok=True)
     conf = root / "nginx.conf"
     # As root, workers would run as nobody and not reach the cache directory.
     user = "user root;\n" if os.geteuid() == 0 else ""
+    caching = (
+        "proxy_cache blobs;\n      proxy_cache_valid 200 1d;"
+        if cache
+        else "proxy_buffers 4 256k;\n      proxy_buffer_size 256k;"
+        "\n      proxy_max_temp_file_size 0;"
+    )
     conf.write_text(f"""{user}worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
@@ -226,8 +239,7 @@ http {{
     location / {{
       proxy_pass {upstream};
       proxy_http_version 1.1;
-      proxy_cache blobs;
-      proxy_cache_valid 200 1d;
+      {caching}
     }}
   }}
 }}
@@ -337,6 +349,8 @@ PAIRS = (
     ("docxy warm tls", "distribution warm tls", 0.8),
     ("docxy cold", "distribution cold", 1.0),
     ("docxy no cache", "direct", 0.8),
+    ("nginx no cache", "direct", None),
+    ("docxy no cache", "nginx no cache", None),
     ("docxy warm", "docxy no cache", None),
     ("docxy cold tls upstream", "distribution cold tls upstream", None),
 )
@@ -345,6 +359,7 @@ PAIRS = (
 # --only: the variants of one comparison, for a run of a few minutes.
 ONLY = {
     "cold": ("direct", "docxy no cache", "docxy cold", "distribution cold"),
+    "no-cache": ("direct", "docxy no cache", "nginx no cache"),
     "tls-upstream": ("docxy cold tls upstream", "distribution cold tls upstream"),
 }
 
@@ -474,11 +489,13 @@ def main() -> int:
         dist, dist_url = proxy_registry(work, "dist-warm", up)
         dist_tls, dist_tls_url = proxy_registry(work, "dist-tls", up, (key, cert))
         ngx, ngx_url = nginx_cache(work, up)
-        group.managed += [dist, dist_tls, ngx]
+        ngx_proxy, ngx_proxy_url = nginx_cache(work, up, cache=False)
+        group.managed += [dist, dist_tls, ngx, ngx_proxy]
         verify_through(warm, digest, size)  # the fill, hashed by the client too
         for url, secure in ((dist_url, False), (dist_tls_url, True), (ngx_url, False)):
             curl(url + path, size, secure)  # warm them up, untimed
         ngx_pids = [ngx.pid, *children_of(ngx.pid)]
+        ngx_proxy_pids = [ngx_proxy.pid, *children_of(ngx_proxy.pid)]
 
         def cold_docxy(v: Variant) -> None:
             shutil.rmtree(work / "cold", ignore_errors=True)
@@ -543,6 +560,7 @@ def main() -> int:
             Variant("distribution warm", dist_url, [dist.pid]),
             Variant("distribution warm tls", dist_tls_url, [dist_tls.pid], tls=True),
             Variant("nginx proxy_cache warm", ngx_url, ngx_pids),
+            Variant("nginx no cache", ngx_proxy_url, ngx_proxy_pids),
             Variant(
                 "docxy cold tls upstream",
                 prepare=cold_docxy_tls_upstream,
@@ -590,6 +608,7 @@ def main() -> int:
         again.stop()
         cold = docxy("cold-slow", "--cache-dir", str(work / "cold-slow"))
         print(f"  cold: {slow_clients(cold, *slow):.0f} MiB")
+        print(f"  no cache: {slow_clients(nocache, *slow):.0f} MiB")
         print(f"\nload average at the end {load()}")
         return 0
     finally:
