@@ -32,7 +32,9 @@ own hooks, and gives them back before the body's last byte:
   is empty and the socket writable, so nothing overtakes what was written.
 
 Backpressure is the buffer: at most :data:`BUFFER_SIZE` is held, and while
-the client does not read, the upstream socket is not read either. A client
+the client does not read, the upstream socket is not read either. At most
+:data:`MAX_RELAYS` run at once in a process; other bodies stay with
+Twisted's transports. A client
 that disconnects stops the relay (the transport stops its producer); an
 upstream that ends early or fails closes the client's connection at once,
 so it sees a short read, never a complete-looking body.
@@ -59,10 +61,15 @@ RELAY_MIN = 1024 * 1024
 BUFFER_SIZE = 1024 * 1024
 # At most this much per readiness event: other connections get their turn.
 TURN_BYTES = 8 * 1024 * 1024
+# Relays at once, at most: beyond, bodies stay with Twisted's transports
+# (backpressure bounds those too), so slow clients cannot make a worker hold
+# more than this many buffers.
+MAX_RELAYS = 32
 # Buffers kept for the next body, so a relay does not fault in a new one.
 SPARE_BUFFERS = 4
 
 _spare: list[bytearray] = []
+_live = 0  # relays holding a buffer
 
 
 def can_relay(reactor: object) -> bool:
@@ -112,14 +119,18 @@ class SocketRelay:
 
     def start(self) -> bool:
         """Take both sockets over; False (nothing changed) if it cannot."""
+        global _live
         upstream = self.upstream
         if self.left < RELAY_MIN or upstream in self.reactor.getWriters():
+            return False
+        if _live >= MAX_RELAYS:
             return False
         try:
             self._in, self._out = _socket_of(upstream), _socket_of(self.client)
         except TypeError:
             return False
         self._buffer = memoryview(_spare.pop() if _spare else bytearray(BUFFER_SIZE))
+        _live += 1
         upstream.stopReading()
         self._loan.take(self)
         self._read_upstream(True)
@@ -226,12 +237,14 @@ class SocketRelay:
         self.client.abortConnection()  # a short read, never a wrong body
 
     def _close(self) -> None:
+        global _live
         if self._done:
             return
         self._done = True
         self._read_upstream(False)
         buffer, self._buffer = self._buffer, None
         if buffer is not None:
+            _live -= 1
             data = buffer.obj
             buffer.release()
             if len(_spare) < SPARE_BUFFERS and isinstance(data, bytearray):

@@ -17,6 +17,7 @@ import pytest
 import pytest_twisted
 from twisted.web.server import NOT_DONE_YET, Request
 
+from docxy import socket_relay
 from docxy.socket_relay import BUFFER_SIZE, SocketRelay
 from tests.support.digests import sha256_digest
 
@@ -140,3 +141,23 @@ async def test_an_upstream_that_ends_early_drops_the_client(
     assert len(body) <= len(BIG) // 2 and BIG.startswith(body)
     await until(lambda: bool(access_events), "the access-log line")
     assert access_events[0].get("outcome") == "upstream-failed", access_events[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_relays_beyond_the_limit_leave_their_bodies_to_twisted(
+    proxy: Harness, relays: list[SocketRelay], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socket_relay, "MAX_RELAYS", 1)
+    stalled = raw_get(proxy, CLIENT_PATH, rcvbuf=64 * 1024)
+    try:
+        await until(lambda: bool(relays), "the first relay to take over")
+        reply = await proxy.request(b"GET", CLIENT_PATH)
+        assert reply.code == 200 and reply.body == BIG
+        assert len(relays) == 1  # can fail: the second body was not relayed
+        head, body = await read_whole(stalled, BIG)
+        assert head.startswith(b"HTTP/1.1 200") and body == BIG
+    finally:
+        stalled.close()
+    assert socket_relay._live == 0
+    reply = await proxy.request(b"GET", CLIENT_PATH)
+    assert reply.code == 200 and len(relays) == 2  # the slot was given back
