@@ -98,6 +98,7 @@ class Variant:
     tls: bool = False
     times: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    kernel: list[float] = field(default_factory=list)  # of cpu: system time
     # Bytes the upstream sent for each read (to its end, cleanup included).
     upstream: list[int] = field(default_factory=list)
     origin: int = 0  # the pid of its upstream, if not the plain one
@@ -127,6 +128,15 @@ def stored_by(storage: Path, digest: str, size: int, timeout: float = 60.0) -> N
 def cpu_of(pids: list[int]) -> float:
     """utime+stime of ``pids`` and their children (Docxy's workers)."""
     return float(sum(cpu_seconds(pid) for pid in {p for x in pids for p in tree(x)}))
+
+
+def kernel_of(pids: list[int]) -> float:
+    """stime alone of ``pids`` and their children."""
+    total = 0
+    for pid in {p for x in pids for p in tree(x)}:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def tree(pid: int) -> list[int]:
@@ -374,8 +384,10 @@ def rounds(
                 v.prepare(v)
             origin = v.origin or upstream
             cpu0, sent0 = cpu_of(v.pids), bytes_sent(origin)
+            kernel0 = kernel_of(v.pids)
             v.times.append(curl(v.url + path, size, v.tls))
             v.cpu.append(cpu_of(v.pids) - cpu0)
+            v.kernel.append(kernel_of(v.pids) - kernel0)
             if v.cleanup:
                 v.cleanup(v)
             v.upstream.append(bytes_sent(origin) - sent0)
@@ -404,6 +416,13 @@ def report(variants: list[Variant], size: int) -> None:
         each = " ".join(f"{r:.2f}" for r in ratios)
         median = statistics.median(ratios)
         print(f"| {mine} / {peer} | {median:.2f}x | {goal} | {each} |")
+    if "docxy cold" in by and "distribution cold" in by:
+        # What moves cold on a VM whose new page cache costs host faults.
+        docxy, dist = by["docxy cold"], by["distribution cold"]
+        ratios = [p / m for m, p in zip(docxy.times, dist.times, strict=True)]
+        rounds = sorted(zip(docxy.kernel, ratios, strict=True), reverse=True)
+        each = ", ".join(f"{k:.2f} s: {r:.2f}x" for k, r in rounds)
+        print(f"\ndocxy cold by its system CPU per read (most first): {each}")
 
 
 def slow_clients(docxy: Docxy, path: str, size: int, count: int, rate: str) -> float:
