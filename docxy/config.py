@@ -254,7 +254,8 @@ def _workers(given: int | None, ports: tuple[str, ...]) -> int:
     if given > 1 and unshared:
         raise ConfigError(
             f"workers: {unshared[0]!r} cannot be shared by worker processes "
-            "(tcp:, ssl: and systemd: INET ports can; see docs/scaling.md); "
+            "(tcp:, ssl:, systemd: INET ports and acme: ports on them can; "
+            "see docs/scaling.md); "
             "use workers = 1"
         )
     return given

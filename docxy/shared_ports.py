@@ -12,8 +12,9 @@ and the listen queue is shared, so a busy worker does not hold connections
 another could take.
 
 An ``ssl:`` port's socket is shared the same way; each worker wraps it in
-TLS with the same certificate files. ``acme:`` ports (their certificate
-manager and challenge answers live in one process) and ``unix:`` sockets
+TLS with the same certificate files. An ``acme:`` port's wrapped socket
+too: the supervisor runs its certificate manager, and each worker serves
+the certificates it stores (:mod:`docxy.tls.shared`). ``unix:`` sockets
 (a stopping worker would unlink the path of the others) are not shared:
 they need ``--workers 1``.
 """
@@ -42,6 +43,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .tls.endpoint import AcmeEndpoint
+from .tls.shared import FollowerEndpoint
+
 _SHAREABLE = ("tcp", "tcp6", "ssl", "systemd")
 
 
@@ -50,7 +54,23 @@ def shareable(port: str) -> bool:
     kind, _, rest = port.partition(":")
     if kind == "systemd":
         return "domain=UNIX" not in rest
+    if kind == "acme":
+        wrapped = _acme_wrapped(port)
+        return wrapped is not None and shareable(wrapped)
     return kind in _SHAREABLE
+
+
+def _acme_wrapped(port: str) -> str | None:
+    """The endpoint string an ``acme:`` port wraps (None: not parseable)."""
+    from twisted.internet.endpoints import _parse
+
+    from .tls.spec import AcmeSpecError, parse_acme
+
+    args, kwargs = _parse(port.partition(":")[2])
+    try:
+        return parse_acme(args, kwargs)[1]
+    except AcmeSpecError:
+        return None
 
 
 def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
@@ -93,7 +113,10 @@ def bind(reactor: Any, port: str) -> tuple[IListeningPort, SharedSocket]:
     The port object stays with the supervisor (it closes the socket at the
     end); workers get the descriptor.
     """
-    listening = listen_now(serverFromString(reactor, port))
+    endpoint = serverFromString(reactor, port)
+    if isinstance(endpoint, AcmeEndpoint):  # TLS is the workers'; the CA's is ours
+        endpoint = endpoint.wrapped
+    listening = listen_now(endpoint)
     listening.stopReading()  # the workers accept, never the supervisor
     fd = listening.fileno()
     os.set_inheritable(fd, True)
@@ -158,7 +181,12 @@ def _one_at_a_time(port: IListeningPort) -> IListeningPort:
 def adopt(reactor: Any, port: str, shared: SharedSocket) -> IStreamServerEndpoint:
     """The endpoint a worker listens with: the inherited socket (in TLS for ssl:)."""
     adopted = _SharedEndpoint(reactor, shared)
-    if port.partition(":")[0] == "ssl":
+    kind = port.partition(":")[0]
+    if kind == "acme":
+        acme = serverFromString(reactor, port)
+        assert isinstance(acme, AcmeEndpoint)
+        return FollowerEndpoint(reactor, acme.spec, adopted)
+    if kind == "ssl":
         # The same certificate files the supervisor checked at start.
         tls = serverFromString(reactor, port)
         return wrapServerTLS(tls._sslContextFactory, adopted)

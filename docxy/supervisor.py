@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import ProcessProtocol
@@ -34,6 +35,8 @@ from .cache.directory import CacheLock
 from .config import Config
 from .drain import stop_on_sigterm
 from .shared_ports import SharedSocket, bind
+from .tls.endpoint import AcmeEndpoint, acquire_manager, release_manager
+from .tls.manager import CertificateManager
 from .worker import Setup
 
 log = Logger()
@@ -128,6 +131,7 @@ class Supervisor(Service):
         self.failures: dict[int, int] = {}
         self._restarts: dict[int, IDelayedCall] = {}
         self._stopping = False
+        self.managers: list[CertificateManager] = []  # of acme: ports (docxy.tls)
 
     def privilegedStartService(self) -> None:
         from .listeners import reason
@@ -142,6 +146,12 @@ class Supervisor(Service):
                 raise SystemExit(1) from None
             self.ports.append(listening)
             self.sockets.append(shared)
+            endpoint = serverFromString(self.reactor, port)
+            if isinstance(endpoint, AcmeEndpoint):
+                # The one certificate manager; the workers serve what it
+                # stores and answer the challenges it publishes.
+                manager = acquire_manager(self.reactor, endpoint.spec)
+                self.managers.append(manager)
 
     def probe_sockets(self) -> dict[int, Path]:
         """index -> the probes socket of each worker running now."""
@@ -161,6 +171,8 @@ class Supervisor(Service):
             count=self.config.workers,
             ports=" ".join(self.config.ports),
         )
+        for manager in self.managers:
+            manager.start()
         for index in range(self.config.workers):
             self._start(index)
 
@@ -241,6 +253,7 @@ class Supervisor(Service):
             if kill.active():
                 kill.cancel()
             stops = [defer.maybeDeferred(p.stopListening) for p in self.ports]
+            stops += [release_manager(m) for m in self.managers]
             if self.probes_dir is not None:
                 shutil.rmtree(self.probes_dir, ignore_errors=True)  # dead sockets
             return defer.gatherResults(stops)

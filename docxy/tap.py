@@ -296,7 +296,7 @@ class Options(usage.Options):
             None,
             "Reactor processes sharing the listening sockets and the cache "
             "(docs/scaling.md); 1: a single process. [default: auto, one per "
-            "core, or 1 with an acme: or unix: port]",
+            "core, or 1 with a unix: port]",
         ],
         [
             "max-connections",

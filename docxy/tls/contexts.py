@@ -14,7 +14,7 @@ with that challenge's certificate (RFC 8737).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from OpenSSL import SSL
@@ -48,10 +48,18 @@ def server_context(pair: KeyAndChain) -> SSL.Context:
 class SniContexts:
     """Contexts by SNI name; unknown or absent names get the first name's."""
 
-    def __init__(self, names: Sequence[str], initial: KeyAndChain) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        initial: KeyAndChain,
+        published: Callable[[str], KeyAndChain | None] | None = None,
+    ) -> None:
+        """``published(name)``: a pending challenge another process set
+        (a worker's, see :mod:`docxy.tls.shared`), looked up as it arrives."""
         if not names:
             raise ValueError("at least one name")
         self.default_name = names[0]
+        self._published = published
         self._contexts: Mapping[str, SSL.Context] = {}
         self._challenges: Mapping[str, KeyAndChain] = {}
         self._serials: Mapping[str, int] = {}
@@ -94,6 +102,8 @@ class SniContexts:
         if ALPN_ACME in offered:
             name = self._name(connection)
             challenge = self._challenges.get(name) if name else None
+            if challenge is None and name and self._published is not None:
+                challenge = self._published(name)
             if challenge is None:
                 log.warn(
                     "acme-tls/1 handshake for {name} with no pending challenge",

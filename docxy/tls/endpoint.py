@@ -27,7 +27,8 @@ from .spec import OPTIONS, AcmeSpec, AcmeSpecError, parse_acme
 _MANAGERS: dict[Path, tuple[CertificateManager, int]] = {}
 
 
-def _acquire(reactor: Any, spec: AcmeSpec) -> CertificateManager:
+def acquire_manager(reactor: Any, spec: AcmeSpec) -> CertificateManager:
+    """The manager of ``spec``'s state directory, loaded (made on first use)."""
     key = spec.state_dir.resolve()
     if key in _MANAGERS:
         manager, users = _MANAGERS[key]
@@ -45,7 +46,8 @@ def _acquire(reactor: Any, spec: AcmeSpec) -> CertificateManager:
     return manager
 
 
-def _release(manager: CertificateManager) -> defer.Deferred[Any]:
+def release_manager(manager: CertificateManager) -> defer.Deferred[Any]:
+    """One user fewer; the last one stops the manager."""
     key = manager.spec.state_dir.resolve()
     _, users = _MANAGERS[key]
     if users > 1:
@@ -70,7 +72,7 @@ class _AcmePort:
         manager, self._manager = self._manager, None
         stopped = self._port.stopListening()
         if manager is not None:
-            released = _release(manager)
+            released = release_manager(manager)
             if stopped is not None:
                 return defer.gatherResults([stopped, released]).addCallback(
                     lambda _: None
@@ -100,12 +102,12 @@ class AcmeEndpoint:
         return defer.ensureDeferred(self._listen(factory))
 
     async def _listen(self, factory: IProtocolFactory) -> IListeningPort:
-        manager = _acquire(self.reactor, self.spec)
+        manager = acquire_manager(self.reactor, self.spec)
         assert manager.contexts is not None
         try:
             port = await wrapServerTLS(manager.contexts, self.wrapped).listen(factory)
         except BaseException:
-            await _release(manager)
+            await release_manager(manager)
             raise
         manager.start()
         return _AcmePort(port, manager)

@@ -9,6 +9,8 @@ listener of the daemon answers from it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -20,6 +22,13 @@ class Http01Store:
 
     def __init__(self) -> None:
         self._tokens: dict[str, bytes] = {}
+        # Lookups of tokens another process set (a worker's: docxy.tls.shared).
+        self._followed: list[Callable[[str], bytes | None]] = []
+
+    def follow(self, lookup: Callable[[str], bytes | None]) -> None:
+        """Also answer the tokens ``lookup`` knows (as a request asks)."""
+        if lookup not in self._followed:
+            self._followed.append(lookup)
 
     def add(self, token: str, key_authorization: str) -> None:
         self._tokens[token] = key_authorization.encode("ascii")
@@ -28,7 +37,12 @@ class Http01Store:
         self._tokens.pop(token, None)
 
     def get(self, token: str) -> bytes | None:
-        return self._tokens.get(token)
+        found = self._tokens.get(token)
+        for lookup in self._followed:
+            if found is not None:
+                break
+            found = lookup(token)
+        return found
 
 
 HTTP01 = Http01Store()

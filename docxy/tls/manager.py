@@ -25,6 +25,7 @@ from .certs import KeyAndChain, alpn_challenge, make_csr, new_key, placeholder
 from .contexts import SniContexts
 from .http01 import HTTP01, Http01Store
 from .renewal import ari_cert_id, lifetime_renewal, next_check, retry_delay
+from .shared import PublishedChallenges
 from .spec import AcmeSpec
 from .store import AcmeStore
 
@@ -54,6 +55,8 @@ class CertificateManager:
         self.http01 = http01
         self.rng = rng or random.Random()
         self.store = AcmeStore(spec.state_dir, spec.directory)
+        # For workers (docxy.tls.shared); the manager itself serves from memory.
+        self.published = PublishedChallenges(spec.state_dir)
         self.current: dict[str, KeyAndChain] = {}
         self.contexts: SniContexts | None = None
         self._client: AcmeClient | None = None
@@ -67,6 +70,7 @@ class CertificateManager:
     def load(self) -> SniContexts:
         """Synchronously, before listening: stored certificates or the placeholder."""
         self.store.prepare()
+        self.published.clear()
         self.contexts = SniContexts(self.spec.domains, placeholder(self.spec.domains))
         for name in self.spec.domains:
             stored = self.store.load(name)
@@ -262,10 +266,14 @@ class CertificateManager:
         token = str(challenge["token"])
         key_authorization = client.key_authorization(token)
         assert self.contexts is not None
+        # Published first: a worker may be the one the CA's validation reaches.
         if kind == "http-01":
+            self.published.add_token(token, key_authorization)
             self.http01.add(token, key_authorization)
         else:
-            self.contexts.set_challenge(name, alpn_challenge(name, key_authorization))
+            pair = alpn_challenge(name, key_authorization)
+            self.published.add_alpn(name, pair)
+            self.contexts.set_challenge(name, pair)
         try:
             await client.respond(challenge["url"])
             authz = await client.poll(
@@ -274,8 +282,10 @@ class CertificateManager:
         finally:
             if kind == "http-01":
                 self.http01.remove(token)
+                self.published.remove_token(token)
             else:
                 self.contexts.clear_challenge(name)
+                self.published.remove_alpn(name)
         if authz.get("status") != "valid":
             raise AcmeError(
                 f"{kind} validation of {name} failed: {_challenge_error(authz)}"

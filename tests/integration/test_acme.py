@@ -141,11 +141,14 @@ class Setup:
             f":caBundle={pebble.api_ca}:challenge={challenge}:retry=1"
         )
 
-    def docxy(self, upstream: Upstream, port: str) -> Docxy:
+    def docxy(self, upstream: Upstream, port: str, workers: int = 1) -> Docxy:
         d = Docxy(
             upstream.url,
             self.tmp / f"docxy-{len(self.docxys)}.log",
-            ["--port", port, "--public-url", f"https://{NAME}:{self.tls}"],
+            [
+                *("--port", port, "--public-url", f"https://{NAME}:{self.tls}"),
+                *("--workers", str(workers)),
+            ],
             port=self.plain,
         )
         self.docxys.append(d)
@@ -253,7 +256,9 @@ def test_tls_alpn_01_issuance_then_https_pull(
     assert sans(peer_cert(setup.tls)) == [NAME]
     assert mode(setup.state) == 0o700
     assert mode(setup.state / "account.key") == 0o600
-    (certs,) = [p for p in setup.state.iterdir() if p.is_dir()]
+    challenges = setup.state / "challenges"  # published for workers, 0700
+    assert mode(challenges) == 0o700 and not list(challenges.iterdir())
+    (certs,) = [p for p in setup.state.iterdir() if p.is_dir() and p != challenges]
     assert mode(certs) == 0o700
     assert mode(certs / f"{NAME}.pem") == 0o600
     skopeo_pull_https(setup.tls, root, tmp_path, upstream)
@@ -316,6 +321,55 @@ def test_each_sni_name_gets_its_own_certificate(
     assert pebble.new_orders() == 3
     assert not list(setup.state.glob("*/evil.test.pem"))
     assert len(list(setup.state.glob("*/*.pem"))) == 3
+
+
+# --- workers: one manager in the supervisor ---------------------------------
+
+FOLLOWED = "serving the certificate the supervisor stored for localhost"
+
+
+@pytest.mark.parametrize("challenge", ["tls-alpn-01", "http-01"])
+def test_workers_share_one_order_and_answer_its_challenge(
+    setup: Setup, upstream: Upstream, challenge: str
+) -> None:
+    """With --workers 2 the supervisor orders once; the CA's validation
+    reaches a worker (the supervisor accepts no connection), which answers
+    from what the supervisor published; both workers then serve the
+    issued certificate."""
+    pebble = setup.pebble()
+    d = setup.docxy(upstream, setup.acme_port(pebble, challenge=challenge), 2)
+    root = setup.root(pebble)
+
+    wait_until(lambda: trusted(setup.tls, root), 30, "a pebble certificate")
+    wait_until(lambda: d.log_text().count(FOLLOWED) == 2, 30, "both workers")
+
+    log = d.log_text()
+    assert "supervisor: 2 workers share" in log
+    assert "set VALID by completed challenge" in pebble.log_text()
+    if challenge == "tls-alpn-01":
+        assert "answering a TLS-ALPN-01 challenge for localhost" in log
+    else:
+        assert "path=/.well-known/acme-challenge/" in log
+        assert "status=200" in log.split("/.well-known/acme-challenge/", 1)[1]
+    assert pebble.new_orders() == 1  # can fail: a manager per worker
+    assert log.count("new certificate in service for localhost") == 1
+    assert not list((setup.state / "challenges").iterdir())
+    serials = {served_serial(setup.tls) for _ in range(12)}
+    assert len(serials) == 1
+
+
+def test_workers_all_serve_a_renewal(setup: Setup, upstream: Upstream) -> None:
+    """The supervisor renews; every worker serves the new certificate."""
+    pebble = setup.pebble(validity=9)  # renewal due after ~6 s
+    d = setup.docxy(upstream, setup.acme_port(pebble), 2)
+    root = setup.root(pebble)
+    wait_until(lambda: d.log_text().count(FOLLOWED) == 2, 30, "the first certificate")
+    first = served_serial(setup.tls)
+    wait_until(lambda: d.log_text().count(FOLLOWED) >= 4, 60, "the renewal in both")
+    assert served_serial(setup.tls) != first
+    assert all(served_serial(setup.tls) != first for _ in range(12))
+    assert trusted(setup.tls, root)
+    assert d.alive()
 
 
 # --- renewal, restart, outage -------------------------------------------------

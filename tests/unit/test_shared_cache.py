@@ -178,8 +178,9 @@ def test_clean_temp_leaves_a_live_fill_and_a_live_manifest_get_alone(
     ("ports", "given", "expected"),
     [
         (["tcp:5000", "tcp6:5001"], "3", 3),
-        (["acme:/var/lib/docxy:tcp:443:domains=example.com"], "auto", 1),
+        (["acme:/var/lib/docxy:tcp:443:domains=example.com"], "2", 2),
         (["unix:/run/docxy.sock"], None, 1),
+        (["acme:/var/lib/docxy:unix:/run/docxy.sock:domains=example.com"], None, 1),
         (["tcp:5000"], "1", 1),
     ],
 )
@@ -195,9 +196,21 @@ def test_workers_auto_is_one_per_core() -> None:
     assert build_config({}).workers == available_cores()
 
 
-def test_workers_with_an_acme_port_stop_docxy_with_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"workers: 'acme:.*cannot be shared"):
-        build_config({"port": ["acme:/s:tcp:443:domains=a.example"], "workers": "2"})
+def test_workers_with_a_unix_port_stop_docxy_with_one_line() -> None:
+    """A stopping worker would unlink the socket path of the others; an
+    acme: port on one is not shareable either."""
+    for port in ("unix:/run/d.sock", "acme:/s:unix:/run/d.sock:domains=a.example"):
+        with pytest.raises(ConfigError, match=r"workers: '.*cannot be shared"):
+            build_config(
+                {"port": [port], "workers": "2", "public-url": "https://m.example"}
+            )
+
+
+def test_workers_auto_with_an_acme_port_is_one_per_core() -> None:
+    from docxy.shared_ports import available_cores
+
+    config = build_config({"port": ["acme:/s:tcp:443:domains=a.example"]})
+    assert config.workers == available_cores()
 
 
 def test_metrics_of_workers_are_one_text_each_family_once() -> None:
