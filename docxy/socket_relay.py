@@ -10,9 +10,9 @@ and ``send`` to the client's, on the reactor thread.
 Why a copy and not ``splice(2)``: an earlier version moved the body socket
 -> pipe -> socket in the kernel, with no copy in Docxy at all, and was
 slower: the segments it sends are made of the upstream's received pages,
-which cost a client on the same host (loopback, or a veth pair: a mirror
-on the node of the kubelet's containerd) about twice the kernel time to
-receive, and it lost and reordered more of them. Alternating runs of a
+which cost a client on the same host about twice the kernel time to
+receive, and it lost and reordered more of them (measured over loopback;
+a pod's veth pair hands segments over the same way, not measured). Alternating runs of a
 500 MiB blob, Docxy against nginx ``proxy_pass`` (256 KiB buffers) and
 direct: splice 0.72x and 0.77x of direct, this buffer 0.82x and 0.89x,
 nginx 0.84x and 0.90x (``benchmarks/README.md``). It costs Docxy about
