@@ -3,20 +3,26 @@
 Relaying a blob through Twisted's transports costs, per chunk, a new bytes
 object from ``recv``, the calls that pass it along, the transport's buffer
 and its ``b"".join``. When both sockets are plain TCP and the upstream
-body has a Content-Length, :class:`SocketRelay` moves the body itself: one
-reused buffer (:data:`BUFFER_SIZE`), ``recv_into`` from the upstream socket
-and ``send`` to the client's, on the reactor thread.
+body has a Content-Length, :class:`SocketRelay` moves the body itself, on
+the reactor thread, one of two ways, by where the client is:
 
-Why a copy and not ``splice(2)``: an earlier version moved the body socket
--> pipe -> socket in the kernel, with no copy in Docxy at all, and was
-slower: the segments it sends are made of the upstream's received pages,
-which cost a client on the same host about twice the kernel time to
-receive, and it lost and reordered more of them (measured over loopback;
-a pod's veth pair hands segments over the same way, not measured). Alternating runs of a
-500 MiB blob, Docxy against nginx ``proxy_pass`` (256 KiB buffers) and
-direct: splice 0.72x and 0.77x of direct, this buffer 0.82x and 0.89x,
-nginx 0.84x and 0.90x (``benchmarks/README.md``). It costs Docxy about
-0.14 CPU-s/GiB more than the splice did.
+- **a client on another host or network namespace**: ``splice(2)``,
+  upstream socket -> pipe -> client socket in the kernel, no copy in
+  Docxy (:class:`PipeMover`);
+- **a client on loopback** (dockerd or containerd on the same host, the
+  node-local DaemonSet's containerd): a copy through one reused buffer,
+  ``recv_into`` and ``send`` (:class:`BufferMover`). Spliced segments are
+  made of the upstream's received pages, and a loopback receiver spent
+  about twice the kernel time taking them in (curl: 0.17-0.20 s of system
+  time per 500 MiB against 0.08-0.10 from nginx), and more were dropped
+  and resent.
+
+Measured with alternating rounds of a 500 MiB blob, as ratios to reading
+the upstream directly: on loopback, splice 0.72x and 0.77x, the buffer
+0.82x and 0.89x, nginx ``proxy_pass`` (256 KiB buffers) 0.84x and 0.90x;
+a client in a network namespace over a veth pair, splice 0.82x, the
+buffer 0.76x, nginx 0.74x (``benchmarks/README.md``). The copy costs
+Docxy about 0.14 CPU-s/GiB more.
 
 It takes both sockets over for the length of the body, through Twisted's
 own hooks, and gives them back before the body's last byte:
@@ -31,45 +37,50 @@ own hooks, and gives them back before the body's last byte:
   only when the transport's buffer (the headers, the body's first bytes)
   is empty and the socket writable, so nothing overtakes what was written.
 
-Backpressure is the buffer: at most :data:`BUFFER_SIZE` is held, and while
+Backpressure is the pipe or the buffer: at most 1 MiB is held, and while
 the client does not read, the upstream socket is not read either. At most
 :data:`MAX_RELAYS` run at once in a process; other bodies stay with
-Twisted's transports. A client
-that disconnects stops the relay (the transport stops its producer); an
-upstream that ends early or fails closes the client's connection at once,
-so it sees a short read, never a complete-looking body.
+Twisted's transports. A client that disconnects stops the relay (the
+transport stops its producer); an upstream that ends early or fails
+closes the client's connection at once, so it sees a short read, never a
+complete-looking body.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IPullProducer, IReactorFDSet, IReadDescriptor
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from .pipes import open_pipe
 from .plain_tcp import KernelTransport, ProducerLoan
 from .upstream_client import RawBody
 
 # Bodies shorter than this stay with Twisted's transports (taking over costs calls).
 RELAY_MIN = 1024 * 1024
-# Bytes held per body at most: what a slow client can keep in Docxy's memory.
-# (256 KiB was slower; 4 MiB no faster.)
-BUFFER_SIZE = 1024 * 1024
+# Bytes held per body at most, in the pipe or the buffer: what a slow
+# client can keep in memory. (A 256 KiB buffer was slower; 4 MiB no faster.)
+HELD = 1024 * 1024
 # At most this much per readiness event: other connections get their turn.
 TURN_BYTES = 8 * 1024 * 1024
 # Relays at once, at most: beyond, bodies stay with Twisted's transports
 # (backpressure bounds those too), so slow clients cannot make a worker hold
-# more than this many buffers.
+# more than this many pipes or buffers.
 MAX_RELAYS = 32
 # Buffers kept for the next body, so a relay does not fault in a new one.
 SPARE_BUFFERS = 4
 
+_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
 _spare: list[bytearray] = []
-_live = 0  # relays holding a buffer
+_live = 0  # relays holding a pipe or a buffer
 
 
 def can_relay(reactor: object) -> bool:
@@ -77,11 +88,98 @@ def can_relay(reactor: object) -> bool:
     return IReactorFDSet.providedBy(reactor)
 
 
-def _socket_of(transport: Any) -> socket.socket:
-    sock = getattr(transport, "socket", None)
-    if not isinstance(sock, socket.socket):
-        raise TypeError(f"{transport!r} has no socket")
-    return sock
+def on_loopback(address: object) -> bool:
+    """Is this peer on the same host's loopback (or a Unix socket)?"""
+    if not isinstance(address, IPv4Address | IPv6Address):
+        return True  # a Unix socket: on this host
+    try:
+        ip = ipaddress.ip_address(address.host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class PipeMover:
+    """Upstream socket -> pipe -> client socket by ``splice(2)``: no copy."""
+
+    # A refused splice into the pipe may mean the pipe is full (it counts
+    # pages, not bytes), not that the socket is empty.
+    full_when_refused = True
+
+    def __init__(self, upstream: int, client: int, pipe: tuple[int, int], size: int):
+        self.upstream, self.client = upstream, client
+        self.pipe, self.size = pipe, size
+        self.held = 0
+
+    def room(self) -> int:
+        return self.size - self.held
+
+    def take(self, count: int) -> int:
+        moved = os.splice(self.upstream, self.pipe[1], count, flags=_FLAGS)
+        self.held += moved
+        return moved
+
+    def give(self) -> int:
+        moved = os.splice(self.pipe[0], self.client, self.held, flags=_FLAGS)
+        self.held -= moved
+        return moved
+
+    def close(self) -> None:
+        for fd in self.pipe:
+            os.close(fd)
+
+
+class BufferMover:
+    """``recv_into`` one reused buffer, ``send`` from it: for loopback clients."""
+
+    full_when_refused = False
+
+    def __init__(self, upstream: socket.socket, client: socket.socket) -> None:
+        self.upstream, self.client = upstream, client
+        self.buffer = memoryview(_spare.pop() if _spare else bytearray(HELD))
+        self.filled = 0  # bytes received into the buffer
+        self.sent = 0  # of which the client has this much
+        self.held = 0
+
+    def room(self) -> int:
+        return HELD - self.filled
+
+    def take(self, count: int) -> int:
+        moved = self.upstream.recv_into(self.buffer[self.filled :], count)
+        self.filled += moved
+        self.held += moved
+        return moved
+
+    def give(self) -> int:
+        moved = self.client.send(self.buffer[self.sent : self.filled])
+        self.sent += moved
+        self.held -= moved
+        if self.held == 0:
+            self.filled = self.sent = 0
+        return moved
+
+    def close(self) -> None:
+        data = self.buffer.obj
+        self.buffer.release()
+        if len(_spare) < SPARE_BUFFERS and isinstance(data, bytearray):
+            _spare.append(data)
+
+
+def _mover(upstream: Any, client: Any) -> PipeMover | BufferMover | None:
+    """The way for this client, or None if neither can be set up."""
+    if on_loopback(client.getPeer()):
+        sockets = getattr(upstream, "socket", None), getattr(client, "socket", None)
+        if all(isinstance(sock, socket.socket) for sock in sockets):
+            return BufferMover(*sockets)  # type: ignore[arg-type]
+        return None
+    if not hasattr(os, "splice"):
+        return None
+    pipe = open_pipe(HELD, nonblocking=True)
+    if pipe is None:
+        return None
+    return PipeMover(upstream.fileno(), client.fileno(), *pipe)
 
 
 @implementer(IPullProducer, IReadDescriptor)
@@ -109,9 +207,7 @@ class SocketRelay:
         self._fd = self.upstream.fileno()
         self.left = body.remaining - 1  # the last byte goes through the parser
         self.relayed = 0
-        self._buffer: memoryview | None = None
-        self._filled = 0  # bytes received into the buffer
-        self._sent = 0  # of which the client has this much
+        self.mover: PipeMover | BufferMover | None = None
         self._reading = False
         self._flushed = False  # the client transport's own buffer went out
         self._loan = ProducerLoan(client)
@@ -125,11 +221,9 @@ class SocketRelay:
             return False
         if _live >= MAX_RELAYS:
             return False
-        try:
-            self._in, self._out = _socket_of(upstream), _socket_of(self.client)
-        except TypeError:
+        self.mover = _mover(upstream, self.client)
+        if self.mover is None:
             return False
-        self._buffer = memoryview(_spare.pop() if _spare else bytearray(BUFFER_SIZE))
         _live += 1
         upstream.stopReading()
         self._loan.take(self)
@@ -145,14 +239,16 @@ class SocketRelay:
         return "SocketRelay"
 
     def doRead(self) -> None:
-        if self._done or self._buffer is None:
+        mover = self.mover
+        if self._done or mover is None:
             return
         budget = min(TURN_BYTES, self.left)
-        while budget > 0 and self._filled < BUFFER_SIZE:
-            room = min(budget, BUFFER_SIZE - self._filled)
+        while budget > 0 and mover.room() > 0:
             try:
-                count = self._in.recv_into(self._buffer[self._filled :], room)
+                count = mover.take(min(budget, mover.room()))
             except BlockingIOError:
+                if mover.held and mover.full_when_refused:
+                    self._read_upstream(False)  # again once it is drained
                 break
             except InterruptedError:
                 continue
@@ -163,9 +259,8 @@ class SocketRelay:
                 self._upstream_failed("upstream closed the connection")
                 return
             self.left -= count
-            self._filled += count
             budget -= count
-        if self.left == 0 or self._filled >= BUFFER_SIZE:
+        if self.left == 0 or mover.room() <= 0:
             self._read_upstream(False)
         if self._flushed:
             self._drain()
@@ -194,11 +289,12 @@ class SocketRelay:
         self._close()
 
     def _drain(self) -> None:
-        assert self._buffer is not None
+        mover = self.mover
+        assert mover is not None
         budget = TURN_BYTES
-        while self._sent < self._filled and budget > 0:
+        while mover.held and budget > 0:
             try:
-                count = self._out.send(self._buffer[self._sent : self._filled])
+                count = mover.give()
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -207,16 +303,13 @@ class SocketRelay:
                 self._close()
                 self.client.abortConnection()
                 return
-            self._sent += count
             self.relayed += count
             budget -= count
             self.request.sentLength += count
             self.moved(count)
-        if self._sent < self._filled:
+        if mover.held:
             self.client.startWriting()  # call again when the socket is writable
-            return
-        self._sent = self._filled = 0
-        if self.left == 0:
+        elif self.left == 0:
             self._finish()
         else:
             self._read_upstream(True)
@@ -242,10 +335,7 @@ class SocketRelay:
             return
         self._done = True
         self._read_upstream(False)
-        buffer, self._buffer = self._buffer, None
-        if buffer is not None:
+        mover, self.mover = self.mover, None
+        if mover is not None:
             _live -= 1
-            data = buffer.obj
-            buffer.release()
-            if len(_spare) < SPARE_BUFFERS and isinstance(data, bytearray):
-                _spare.append(data)
+            mover.close()

@@ -36,13 +36,14 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from ..oci import Digest, DigestHasher
+from ..pipes import can_splice
 from ..streaming import IdleWatchdog
 from ..upstream_client import raw_body
 from .blob_store import BlobStore, Entry
 from .counters import Counters
 from .disk_health import DiskHealth
 from .hashing import BackgroundHash, HashThread
-from .kernel_fill import KERNEL_MIN, KernelFill, can_splice
+from .kernel_fill import KERNEL_MIN, KernelFill
 
 log = Logger()
 

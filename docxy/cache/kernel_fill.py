@@ -27,18 +27,18 @@ fill's disk error, as for a write in Python.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..pipes import open_pipe
 from ..upstream_client import RawBody
 from .hashing import BackgroundHash
 
@@ -50,25 +50,6 @@ KERNEL_MIN = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
 # At most this much per step: other fills' writes get their turn in the thread.
 STEP_BYTES = 8 * 1024 * 1024
-
-
-def open_pipe(size: int, nonblocking: bool) -> tuple[tuple[int, int], int] | None:
-    """A pipe (read end, write end) for ``splice(2)`` and its capacity: ``size``
-    if the kernel allows, its default otherwise; None if none can be made."""
-    flags = os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0)
-    try:
-        read, write = os.pipe2(flags)
-    except OSError:
-        return None
-    try:
-        capacity = fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, size)
-    except OSError:
-        capacity = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
-    return (read, write), capacity
-
-
-def can_splice(reactor: object) -> bool:
-    return hasattr(os, "splice") and IReactorFDSet.providedBy(reactor)
 
 
 _MOVE = os.SPLICE_F_MOVE if hasattr(os, "splice") else 0

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.web.server import NOT_DONE_YET, Request
 
 from docxy import socket_relay
-from docxy.socket_relay import BUFFER_SIZE, SocketRelay
+from docxy.socket_relay import HELD, BufferMover, PipeMover, SocketRelay
 from tests.support.digests import sha256_digest
 
 from .harness import FakeUpstream, Harness, raw_get, read_whole, start, until
@@ -53,15 +54,22 @@ async def proxy() -> AsyncIterator[Harness]:
     await harness.stop()
 
 
-@pytest.fixture
-def relays(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SocketRelay]]:
-    """Every relay that took a body over."""
+@pytest.fixture(params=["buffer", "pipe"])
+def relays(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[SocketRelay]]:
+    """Every relay that took a body over; each test runs with the loopback
+    client's buffer and, as if the client were elsewhere, the pipe."""
+    if request.param == "pipe":
+        monkeypatch.setattr(socket_relay, "on_loopback", lambda address: False)
+    kind = BufferMover if request.param == "buffer" else PipeMover
     started: list[SocketRelay] = []
     real = SocketRelay.start
 
     def start(self: SocketRelay) -> bool:
         taken = real(self)
         if taken:
+            assert isinstance(self.mover, kind)  # can fail: the other way
             started.append(self)
         return taken
 
@@ -93,12 +101,16 @@ async def test_a_client_that_reads_nothing_holds_one_buffer_and_stops_the_upstre
     try:
         await until(lambda: bool(relays), "the relay to take over")
         relay = relays[0]
-        await until(lambda: relay._filled == BUFFER_SIZE, "the buffer to fill")
-        assert not relay._reading  # the upstream waits in its socket
+        mover = relay.mover
+        assert mover is not None
+
+        # Full: the upstream waits in its socket, not read.
+        await until(lambda: mover.held > 0 and not relay._reading, "a full relay")
+        assert 0 < mover.held <= HELD
         transport: Any = relay.client
         assert len(transport.dataBuffer) - transport.offset == 0
         assert transport._tempDataLen == 0  # nothing queued in Twisted either
-        assert relay.relayed < len(BIG) - BUFFER_SIZE
+        assert relay.relayed < len(BIG) - HELD
 
         head, body = await read_whole(client, BIG)
         assert head.startswith(b"HTTP/1.1 200")
@@ -161,3 +173,21 @@ async def test_relays_beyond_the_limit_leave_their_bodies_to_twisted(
     assert socket_relay._live == 0
     reply = await proxy.request(b"GET", CLIENT_PATH)
     assert reply.code == 200 and len(relays) == 2  # the slot was given back
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [
+        (IPv4Address("TCP", "127.0.0.1", 5000), True),
+        (IPv4Address("TCP", "127.8.9.10", 5000), True),
+        (IPv4Address("TCP", "10.0.0.7", 5000), False),
+        (IPv6Address("TCP", "::1", 5000), True),
+        (IPv6Address("TCP", "::ffff:127.0.0.1", 5000), True),
+        (IPv6Address("TCP", "fe80::1%eth0", 5000), False),
+        (UNIXAddress(b"/run/docxy.sock"), True),
+    ],
+)
+def test_loopback_clients_get_the_buffer_others_the_pipe(
+    address: object, loopback: bool
+) -> None:
+    assert socket_relay.on_loopback(address) is loopback
