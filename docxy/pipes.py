@@ -18,9 +18,14 @@ def open_pipe(size: int, nonblocking: bool) -> tuple[tuple[int, int], int] | Non
     except OSError:
         return None
     try:
-        capacity = fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, size)
+        try:
+            capacity = fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, size)
+        except OSError:  # past /proc/sys/fs/pipe-max-size or the user's pages
+            capacity = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
     except OSError:
-        capacity = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
+        os.close(read)
+        os.close(write)
+        return None
     return (read, write), capacity
 
 

@@ -45,6 +45,7 @@ from zope.interface import implementer
 
 from .tls.endpoint import AcmeEndpoint
 from .tls.shared import FollowerEndpoint
+from .tls.spec import AcmeSpec, AcmeSpecError, parse_acme
 
 _SHAREABLE = ("tcp", "tcp6", "ssl", "systemd")
 
@@ -62,15 +63,22 @@ def shareable(port: str) -> bool:
 
 def _acme_wrapped(port: str) -> str | None:
     """The endpoint string an ``acme:`` port wraps (None: not parseable)."""
-    from twisted.internet.endpoints import _parse
-
-    from .tls.spec import AcmeSpecError, parse_acme
-
-    args, kwargs = _parse(port.partition(":")[2])
     try:
-        return parse_acme(args, kwargs)[1]
+        return _acme_parts(port)[1]
     except AcmeSpecError:
         return None
+
+
+def _acme_spec(port: str) -> AcmeSpec:
+    return _acme_parts(port)[0]
+
+
+def _acme_parts(port: str) -> tuple[AcmeSpec, str]:
+    # Twisted's own splitting of an endpoint string (as serverFromString).
+    from twisted.internet.endpoints import _parse
+
+    args, kwargs = _parse(port.partition(":")[2])
+    return parse_acme(args, kwargs)
 
 
 def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
@@ -183,9 +191,9 @@ def adopt(reactor: Any, port: str, shared: SharedSocket) -> IStreamServerEndpoin
     adopted = _SharedEndpoint(reactor, shared)
     kind = port.partition(":")[0]
     if kind == "acme":
-        acme = serverFromString(reactor, port)
-        assert isinstance(acme, AcmeEndpoint)
-        return FollowerEndpoint(reactor, acme.spec, adopted)
+        # The spec alone: the wrapped endpoint is the supervisor's socket
+        # (a systemd: one could not even be found here: no LISTEN_FDS).
+        return FollowerEndpoint(reactor, _acme_spec(port), adopted)
     if kind == "ssl":
         # The same certificate files the supervisor checked at start.
         tls = serverFromString(reactor, port)

@@ -179,6 +179,10 @@ def _mover(upstream: Any, client: Any) -> PipeMover | BufferMover | None:
     pipe = open_pipe(HELD, nonblocking=True)
     if pipe is None:
         return None
+    if pipe[1] < HELD // 4:  # past the user's pipe-pages limit: it would crawl
+        for fd in pipe[0]:
+            os.close(fd)
+        return None
     return PipeMover(upstream.fileno(), client.fileno(), *pipe)
 
 
@@ -204,7 +208,6 @@ class SocketRelay:
         self.moved = moved
         self.failed = failed
         self.upstream = body.transport
-        self._fd = self.upstream.fileno()
         self.left = body.remaining - 1  # the last byte goes through the parser
         self.relayed = 0
         self.mover: PipeMover | BufferMover | None = None
@@ -233,7 +236,10 @@ class SocketRelay:
 
     # IReadDescriptor: the upstream socket is readable
     def fileno(self) -> int:
-        return self._fd
+        # The upstream's own answer, -1 once it closed its socket: the
+        # reactor unregisters by descriptor number, and a number reused by
+        # a new connection must never be taken for this one's.
+        return int(self.upstream.fileno())
 
     def logPrefix(self) -> str:
         return "SocketRelay"

@@ -140,18 +140,18 @@ class Supervisor(Service):
         for port in self.config.ports:
             try:
                 listening, shared = bind(self.reactor, port)
+                self.ports.append(listening)
+                self.sockets.append(shared)
+                endpoint = serverFromString(self.reactor, port)
+                if isinstance(endpoint, AcmeEndpoint):
+                    # The one certificate manager; the workers serve what it
+                    # stores and answer the challenges it publishes.
+                    manager = acquire_manager(self.reactor, endpoint.spec)
+                    self.managers.append(manager)
             except Exception as e:
                 sys.stderr.write(f"docxy: cannot listen on {port}: {reason(e)}\n")
                 sys.stderr.flush()
                 raise SystemExit(1) from None
-            self.ports.append(listening)
-            self.sockets.append(shared)
-            endpoint = serverFromString(self.reactor, port)
-            if isinstance(endpoint, AcmeEndpoint):
-                # The one certificate manager; the workers serve what it
-                # stores and answer the challenges it publishes.
-                manager = acquire_manager(self.reactor, endpoint.spec)
-                self.managers.append(manager)
 
     def probe_sockets(self) -> dict[int, Path]:
         """index -> the probes socket of each worker running now."""

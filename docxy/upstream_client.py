@@ -119,7 +119,7 @@ class RawBody:
     """The rest of an identity-encoded body, still unread in its socket.
 
     Whoever moves ``n`` bytes out of ``transport``'s socket itself (a
-    ``splice(2)`` into a file, a relay's ``recv_into``) says so with
+    ``splice(2)`` into a file or a pipe, a relay's ``recv_into``) says so with
     ``consumed(n)``; the client's parser then expects only what is left,
     and a body ends (and its connection goes back to the pool) as if the
     parser had read it all.

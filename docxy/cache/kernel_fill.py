@@ -138,7 +138,8 @@ class KernelFill:
 
     # IReadDescriptor: the upstream socket is readable
     def fileno(self) -> int:
-        return self._fd
+        # -1 once the upstream closed its socket (see docxy.socket_relay).
+        return int(self.upstream.fileno())
 
     def logPrefix(self) -> str:
         return "KernelFill"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +56,19 @@ class PublishedChallenges:
 
     def clear(self) -> None:
         """At the manager's start: nothing is pending, whatever a killed run
-        left behind."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        left behind. The directory itself is made at the first publish, by
+        the user Docxy runs as then (after twistd's ``--uid``)."""
+        try:
+            leftovers = list(self.path.iterdir())
+        except OSError:
+            return
+        for path in leftovers:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def _write(self, path: Path, data: bytes) -> None:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(path, data)
 
     def _file(self, kind: str, name: str) -> Path:
         if not name or "/" in name or name.startswith("."):
@@ -67,10 +76,10 @@ class PublishedChallenges:
         return self.path / f"{name}.{kind}"
 
     def add_token(self, token: str, key_authorization: str) -> None:
-        atomic_write(self._file("http-01", token), key_authorization.encode("ascii"))
+        self._write(self._file("http-01", token), key_authorization.encode("ascii"))
 
     def add_alpn(self, name: str, pair: KeyAndChain) -> None:
-        atomic_write(self._file("tls-alpn-01", name), pair.to_pem())
+        self._write(self._file("tls-alpn-01", name), pair.to_pem())
 
     def remove_token(self, token: str) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -124,21 +133,33 @@ class CertificateFollower:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def look(self) -> None:
-        """Serve each certificate stored since the last look."""
+        """Serve each certificate stored since the last look. A file that
+        cannot be read now is tried again at the next look; nothing here
+        stops the looking."""
         for name in self.spec.domains:
             stamp = self._stamp(name)
             if stamp is None or stamp == self._seen.get(name):
                 continue
-            self._seen[name] = stamp
-            stored = self.store.load(name)
-            if stored is not None and stored.serial != self._serial(name):
-                self.contexts.install(name, stored)
-                log.info(
-                    "serving the certificate the supervisor stored for {name} "
-                    "(serial {serial:x})",
+            try:
+                stored = self.store.load(name)
+                if stored is not None and stored.serial != self._serial(name):
+                    self.contexts.install(name, stored)
+                    log.info(
+                        "serving the certificate the supervisor stored for "
+                        "{name} (serial {serial:x})",
+                        name=name,
+                        serial=stored.serial,
+                    )
+            except Exception as e:
+                log.warn(
+                    "cannot serve the stored certificate for {name} yet: "
+                    "{error}; trying again in {interval:g}s",
                     name=name,
-                    serial=stored.serial,
+                    error=e,
+                    interval=self.interval,
                 )
+                continue
+            self._seen[name] = stamp
 
     def _serial(self, name: str) -> int | None:
         try:
@@ -148,7 +169,8 @@ class CertificateFollower:
 
     def start(self) -> None:
         if not self._loop.running:
-            self._loop.start(self.interval, now=True)
+            done = self._loop.start(self.interval, now=True)
+            done.addErrback(lambda f: log.failure("certificate follower stopped", f))
 
     def stop(self) -> None:
         if self._loop.running:

@@ -191,3 +191,20 @@ def test_loopback_clients_get_the_buffer_others_the_pipe(
     address: object, loopback: bool
 ) -> None:
     assert socket_relay.on_loopback(address) is loopback
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_mid_body_leaves_no_descriptor_behind(
+    proxy: Harness, relays: list[SocketRelay]
+) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    client = raw_get(proxy, CLIENT_PATH, rcvbuf=64 * 1024)
+    await until(lambda: bool(relays), "the relay to take over")
+    relay = relays[0]
+    client.close()
+    await until(lambda: relay.mover is None, "the relay to close")
+    assert socket_relay._live == 0  # can fail: a leaked slot
+    await until(
+        lambda: len(os.listdir("/proc/self/fd")) <= before, "every descriptor closed"
+    )
+    assert relay.relayed < len(BIG)

@@ -61,6 +61,14 @@ def test_a_follower_serves_each_stored_certificate_from_its_next_look(
         real(name, pair)  # type: ignore[arg-type]
 
     follower.contexts.install = install  # type: ignore[method-assign]
+    loads: list[str] = []
+    real_load = follower.store.load
+
+    def load(name: str) -> object:
+        loads.append(name)
+        return real_load(name)
+
+    follower.store.load = load  # type: ignore[method-assign,assignment]
     follower.start()
     placeholder_serial = follower.contexts.serial(NAME)
     assert installed == []  # nothing stored yet: the placeholder
@@ -71,7 +79,7 @@ def test_a_follower_serves_each_stored_certificate_from_its_next_look(
     clock.advance(2.0)
     assert follower.contexts.serial(NAME) == first.serial
     clock.advance(2.0)
-    assert installed == [first.serial]  # unchanged file: not loaded again
+    assert installed == [first.serial] and loads == [NAME]  # unchanged: not read
 
     renewed = placeholder([NAME])
     store.save(NAME, renewed)
@@ -92,3 +100,49 @@ def test_a_follower_answers_the_http01_tokens_the_supervisor_published(
     assert http01.get("tok") is None
     follower.published.add_token("tok", "tok.thumb")
     assert http01.get("tok") == b"tok.thumb"
+
+
+def test_a_follower_tries_a_certificate_it_could_not_read_at_its_next_look(
+    tmp_path: Path,
+) -> None:
+    spec = AcmeSpec(state_dir=tmp_path, domains=(NAME,))
+    store = AcmeStore(spec.state_dir, spec.directory)
+    store.prepare()
+    clock = Clock()
+    follower = CertificateFollower(clock, spec, Http01Store(), interval=2.0)
+    stored = placeholder([NAME])
+    store.save(NAME, stored)
+    real_load = follower.store.load
+    failures = [OSError(24, "Too many open files")]
+
+    def load(name: str) -> object:
+        if failures:
+            raise failures.pop()
+        return real_load(name)
+
+    follower.store.load = load  # type: ignore[method-assign,assignment]
+    follower.start()  # the first look fails
+    assert follower.contexts.serial(NAME) != stored.serial
+    clock.advance(2.0)  # can fail: a look that raised stopped the loop
+    assert follower.contexts.serial(NAME) == stored.serial
+    follower.stop()
+
+
+def test_a_worker_adopts_an_acme_port_on_systemd_without_its_socket() -> None:
+    """The wrapped endpoint is the supervisor's: a worker has no
+    LISTEN_FDS, and must not need them."""
+    import os
+    import socket
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from docxy.shared_ports import SharedSocket, adopt, shareable
+    from docxy.tls.shared import FollowerEndpoint
+
+    port = "acme:/tmp/docxy-never:systemd:domain=INET:index=0:domains=a.example"
+    assert shareable(port)
+    assert "LISTEN_FDS" not in os.environ
+    shared = SharedSocket(fd=3, family=int(socket.AF_INET))
+    endpoint = adopt(MemoryReactorClock(), port, shared)
+    assert isinstance(endpoint, FollowerEndpoint)
+    assert endpoint.follower.spec.domains == ("a.example",)
