@@ -45,14 +45,19 @@ def test_a_challenge_name_never_leaves_the_directory(tmp_path: Path) -> None:
         assert published.token(bad) is None
 
 
-def test_a_follower_serves_each_stored_certificate_from_its_next_look(
-    tmp_path: Path,
-) -> None:
+def following(tmp_path: Path) -> tuple[AcmeStore, Clock, CertificateFollower]:
+    """A state directory's store, and a follower of it on a clock."""
     spec = AcmeSpec(state_dir=tmp_path, domains=(NAME,))
     store = AcmeStore(spec.state_dir, spec.directory)
     store.prepare()
     clock = Clock()
-    follower = CertificateFollower(clock, spec, Http01Store(), interval=2.0)
+    return store, clock, CertificateFollower(clock, spec, Http01Store(), interval=2.0)
+
+
+def test_a_follower_serves_each_stored_certificate_from_its_next_look(
+    tmp_path: Path,
+) -> None:
+    store, clock, follower = following(tmp_path)
     installed: list[int] = []
     real = follower.contexts.install
 
@@ -105,11 +110,7 @@ def test_a_follower_answers_the_http01_tokens_the_supervisor_published(
 def test_a_follower_tries_a_certificate_it_could_not_read_at_its_next_look(
     tmp_path: Path,
 ) -> None:
-    spec = AcmeSpec(state_dir=tmp_path, domains=(NAME,))
-    store = AcmeStore(spec.state_dir, spec.directory)
-    store.prepare()
-    clock = Clock()
-    follower = CertificateFollower(clock, spec, Http01Store(), interval=2.0)
+    store, clock, follower = following(tmp_path)
     stored = placeholder([NAME])
     store.save(NAME, stored)
     real_load = follower.store.load
