@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import shutil
+import signal
 import socket
 import ssl
 import stat
@@ -356,6 +358,25 @@ def test_workers_share_one_order_and_answer_its_challenge(
     assert not list((setup.state / "challenges").iterdir())
     serials = {served_serial(setup.tls) for _ in range(12)}
     assert len(serials) == 1
+
+
+def test_a_restarted_worker_serves_the_stored_certificate(
+    setup: Setup, upstream: Upstream
+) -> None:
+    """A worker killed after the issue comes back serving the certificate
+    the supervisor stored, not the placeholder, and orders nothing."""
+    pebble = setup.pebble()
+    d = setup.docxy(upstream, setup.acme_port(pebble), 2)
+    root = setup.root(pebble)
+    wait_until(lambda: d.log_text().count(FOLLOWED) == 2, 30, "both workers")
+    pids = [
+        int(p) for p in re.findall(r"worker \d+ started \(pid (\d+)\)", d.log_text())
+    ]
+    assert len(pids) == 2, d.log_text()
+    os.kill(pids[0], signal.SIGKILL)
+    wait_until(lambda: d.log_text().count(FOLLOWED) == 3, 30, "the new worker")
+    assert all(trusted(setup.tls, root) for _ in range(12))
+    assert pebble.new_orders() == 1
 
 
 def test_workers_all_serve_a_renewal(setup: Setup, upstream: Upstream) -> None:
