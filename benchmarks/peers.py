@@ -65,6 +65,7 @@ from benchmarks.blob_throughput import (  # noqa: E402
     REGISTRY_BIN,
     REPO_NAME,
     cpu_seconds,
+    cpu_times,
     proc_status,
     push_blob,
     registry_config,
@@ -127,16 +128,16 @@ def stored_by(storage: Path, digest: str, size: int, timeout: float = 60.0) -> N
 
 def cpu_of(pids: list[int]) -> float:
     """utime+stime of ``pids`` and their children (Docxy's workers)."""
-    return float(sum(cpu_seconds(pid) for pid in {p for x in pids for p in tree(x)}))
+    return float(sum(cpu_seconds(pid) for pid in _with_children(pids)))
 
 
 def kernel_of(pids: list[int]) -> float:
     """stime alone of ``pids`` and their children."""
-    total = 0
-    for pid in {p for x in pids for p in tree(x)}:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_times(pid)[1] for pid in _with_children(pids))
+
+
+def _with_children(pids: list[int]) -> set[int]:
+    return {p for x in pids for p in tree(x)}
 
 
 def tree(pid: int) -> list[int]:
@@ -211,7 +212,7 @@ def proxy_registry(
     return process, f"{scheme}://{LOOPBACK}:{port}"
 
 
-def nginx_cache(
+def nginx_proxy(
     work: Path, upstream: str, cache: bool = True
 ) -> tuple[ManagedProcess, str]:
     """nginx in front of ``upstream``: ``proxy_cache`` on, or a plain
@@ -509,8 +510,8 @@ def main() -> int:
         warm.wait_for_port(tls_port)
         dist, dist_url = proxy_registry(work, "dist-warm", up)
         dist_tls, dist_tls_url = proxy_registry(work, "dist-tls", up, (key, cert))
-        ngx, ngx_url = nginx_cache(work, up)
-        ngx_proxy, ngx_proxy_url = nginx_cache(work, up, cache=False)
+        ngx, ngx_url = nginx_proxy(work, up)
+        ngx_proxy, ngx_proxy_url = nginx_proxy(work, up, cache=False)
         group.managed += [dist, dist_tls, ngx, ngx_proxy]
         verify_through(warm, digest, size)  # the fill, hashed by the client too
         for url, secure in ((dist_url, False), (dist_tls_url, True), (ngx_url, False)):

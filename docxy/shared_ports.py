@@ -69,8 +69,10 @@ def _acme_wrapped(port: str) -> str | None:
         return None
 
 
-def _acme_spec(port: str) -> AcmeSpec:
-    return _acme_parts(port)[0]
+def acme_spec(port: str) -> AcmeSpec | None:
+    """An ``acme:`` port's spec (None for any other port); raises
+    AcmeSpecError for a bad one."""
+    return _acme_parts(port)[0] if port.partition(":")[0] == "acme" else None
 
 
 def _acme_parts(port: str) -> tuple[AcmeSpec, str]:
@@ -189,12 +191,12 @@ def _one_at_a_time(port: IListeningPort) -> IListeningPort:
 def adopt(reactor: Any, port: str, shared: SharedSocket) -> IStreamServerEndpoint:
     """The endpoint a worker listens with: the inherited socket (in TLS for ssl:)."""
     adopted = _SharedEndpoint(reactor, shared)
-    kind = port.partition(":")[0]
-    if kind == "acme":
+    spec = acme_spec(port)
+    if spec is not None:
         # The spec alone: the wrapped endpoint is the supervisor's socket
         # (a systemd: one could not even be found here: no LISTEN_FDS).
-        return FollowerEndpoint(reactor, _acme_spec(port), adopted)
-    if kind == "ssl":
+        return FollowerEndpoint(reactor, spec, adopted)
+    if port.partition(":")[0] == "ssl":
         # The same certificate files the supervisor checked at start.
         tls = serverFromString(reactor, port)
         return wrapServerTLS(tls._sslContextFactory, adopted)

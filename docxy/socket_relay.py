@@ -141,7 +141,10 @@ class BufferMover:
         self.buffer = memoryview(_spare.pop() if _spare else bytearray(HELD))
         self.filled = 0  # bytes received into the buffer
         self.sent = 0  # of which the client has this much
-        self.held = 0
+
+    @property
+    def held(self) -> int:
+        return self.filled - self.sent
 
     def room(self) -> int:
         return HELD - self.filled
@@ -149,14 +152,12 @@ class BufferMover:
     def take(self, count: int) -> int:
         moved = self.upstream.recv_into(self.buffer[self.filled :], count)
         self.filled += moved
-        self.held += moved
         return moved
 
     def give(self) -> int:
         moved = self.client.send(self.buffer[self.sent : self.filled])
         self.sent += moved
-        self.held -= moved
-        if self.held == 0:
+        if self.sent == self.filled:
             self.filled = self.sent = 0
         return moved
 

@@ -24,7 +24,6 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import ProcessProtocol
@@ -34,8 +33,8 @@ from twisted.python.failure import Failure
 from .cache.directory import CacheLock
 from .config import Config
 from .drain import stop_on_sigterm
-from .shared_ports import SharedSocket, bind
-from .tls.endpoint import AcmeEndpoint, acquire_manager, release_manager
+from .shared_ports import SharedSocket, acme_spec, bind
+from .tls.endpoint import acquire_manager, release_manager
 from .tls.manager import CertificateManager
 from .worker import Setup
 
@@ -142,12 +141,11 @@ class Supervisor(Service):
                 listening, shared = bind(self.reactor, port)
                 self.ports.append(listening)
                 self.sockets.append(shared)
-                endpoint = serverFromString(self.reactor, port)
-                if isinstance(endpoint, AcmeEndpoint):
+                spec = acme_spec(port)
+                if spec is not None:
                     # The one certificate manager; the workers serve what it
                     # stores and answer the challenges it publishes.
-                    manager = acquire_manager(self.reactor, endpoint.spec)
-                    self.managers.append(manager)
+                    self.managers.append(acquire_manager(self.reactor, spec))
             except Exception as e:
                 sys.stderr.write(f"docxy: cannot listen on {port}: {reason(e)}\n")
                 sys.stderr.flush()

@@ -51,7 +51,6 @@ PIPE_SIZE = 1024 * 1024
 # At most this much per step: other fills' writes get their turn in the thread.
 STEP_BYTES = 8 * 1024 * 1024
 
-
 _MOVE = os.SPLICE_F_MOVE if hasattr(os, "splice") else 0
 _NONBLOCK = os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
 

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from ..config_values import endpoint_failure
 from .manager import CertificateManager
+from .ports import PortWithKeeper
 from .spec import OPTIONS, AcmeSpec, AcmeSpecError, parse_acme
 
 _MANAGERS: dict[Path, tuple[CertificateManager, int]] = {}
@@ -57,32 +58,6 @@ def release_manager(manager: CertificateManager) -> defer.Deferred[Any]:
     return manager.stop()
 
 
-@implementer(IListeningPort)
-class _AcmePort:
-    """The TLS port; stopping it also stops its certificate manager."""
-
-    def __init__(self, port: IListeningPort, manager: CertificateManager) -> None:
-        self._port = port
-        self._manager: CertificateManager | None = manager
-
-    def startListening(self) -> None:
-        self._port.startListening()
-
-    def stopListening(self) -> defer.Deferred[None] | None:
-        manager, self._manager = self._manager, None
-        stopped = self._port.stopListening()
-        if manager is not None:
-            released = release_manager(manager)
-            if stopped is not None:
-                return defer.gatherResults([stopped, released]).addCallback(
-                    lambda _: None
-                )
-        return stopped
-
-    def getHost(self) -> Any:
-        return self._port.getHost()
-
-
 @implementer(IStreamServerEndpoint)
 class AcmeEndpoint:
     """TLS on ``wrapped`` with certificates an ACME CA issues and renews.
@@ -110,7 +85,7 @@ class AcmeEndpoint:
             await release_manager(manager)
             raise
         manager.start()
-        return _AcmePort(port, manager)
+        return PortWithKeeper(port, lambda: release_manager(manager))
 
 
 def parse_endpoint(reactor: Any, *args: str, **kwargs: str) -> AcmeEndpoint:

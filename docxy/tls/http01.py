@@ -37,12 +37,13 @@ class Http01Store:
         self._tokens.pop(token, None)
 
     def get(self, token: str) -> bytes | None:
-        found = self._tokens.get(token)
+        if token in self._tokens:
+            return self._tokens[token]
         for lookup in self._followed:
-            if found is not None:
-                break
             found = lookup(token)
-        return found
+            if found is not None:
+                return found
+        return None
 
 
 HTTP01 = Http01Store()

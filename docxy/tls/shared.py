@@ -39,6 +39,7 @@ from zope.interface import implementer
 from .certs import KeyAndChain, placeholder
 from .contexts import SniContexts
 from .http01 import HTTP01, Http01Store
+from .ports import PortWithKeeper
 from .spec import AcmeSpec
 from .store import AcmeStore, atomic_write
 
@@ -142,7 +143,8 @@ class CertificateFollower:
                 continue
             try:
                 stored = self.store.load(name)
-                if stored is not None and stored.serial != self._serial(name):
+                serving = self.contexts.serial(name)
+                if stored is not None and stored.serial != serving:
                     self.contexts.install(name, stored)
                     log.info(
                         "serving the certificate the supervisor stored for "
@@ -161,12 +163,6 @@ class CertificateFollower:
                 continue
             self._seen[name] = stamp
 
-    def _serial(self, name: str) -> int | None:
-        try:
-            return self.contexts.serial(name)
-        except KeyError:
-            return None
-
     def start(self) -> None:
         if not self._loop.running:
             done = self._loop.start(self.interval, now=True)
@@ -175,23 +171,6 @@ class CertificateFollower:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
-
-
-@implementer(IListeningPort)
-class _FollowingPort:
-    def __init__(self, port: IListeningPort, follower: CertificateFollower) -> None:
-        self._port = port
-        self._follower = follower
-
-    def startListening(self) -> None:
-        self._port.startListening()
-
-    def stopListening(self) -> defer.Deferred[None] | None:
-        self._follower.stop()
-        return self._port.stopListening()
-
-    def getHost(self) -> Any:
-        return self._port.getHost()
 
 
 @implementer(IStreamServerEndpoint)
@@ -211,6 +190,6 @@ class FollowerEndpoint:
 
         def started(port: IListeningPort) -> IListeningPort:
             follower.start()
-            return _FollowingPort(port, follower)
+            return PortWithKeeper(port, follower.stop)
 
         return listening.addCallback(started)

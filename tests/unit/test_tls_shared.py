@@ -147,3 +147,32 @@ def test_a_worker_adopts_an_acme_port_on_systemd_without_its_socket() -> None:
     endpoint = adopt(MemoryReactorClock(), port, shared)
     assert isinstance(endpoint, FollowerEndpoint)
     assert endpoint.follower.spec.domains == ("a.example",)
+
+
+def test_a_listener_stops_its_certificate_keeper_once_with_it() -> None:
+    from twisted.internet import defer
+
+    from docxy.tls.ports import PortWithKeeper
+
+    class Port:
+        stopped = 0
+
+        def stopListening(self) -> defer.Deferred[None]:
+            self.stopped += 1
+            return defer.succeed(None)
+
+    kept = defer.Deferred[None]()
+    calls: list[int] = []
+
+    def stop_keeper() -> defer.Deferred[None]:
+        calls.append(1)
+        return kept
+
+    port = Port()
+    listener = PortWithKeeper(port, stop_keeper)  # type: ignore[arg-type]
+    done = listener.stopListening()
+    assert done is not None and not done.called  # waits for the keeper too
+    kept.callback(None)
+    assert done.called and calls == [1] and port.stopped == 1
+    listener.stopListening()
+    assert calls == [1]  # the keeper is stopped once
